@@ -1,0 +1,102 @@
+"""Thin command line: each command parses options and calls one library function.
+
+User errors print one line (``error: ...``) and exit 2; a run that fails after starting exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import DebatelabError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse prints usage over several lines; we want one
+        print(f"error: {message} (see debatelab {self.prog.split()[-1]} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .experiment import run_experiment
+
+    config = load_config(args.config, model=args.model, repetitions=args.repetitions)
+    run_dir = args.out or Path("runs") / (config.name or args.config.stem)
+    summary = run_experiment(config, run_dir, progress=not args.quiet)
+    print(f"{summary.complete}/{summary.debates} debates complete in {summary.seconds:.1f} s -> {run_dir}")
+    return 0
+
+
+def _cmd_personas(args: argparse.Namespace) -> int:
+    from .llm.registry import load_llm
+    from .personas import generate_personas, save_bank
+
+    if args.out.exists() and not args.force:
+        raise DebatelabError(f"{args.out} exists; pass --force to replace it")
+    llm = load_llm(args.model)
+    bank = generate_personas(llm, args.model, {"republican": args.per_party, "democrat": args.per_party}, args.seed)
+    save_bank(bank, args.out)
+    print(f"{len(bank)} personas -> {args.out}")
+    return 0
+
+
+def _cmd_topics(args: argparse.Namespace) -> int:
+    from .topics import BUILTIN_TOPICS
+
+    for topic in BUILTIN_TOPICS.values():
+        print(f"{topic.id:22s} {topic.question}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="debatelab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run (or resume) an experiment config")
+    run.add_argument("config", type=Path)
+    run.add_argument("--out", type=Path, help="run directory (default runs/<config name>)")
+    run.add_argument("--model", help="override the config's model string")
+    run.add_argument("--repetitions", type=_positive, help="override the number of repetitions")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=_cmd_run)
+
+    personas = sub.add_parser("personas", help="generate a persona bank (JSONL)")
+    personas.add_argument("--model", default="embedded")
+    personas.add_argument("--per-party", type=_positive, default=40)
+    personas.add_argument("--seed", type=int, default=0)
+    personas.add_argument("--out", type=Path, required=True)
+    personas.add_argument("--force", action="store_true", help="replace an existing file")
+    personas.set_defaults(func=_cmd_personas)
+
+    topics = sub.add_parser("topics", help="list the built-in topics")
+    topics.set_defaults(func=_cmd_topics)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DebatelabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

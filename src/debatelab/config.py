@@ -1,0 +1,153 @@
+"""Experiment configuration: pydantic models (unknown keys rejected), loaded from YAML."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import DebatelabError
+from .llm.options import BackendOptions
+from .topics import BUILTIN_TOPICS, Topic, load_topic_file
+from .types import ROLES
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReplyConfig(_Strict):
+    temperature: float = Field(1.0, ge=0)
+    """Sampling temperature of debate replies (paper: 1.0)."""
+    max_tokens: int = Field(96, ge=1)
+    """Longest reply in tokens."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass (1.0 = off)."""
+
+
+class SurveyConfig(_Strict):
+    method: Literal["generate", "logprobs"] = "logprobs"
+    """``generate``: greedy text parsed as an integer; ``logprobs``: distribution over 0..10."""
+    max_tokens: int = Field(8, ge=1)
+    """Longest generated survey answer (``generate`` only)."""
+
+
+class PersonaGeneration(_Strict):
+    per_party: int | None = Field(None, ge=1)
+    """Personas per party when the run generates its own bank (None = as many as the roster needs)."""
+    temperature: float = Field(1.0, ge=0)
+    """Sampling temperature of background stories (paper: 1.0)."""
+    max_tokens: int = Field(200, ge=16)
+    """Longest background story in tokens."""
+    min_words: int = Field(25, ge=1)
+    """Shorter outputs count as malformed and are regenerated."""
+    max_attempts: int = Field(4, ge=1)
+    """Generation attempts per persona before the run stops with an error."""
+
+
+class ExperimentConfig(_Strict):
+    name: str | None = None
+    """Label stored with the run (defaults to the config file's stem)."""
+    model: str = "embedded"
+    """Model string: embedded | hf:<hub id or dir> | openai:<model> | scripted."""
+    backend: BackendOptions = BackendOptions()
+    """Backend options (dtype, batch size, base URL, concurrency, ...)."""
+    topics: list[str | Topic] = Field(min_length=1)
+    """Built-in topic ids, ids from ``topic_files``, or inline mappings (id, name, question)."""
+    topic_files: list[Path] = []
+    """YAML files of extra topics (paths relative to the config file)."""
+    agents: list[str] = Field(min_length=2)
+    """The roster, e.g. [republican, democrat, default]; parties may repeat."""
+    rounds: int = Field(3, ge=1)
+    """Round-robin cycles; a debate has rounds x len(agents) replies."""
+    repetitions: int = Field(1, ge=1)
+    """Debates per topic, each with a different persona combination."""
+    seed: int = 0
+    """Master seed: first speakers, persona draws and every sampling seed derive from it."""
+    personas: Path | None = None
+    """Persona bank (JSONL). When absent, the run generates one with its own model."""
+    persona_generation: PersonaGeneration = PersonaGeneration()
+    """How a run without a bank generates personas."""
+    reply: ReplyConfig = ReplyConfig()
+    """Debate reply sampling."""
+    survey: SurveyConfig = SurveyConfig()
+    """Attitude survey method."""
+    max_in_flight: int = Field(64, ge=1)
+    """Debates advanced together in one wave (the backend batches their requests)."""
+
+    @field_validator("agents")
+    @classmethod
+    def _known_roles(cls, agents: list[str]) -> list[str]:
+        for role in agents:
+            if role not in ROLES:
+                raise ValueError(f"unknown agent role {role!r} (choose from {', '.join(ROLES)})")
+        return agents
+
+    @model_validator(mode="after")
+    def _unique_topics(self) -> "ExperimentConfig":
+        ids = [t if isinstance(t, str) else t.id for t in self.topics]
+        if len(ids) != len(set(ids)):
+            raise ValueError("topics must not repeat")
+        return self
+
+    def resolved_topics(self) -> list[Topic]:
+        known = dict(BUILTIN_TOPICS)
+        for path in self.topic_files:
+            known.update({t.id: t for t in load_topic_file(path)})
+        out = []
+        for item in self.topics:
+            if isinstance(item, Topic):
+                out.append(item)
+            elif item in known:
+                out.append(known[item])
+            else:
+                raise DebatelabError(f"unknown topic {item!r} (known: {', '.join(sorted(known))})")
+        return out
+
+    def fingerprint(self) -> str:
+        """Hash of everything that shapes results (the run name is a label and excluded)."""
+        payload = self.model_dump(mode="json", exclude={"name", "max_in_flight"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_UNION_TAGS = {"str", "Topic", "int", "float", "bool", "none"}
+
+
+def _first_error(exc: ValidationError) -> str:
+    # In a union (a topic id or an inline topic) the deepest error is the informative one.
+    err = max(exc.errors(), key=lambda e: len(e["loc"]))
+    where = ".".join(str(p) for p in err["loc"] if p not in _UNION_TAGS)
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg
+
+
+def load_config(path: Path, **overrides: object) -> ExperimentConfig:
+    """Read a YAML config, apply CLI overrides (None = keep), resolve relative paths, validate."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise DebatelabError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise DebatelabError(f"config path is a directory, not a file: {path}") from None
+    except yaml.YAMLError as exc:
+        raise DebatelabError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise DebatelabError(f"config {path} must be a YAML mapping of keys to values")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    data.setdefault("name", path.stem)
+    base = path.resolve().parent
+    for key in ("personas",):
+        if data.get(key):
+            data[key] = str(base / Path(data[key]).expanduser())
+    if isinstance(data.get("topic_files"), list):
+        data["topic_files"] = [str(base / Path(str(p)).expanduser()) for p in data["topic_files"]]
+    try:
+        config = ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise DebatelabError(f"invalid config {path}: {_first_error(exc)}") from None
+    config.resolved_topics()  # unknown topic ids fail now, not mid-run
+    return config

@@ -1,0 +1,127 @@
+"""Run an experiment into a run directory: personas -> debate plan -> waves -> exports. Resumable."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .config import ExperimentConfig
+from .errors import DebatelabError
+from .export import export_run
+from .llm.base import LLM
+from .llm.registry import load_llm, split_model
+from .personas import generate_personas, load_bank, persona_topics, save_bank
+from .planning import personas_needed, plan_debates
+from .runner import WaveRunner
+from .store import RunStore, open_store
+from .types import Persona
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    debates: int
+    complete: int
+    seconds: float
+
+
+def run_experiment(config: ExperimentConfig, run_dir: Path, llm: LLM | None = None,
+                   progress: bool = False) -> RunSummary:
+    split_model(config.model)  # a bad model string fails before anything is written
+    bank = load_bank(config.personas) if config.personas else None
+    if config.personas is None and not _writable(run_dir):
+        raise DebatelabError(f"run directory {run_dir} is not writable")
+    store = open_store(run_dir)
+    try:
+        store.claim(config.fingerprint(), _provenance(config))
+        start = time.monotonic()
+        llm = llm or load_llm(config.model, config.backend)
+        _check_identity(store, llm)
+        if bank is None:
+            bank = _run_personas(config, llm, store, run_dir)
+        specs = plan_debates(config, bank, llm.identity())
+        store.register(specs)
+        with _Progress(len(specs), store, llm, enabled=progress) as bar:
+            WaveRunner(llm, store, config, on_progress=bar.update).run(specs)
+        export_run(store, run_dir)
+        complete = store.counts().get("complete", 0)
+        return RunSummary(run_dir, len(specs), complete, time.monotonic() - start)
+    finally:
+        store.close()
+
+
+def _writable(path: Path) -> bool:
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    return os.access(probe, os.W_OK)
+
+
+def _check_identity(store: RunStore, llm: LLM) -> None:
+    identity = json.dumps(llm.identity(), sort_keys=True)
+    known = store.get_meta("model_identity")
+    if known is None:
+        with store.transaction() as db:
+            db.execute("INSERT INTO meta VALUES ('model_identity', ?)", (identity,))
+    elif known != identity:
+        raise DebatelabError(f"run directory {store.path.parent} was made with a different model ({known}); "
+                             "choose another --out")
+
+
+def _run_personas(config: ExperimentConfig, llm: LLM, store: RunStore, run_dir: Path) -> list[Persona]:
+    gen = config.persona_generation
+    bank = generate_personas(
+        llm, config.model, personas_needed(config), config.seed, topics=persona_topics(config.resolved_topics()),
+        temperature=gen.temperature, max_tokens=gen.max_tokens, min_words=gen.min_words,
+        max_attempts=gen.max_attempts, on_batch=store.add_personas, existing=store.personas(),
+    )
+    save_bank(bank, run_dir / "personas.jsonl")
+    return bank
+
+
+def _provenance(config: ExperimentConfig) -> dict[str, Any]:
+    versions = {}
+    for pkg in ("debatelab", "torch", "transformers", "openai", "pydantic"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return {
+        "config": config.model_dump(mode="json"), "created_at": time.time(),
+        "python": sys.version.split()[0], "platform": platform.platform(), "versions": versions,
+    }
+
+
+class _Progress:
+    """tqdm bar over debates with turns and tokens/s in its postfix."""
+
+    def __init__(self, total: int, store: RunStore, llm: LLM, enabled: bool):
+        from tqdm import tqdm
+
+        self.llm = llm
+        self.turns = 0
+        self.start = time.monotonic()
+        done = store.counts().get("complete", 0)
+        self.bar = tqdm(total=total, initial=done, desc="debates", unit="debate", disable=not enabled,
+                        dynamic_ncols=True)
+
+    def update(self, finished: int, turns: int) -> None:
+        self.turns += turns
+        usage = getattr(self.llm, "usage", None)
+        tokens = usage.completion_tokens if usage else 0
+        rate = tokens / max(time.monotonic() - self.start, 1e-9)
+        self.bar.set_postfix(turns=self.turns, tok_s=f"{rate:.1f}", refresh=False)
+        self.bar.update(finished)
+
+    def __enter__(self) -> "_Progress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()

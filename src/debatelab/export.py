@@ -1,0 +1,58 @@
+"""Stable CSV exports of a run, rewritten atomically from the database after every run or resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .store import RunStore
+
+ATTITUDE_COLUMNS = (
+    "debate_id", "topic", "repetition", "agent", "agent_index", "role", "iteration", "method",
+    "score", "valid", "expected_score", "option_mass", "raw", *(f"p{i}" for i in range(11)),
+)
+TURN_COLUMNS = (
+    "debate_id", "topic", "repetition", "iteration", "agent", "agent_index", "role", "text",
+    "completion_tokens", "finish_reason",
+)
+
+_ATTITUDES_SQL = """
+SELECT s.debate_id, d.topic_id, d.repetition, a.name, s.agent_index, a.role, s.iteration, s.method,
+       s.score, s.valid, s.expected_score, s.option_mass, s.raw, s.probs_json
+FROM surveys s JOIN debates d USING (debate_id)
+JOIN agents a ON a.debate_id = s.debate_id AND a.agent_index = s.agent_index
+ORDER BY d.topic_id, d.repetition, s.debate_id, s.iteration, s.agent_index
+"""
+
+_TURNS_SQL = """
+SELECT t.debate_id, d.topic_id, d.repetition, t.iteration, a.name, t.agent_index, a.role, t.text,
+       t.completion_tokens, t.finish_reason
+FROM turns t JOIN debates d USING (debate_id)
+JOIN agents a ON a.debate_id = t.debate_id AND a.agent_index = t.agent_index
+ORDER BY d.topic_id, d.repetition, t.debate_id, t.iteration
+"""
+
+
+def _attitude_rows(store: RunStore) -> Iterable[Sequence[object]]:
+    for *head, probs_json in store.db.execute(_ATTITUDES_SQL):
+        head[9] = bool(head[9])
+        probs = json.loads(probs_json) if probs_json else [None] * 11
+        yield (*head, *probs)
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    with os.fdopen(fd, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def export_run(store: RunStore, run_dir: Path) -> None:
+    write_csv(run_dir / "attitudes.csv", ATTITUDE_COLUMNS, _attitude_rows(store))
+    write_csv(run_dir / "turns.csv", TURN_COLUMNS, store.db.execute(_TURNS_SQL))

@@ -1,0 +1,114 @@
+"""The one batched model interface every backend implements.
+
+Both calls take a whole list of requests so the engine can hand a backend an entire wave of
+debate turns (or survey questions) at once; backends decide how to batch or parallelise them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, Sequence, runtime_checkable
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    content: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What the model sees: chat ``messages`` or a raw ``text`` prompt (exactly one of them).
+
+    ``assistant_prefix`` is text the answer must start with; chat backends that can prefill the
+    assistant turn continue from it, raw-prompt backends append it to the text.
+    """
+
+    messages: tuple[Message, ...] = ()
+    text: str | None = None
+    assistant_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.messages) == (self.text is not None):
+            raise ValueError("a Prompt needs exactly one of messages or text")
+
+    def flat_text(self) -> str:
+        """A plain-text rendering for backends without a chat template."""
+        if self.text is not None:
+            return self.text + self.assistant_prefix
+        body = "\n\n".join(m.content for m in self.messages)
+        return f"{body}\n\n{self.assistant_prefix}" if self.assistant_prefix else body
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    prompt: Prompt
+    temperature: float = 1.0
+    max_tokens: int = 128
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    top_p: float = 1.0
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"  # "stop" | "length"
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Ask for the log-probability of each fixed continuation in ``options`` after ``prompt``."""
+
+    prompt: Prompt
+    options: tuple[str, ...]
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class OptionScores:
+    """Log-probabilities aligned with the request's options (``-inf`` where the model gave none).
+
+    ``source`` says how they were obtained: ``"logprobs"`` (true model log-probabilities) or
+    ``"generated"`` (the backend offered none, so one greedy answer was parsed; the chosen option
+    gets log-probability 0 and the rest ``-inf``). ``text`` keeps that raw answer.
+    """
+
+    logprobs: tuple[float, ...]
+    source: Literal["logprobs", "generated"] = "logprobs"
+    text: str | None = None
+
+
+@runtime_checkable
+class LLM(Protocol):
+    """A language model backend. Implementations must be safe to call repeatedly."""
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
+        """One completion per request, in order."""
+        ...
+
+    def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
+        """One set of option log-probabilities per request, in order."""
+        ...
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that makes this backend's outputs differ from another's (model, revision,
+        adapter, base URL, dtype...). Used in debate ids so two models never share results."""
+        ...
+
+
+@dataclass
+class Usage:
+    """Running token counts a backend keeps for progress reporting."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    calls: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,295 @@
+"""transformers backend: real batched generation with left padding and per-request seeds.
+
+Sampling happens in a logits processor that draws each row from its own seeded generator and
+then forces that token, so one batched ``generate`` call serves requests with different seeds,
+temperatures and top-p values. Stop strings are checked per row, against that row's own list.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+
+from ..errors import DebatelabError
+from .base import Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest, Usage
+from .options import BackendOptions
+
+
+class _RowSampler(LogitsProcessor):
+    """Per-row temperature / top-p sampling with per-row generators; greedy where temperature 0."""
+
+    def __init__(self, requests: Sequence[GenerateRequest], device: torch.device):
+        self.requests = requests
+        self.generators = []
+        for req in requests:
+            seed = req.seed if req.seed is not None else int.from_bytes(os.urandom(8), "big") >> 1
+            self.generators.append(torch.Generator(device=device).manual_seed(seed))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        chosen = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
+        for row, req in enumerate(self.requests):
+            chosen[row] = _sample_row(scores[row].float(), req, self.generators[row])
+        forced = torch.full_like(scores, -math.inf)
+        forced[torch.arange(scores.shape[0]), chosen] = 0.0
+        return forced
+
+
+def _sample_row(logits: torch.Tensor, req: GenerateRequest, gen: torch.Generator) -> torch.Tensor:
+    if req.temperature <= 0:
+        return logits.argmax()
+    probs = torch.softmax(logits / req.temperature, dim=-1)
+    if req.top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < req.top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+    return torch.multinomial(probs, 1, generator=gen)[0]
+
+
+class _RowStop(StoppingCriteria):
+    """Stops each row at its own max_tokens or at the first of its own stop strings."""
+
+    def __init__(self, requests: Sequence[GenerateRequest], prompt_len: int, tokenizer: Any):
+        self.requests = requests
+        self.prompt_len = prompt_len
+        self.tokenizer = tokenizer
+        self.tail = 1 + max((len(s) for r in requests for s in r.stop), default=0)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        new = input_ids[:, self.prompt_len :]
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for row, req in enumerate(self.requests):
+            if new.shape[1] >= req.max_tokens:
+                done[row] = True
+            elif req.stop:
+                text = self.tokenizer.decode(new[row, -self.tail :], skip_special_tokens=True)
+                done[row] = any(s in text for s in req.stop)
+        return done
+
+
+class HFLLM:
+    def __init__(self, model: Any, tokenizer: Any, identity: dict[str, Any], options: BackendOptions):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.options = options
+        self._identity = identity
+        self.usage = Usage()
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        self.device = next(model.parameters()).device
+        # transformers 5.x renamed the forward argument ``past_key_values`` to ``cache``.
+        params = inspect.signature(model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+
+    def identity(self) -> dict[str, Any]:
+        return dict(self._identity)
+
+    # ---- prompt rendering -------------------------------------------------------------
+    def uses_chat_template(self, prompt: Prompt) -> bool:
+        return bool(prompt.messages) and bool(getattr(self.tokenizer, "chat_template", None))
+
+    def render(self, prompt: Prompt) -> str:
+        if not self.uses_chat_template(prompt):
+            return prompt.flat_text()
+        messages = [m.as_dict() for m in prompt.messages]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text + prompt.assistant_prefix
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        # A chat template already writes any BOS token; a raw prompt gets the tokenizer's own.
+        special = not self.uses_chat_template(prompt)
+        return self.tokenizer(self.render(prompt), add_special_tokens=special).input_ids
+
+    def _batches(self, encoded: list[list[int]]) -> list[list[int]]:
+        """Indices grouped into micro-batches of similar length (less padding waste)."""
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
+        size = self.options.batch_size
+        return [order[i : i + size] for i in range(0, len(order), size)]
+
+    def _pad_left(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=self.device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
+        return ids, mask
+
+    # ---- generation ---------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
+        encoded = [self.encode(r.prompt) for r in requests]
+        results: list[Completion | None] = [None] * len(requests)
+        for batch in self._batches(encoded):
+            outs = self._generate_batch([requests[i] for i in batch], [encoded[i] for i in batch])
+            for i, out in zip(batch, outs):
+                results[i] = out
+        self.usage.calls += 1
+        return [r for r in results if r is not None]
+
+    def _generate_batch(self, reqs: list[GenerateRequest], seqs: list[list[int]]) -> list[Completion]:
+        ids, mask = self._pad_left(seqs)
+        eos = self.tokenizer.eos_token_id
+        config = GenerationConfig(
+            max_new_tokens=max(r.max_tokens for r in reqs), do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos,
+        )
+        out = self.model.generate(
+            input_ids=ids, attention_mask=mask, generation_config=config,
+            logits_processor=LogitsProcessorList([_RowSampler(reqs, self.device)]),
+            stopping_criteria=StoppingCriteriaList([_RowStop(reqs, ids.shape[1], self.tokenizer)]),
+        )
+        return [self._finish(req, row[ids.shape[1] :].tolist(), len(seq)) for req, row, seq in zip(reqs, out, seqs)]
+
+    def _finish(self, req: GenerateRequest, new: list[int], prompt_tokens: int) -> Completion:
+        eos = self.tokenizer.eos_token_id
+        # Cut to this row's own budget first: a row stopped early by _RowStop is then padded with
+        # pad (= often eos) tokens while longer rows go on, and that padding is no real end of turn.
+        new = new[: req.max_tokens]
+        hit_eos = eos in new
+        if hit_eos:
+            new = new[: new.index(eos)]
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        cut = [text.index(s) for s in req.stop if s and s in text]
+        if cut:
+            text = text[: min(cut)]
+        reason = "stop" if hit_eos or cut else "length"
+        self.usage.prompt_tokens += prompt_tokens
+        self.usage.completion_tokens += len(new)
+        return Completion(text, prompt_tokens, len(new), reason)
+
+    # ---- option scoring -----------------------------------------------------------------
+    def _terminator(self, prompt: Prompt) -> list[int]:
+        """What must follow an option for it to be the whole answer: end-of-turn in chat, else newline."""
+        if self.uses_chat_template(prompt):
+            return [self.tokenizer.eos_token_id]
+        return self.tokenizer("\n", add_special_tokens=False).input_ids
+
+    @torch.inference_mode()
+    def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
+        encoded = [self.encode(r.prompt) for r in requests]
+        results: list[OptionScores | None] = [None] * len(requests)
+        for batch in self._batches(encoded):
+            scores = self._score_batch([requests[i] for i in batch], [encoded[i] for i in batch])
+            for i, s in zip(batch, scores):
+                results[i] = s
+        self.usage.calls += 1
+        return [r for r in results if r is not None]
+
+    def _score_batch(self, reqs: list[ScoreRequest], seqs: list[list[int]]) -> list[OptionScores]:
+        """One forward over the contexts, then one over every option suffix on a shared KV cache."""
+        ids, mask = self._pad_left(seqs)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ctx = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        first = torch.log_softmax(ctx.logits[:, -1].float(), dim=-1)
+        suffixes = [
+            self.tokenizer(opt, add_special_tokens=False).input_ids + self._terminator(req.prompt)
+            for req in reqs for opt in req.options
+        ]
+        owner = torch.tensor([i for i, req in enumerate(reqs) for _ in req.options], device=self.device)
+        # holds the contexts; its rows are then repeated once per option
+        cache = ctx["cache"] if "cache" in ctx else ctx["past_key_values"]
+        cache.batch_select_indices(owner)
+        width = max(len(s) for s in suffixes)
+        pad = self.tokenizer.pad_token_id
+        suf = torch.tensor([s + [pad] * (width - len(s)) for s in suffixes], device=self.device)
+        suf_mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in suffixes], device=self.device)
+        suf_pos = mask.sum(-1)[owner, None] + torch.arange(width, device=self.device)
+        full_mask = torch.cat([mask[owner], suf_mask], dim=1)
+        out = self.model(input_ids=suf, attention_mask=full_mask, position_ids=suf_pos, **{self._cache_kwarg: cache})
+        later = torch.log_softmax(out.logits.float(), dim=-1)
+        flat = []
+        for k, s in enumerate(suffixes):
+            lp = first[owner[k], s[0]] + sum(later[k, j - 1, s[j]] for j in range(1, len(s)))
+            flat.append(float(lp))
+        self.usage.prompt_tokens += sum(len(s) for s in seqs)
+        return _regroup(flat, reqs)
+
+
+def _regroup(flat: list[float], reqs: list[ScoreRequest]) -> list[OptionScores]:
+    out, k = [], 0
+    for req in reqs:
+        out.append(OptionScores(tuple(flat[k : k + len(req.options)])))
+        k += len(req.options)
+    return out
+
+
+# ---- loading ----------------------------------------------------------------------------
+def resolve_device_dtype(options: BackendOptions) -> tuple[str, torch.dtype]:
+    cuda = torch.cuda.is_available()
+    if options.device == "cuda" and not cuda:
+        raise DebatelabError("device 'cuda' requested but torch sees no CUDA device")
+    device = "cuda" if options.device == "cuda" or (options.device == "auto" and cuda) else "cpu"
+    name = options.dtype if options.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    if options.threads and device == "cpu":
+        torch.set_num_threads(options.threads)
+    return device, getattr(torch, name)
+
+
+def _quantization_config(options: BackendOptions, device: str) -> Any:
+    if options.quantization == "none":
+        return None
+    if device != "cuda":
+        raise DebatelabError(f"quantization {options.quantization!r} needs CUDA (bitsandbytes); use 'none' on CPU")
+    from transformers import BitsAndBytesConfig
+
+    if options.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def load_pretrained(source: str, options: BackendOptions, identity: dict[str, Any]) -> HFLLM:
+    device, dtype = resolve_device_dtype(options)
+    common = {"revision": options.revision, "trust_remote_code": options.trust_remote_code}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, use_safetensors=True,
+            quantization_config=_quantization_config(options, device), **common,
+        )
+    except (OSError, ValueError) as exc:
+        raise DebatelabError(f"cannot load model {source!r}: {str(exc).splitlines()[0]}") from exc
+    if options.quantization == "none":
+        model = model.to(device)
+    ident = {**identity, "dtype": str(dtype).removeprefix("torch."), "quantization": options.quantization}
+    return HFLLM(model, tokenizer, ident, options)
+
+
+def load_hf(name: str, options: BackendOptions) -> HFLLM:
+    local = Path(name).expanduser()
+    if not local.is_dir() and name.startswith(("/", ".", "~")):
+        # clearly a path, not a hub id: say so instead of the hub's "Repo id must be..." message
+        raise DebatelabError(f"cannot load model {name!r}: no such directory")
+    source = str(local.resolve()) if local.is_dir() else name
+    identity = {"backend": "hf", "model": source, "revision": options.revision}
+    if local.is_dir():
+        identity["weights"] = _dir_fingerprint(local)
+    return load_pretrained(source, options, identity)
+
+
+def _dir_fingerprint(path: Path) -> str:
+    """Content marker for a local model dir: config text plus size, head and tail of each weight file
+    (reading whole multi-GB files on every start would be too slow; mtimes change on a plain copy)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.json")) + sorted(path.glob("*.safetensors")):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(1 << 16))
+            fh.seek(max(0, size - (1 << 16)))
+            h.update(fh.read())
+    return h.hexdigest()[:16]

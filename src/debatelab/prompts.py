@@ -1,0 +1,96 @@
+"""Prompt rendering for debate replies, attitude surveys and persona generation.
+
+Templates are plain text rendered with jinja2 (StrictUndefined, no autoescape: prompts are not
+HTML). Bump TEMPLATE_VERSION whenever a template changes: it is part of every debate id, so old
+results are never resumed under new wording.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from jinja2 import Environment, StrictUndefined
+
+from .llm.base import Message, Prompt
+from .topics import Topic
+from .types import Agent, Turn
+
+TEMPLATE_VERSION = "1"
+SURVEY_OPTIONS: tuple[str, ...] = tuple(str(i) for i in range(11))
+
+_env = Environment(undefined=StrictUndefined, keep_trailing_newline=False, autoescape=False)
+
+_DEBATE_INTRO = _env.from_string(
+    "You are {{ name }}, taking part in a debate about {{ topic.name | lower }} "
+    "with {{ others | join(' and ') }}.\n"
+    "{% if history %}The debate so far:\n\n{{ history }}\n\n{% else %}Nobody has spoken yet.\n\n{% endif %}"
+)
+
+_REPLY = _env.from_string(
+    "{{ intro }}Write {{ name }}'s next reply in the debate: one short paragraph that "
+    "stays true to {{ name }}'s views."
+)
+
+_SURVEY = _env.from_string(
+    "{{ intro }}Answer a private survey question; the other participants will not see it.\n"
+    "On a scale from 0 ({{ topic.low_label }}) to 10 ({{ topic.high_label }}): {{ topic.question }} "
+    "Reply with the number only."
+)
+
+# Prefilled so that the rating is the natural next token (small chat models otherwise answer in
+# words); of the phrasings tried on SmolLM2-135M this one put the most probability on 0..10.
+SURVEY_PREFIX = "Rating: "
+
+_PERSONA = _env.from_string(
+    "Write a background story, about 120 words, in the second person, for {{ name }}, an "
+    "American who is a {{ party | capitalize }}. Begin with \"You are {{ name }}\". "
+    "{{ name }} holds these views:\n"
+    "{% for t in topics %}- {{ t.name }} is {{ t.positions[party] }} in the country today.\n{% endfor %}"
+    "Describe {{ name }}'s life, work and values, and how they shape these views."
+)
+
+
+def format_history(agents: Sequence[Agent], turns: Sequence[Turn]) -> str:
+    return "\n\n".join(f"{agents[t.agent_index].name}: {t.text}" for t in turns)
+
+
+def _intro(agents: Sequence[Agent], me: int, topic: Topic, turns: Sequence[Turn]) -> str:
+    others = [a.name for i, a in enumerate(agents) if i != me]
+    return _DEBATE_INTRO.render(
+        name=agents[me].name, topic=topic, others=others, history=format_history(agents, turns)
+    )
+
+
+def reply_prompt(agents: Sequence[Agent], me: int, topic: Topic, turns: Sequence[Turn]) -> Prompt:
+    """The agent's background as system message; topic, history and the task as user message.
+    The answer is prefilled with "Name:" so the model completes the agent's next line."""
+    user = _REPLY.render(intro=_intro(agents, me, topic, turns), name=agents[me].name)
+    return Prompt(
+        messages=(Message("system", agents[me].background), Message("user", user)),
+        assistant_prefix=f"{agents[me].name}:",
+    )
+
+
+def reply_stops(agents: Sequence[Agent]) -> tuple[str, ...]:
+    """A reply ends where the model starts writing any speaker's line (another agent's or its own)."""
+    return tuple(f"\n{a.name}:" for a in agents) + tuple(f" {a.name}:" for a in agents)
+
+
+def clean_reply(text: str, name: str) -> str:
+    text = text.strip()
+    if text.startswith(f"{name}:"):
+        text = text[len(name) + 1 :].strip()
+    return text
+
+
+def survey_prompt(agents: Sequence[Agent], me: int, topic: Topic, turns: Sequence[Turn]) -> Prompt:
+    user = _SURVEY.render(intro=_intro(agents, me, topic, turns), topic=topic)
+    return Prompt(
+        messages=(Message("system", agents[me].background), Message("user", user)),
+        assistant_prefix=SURVEY_PREFIX,
+    )
+
+
+def persona_prompt(name: str, party: str, topics: Sequence[Topic]) -> Prompt:
+    with_views = [t for t in topics if party in t.positions]
+    return Prompt(messages=(Message("user", _PERSONA.render(name=name, party=party, topics=with_views)),))

@@ -1,0 +1,123 @@
+"""The wave engine: every debate in flight advances one step per wave, in one batched call.
+
+A wave gathers the next step of each active debate (a reply, or the survey of its agents),
+sends all generation requests to the backend in one ``generate`` call and all option-scoring
+requests in one ``score_options`` call, then commits the wave's results in one transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from . import prompts, survey
+from .config import ExperimentConfig
+from .debate import Reply, Step, Survey, derive_seed, next_step, schedule
+from .llm.base import LLM, GenerateRequest, ScoreRequest
+from .store import RunStore
+from .types import DebateSpec, SurveyAnswer, Turn
+
+
+@dataclass
+class LiveDebate:
+    spec: DebateSpec
+    turns: list[Turn]
+    surveys_done: set[tuple[int, int]]
+    steps: list[Step] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.steps = schedule(len(self.spec.agents), self.spec.rounds, self.spec.first_speaker)
+
+    def next(self) -> Step | None:
+        return next_step(self.steps, (t.iteration for t in self.turns), self.surveys_done)
+
+
+@dataclass
+class _Pending:
+    """Which debate (and which step of it) each request in a wave belongs to."""
+
+    generate: list[tuple[LiveDebate, int, int, str]] = field(default_factory=list)  # debate, iter, agent, kind
+    gen_requests: list[GenerateRequest] = field(default_factory=list)
+    score: list[tuple[LiveDebate, int, int]] = field(default_factory=list)
+    score_requests: list[ScoreRequest] = field(default_factory=list)
+
+
+class WaveRunner:
+    def __init__(self, llm: LLM, store: RunStore, config: ExperimentConfig,
+                 on_progress: Callable[[int, int], None] | None = None):
+        self.llm = llm
+        self.store = store
+        self.config = config
+        self.on_progress = on_progress or (lambda finished, turns: None)
+
+    def run(self, specs: Sequence[DebateSpec]) -> None:
+        queue = [s for s in reversed(specs) if self.store.status(s.debate_id) != "complete"]
+        active: list[LiveDebate] = []
+        while queue or active:
+            while queue and len(active) < self.config.max_in_flight:
+                spec = queue.pop()
+                turns, surveys = self.store.progress(spec.debate_id)
+                active.append(LiveDebate(spec, turns, surveys))
+            self.store.mark_running(d.spec.debate_id for d in active)
+            active = self._wave(active)
+
+    def _wave(self, active: list[LiveDebate]) -> list[LiveDebate]:
+        pending = _Pending()
+        for debate in active:
+            step = debate.next()
+            if isinstance(step, Reply):
+                self._add_reply(pending, debate, step)
+            elif isinstance(step, Survey):
+                self._add_survey(pending, debate, step)
+        new_turns, new_surveys = self._call(pending)
+        by_id = {d.spec.debate_id: d for d in active}
+        for debate_id, turn in new_turns:
+            by_id[debate_id].turns.append(turn)
+        for debate_id, answer in new_surveys:
+            by_id[debate_id].surveys_done.add((answer.iteration, answer.agent_index))
+        finished = [d for d in active if d.next() is None]
+        self.store.add_results(new_turns, new_surveys, [d.spec.debate_id for d in finished])
+        self.on_progress(len(finished), len(new_turns))
+        return [d for d in active if d not in finished]
+
+    def _add_reply(self, pending: _Pending, debate: LiveDebate, step: Reply) -> None:
+        spec = debate.spec
+        prompt = prompts.reply_prompt(spec.agents, step.agent, spec.topic, debate.turns)
+        reply = self.config.reply
+        pending.generate.append((debate, step.iteration, step.agent, "reply"))
+        pending.gen_requests.append(GenerateRequest(
+            prompt, temperature=reply.temperature, max_tokens=reply.max_tokens, top_p=reply.top_p,
+            stop=prompts.reply_stops(spec.agents), seed=derive_seed(spec.seed, "reply", step.iteration),
+        ))
+
+    def _add_survey(self, pending: _Pending, debate: LiveDebate, step: Survey) -> None:
+        spec = debate.spec
+        for agent in step.agents:
+            prompt = prompts.survey_prompt(spec.agents, agent, spec.topic, debate.turns)
+            seed = derive_seed(spec.seed, "survey", step.iteration, agent)
+            if self.config.survey.method == "logprobs":
+                pending.score.append((debate, step.iteration, agent))
+                pending.score_requests.append(ScoreRequest(prompt, prompts.SURVEY_OPTIONS, seed=seed))
+            else:
+                pending.generate.append((debate, step.iteration, agent, "survey"))
+                pending.gen_requests.append(GenerateRequest(
+                    prompt, temperature=0.0, max_tokens=self.config.survey.max_tokens, seed=seed))
+
+    def _call(self, pending: _Pending) -> tuple[list[tuple[str, Turn]], list[tuple[str, SurveyAnswer]]]:
+        turns: list[tuple[str, Turn]] = []
+        surveys: list[tuple[str, SurveyAnswer]] = []
+        if pending.gen_requests:
+            outs = self.llm.generate(pending.gen_requests)
+            for (debate, iteration, agent, kind), out in zip(pending.generate, outs):
+                if kind == "reply":
+                    text = prompts.clean_reply(out.text, debate.spec.agents[agent].name)
+                    turns.append((debate.spec.debate_id, Turn(
+                        iteration=iteration, agent_index=agent, text=text, prompt_tokens=out.prompt_tokens,
+                        completion_tokens=out.completion_tokens, finish_reason=out.finish_reason)))
+                else:
+                    surveys.append((debate.spec.debate_id, survey.from_generation(iteration, agent, out)))
+        if pending.score_requests:
+            scores = self.llm.score_options(pending.score_requests)
+            for (debate, iteration, agent), sc in zip(pending.score, scores):
+                surveys.append((debate.spec.debate_id, survey.from_option_scores(iteration, agent, sc)))
+        return turns, surveys

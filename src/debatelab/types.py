@@ -1,0 +1,81 @@
+"""The typed vocabulary shared by the engine, storage and analysis."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from .topics import Topic
+
+Party = Literal["republican", "democrat"]
+Role = Literal["republican", "democrat", "default"]
+ROLES: tuple[str, ...] = ("republican", "democrat", "default")
+DEFAULT_CONTEXT = "You are an American."
+
+
+class Persona(BaseModel):
+    """One generated partisan agent: a name and a background story."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    party: Party
+    name: str
+    background: str
+    model: str = ""
+    seed: int | None = None
+    prompt: str = ""
+    template_version: str = ""
+
+
+class Agent(BaseModel):
+    """A seat in one debate: a persona (or the Default agent) under a name."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    role: Role
+    background: str
+    persona_id: str | None = None
+
+
+class DebateSpec(BaseModel):
+    """Everything that determines one debate; its id is a content hash of this."""
+
+    model_config = ConfigDict(frozen=True)
+
+    debate_id: str
+    topic: Topic
+    repetition: int
+    agents: tuple[Agent, ...]
+    rounds: int
+    seed: int
+    first_speaker: int
+
+
+class Turn(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    iteration: int
+    agent_index: int
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+
+
+class SurveyAnswer(BaseModel):
+    """One attitude measurement. ``score`` is None when the answer could not be parsed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    iteration: int
+    agent_index: int
+    method: Literal["generate", "logprobs"]
+    score: int | None
+    valid: bool
+    expected_score: float | None = None
+    probs: tuple[float, ...] | None = None
+    option_mass: float | None = None
+    raw: str | None = None

@@ -1,0 +1,90 @@
+"""The command line: bad input gives one line and exit code 2, nothing half-written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from debatelab.cli import main
+
+from conftest import write_config
+
+
+def _run(capsys, *argv: str) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exc:
+        sys.exit(main(list(argv)))
+    err = capsys.readouterr().err.strip()
+    return exc.value.code, err
+
+
+BAD_CONFIGS = {
+    "unknown key": ({"colour": "red"}, "colour"),
+    "wrong type": ({"rounds": "three"}, "rounds"),
+    "zero repetitions": ({"repetitions": 0}, "repetitions"),
+    "negative rounds": ({"rounds": -1}, "rounds"),
+    "one agent": ({"agents": ["democrat"]}, "agents"),
+    "unknown party": ({"agents": ["democrat", "green"]}, "green"),
+    "unknown topic": ({"topics": ["taxes"]}, "taxes"),
+    "empty topic question": ({"topics": [{"id": "x", "name": "X", "question": "  "}]}, "question"),
+    "bad model": ({"model": "gpt4"}, "unknown model"),
+    "missing personas": ({"personas": "nope.jsonl"}, "not found"),
+    "bad survey method": ({"survey": {"method": "vibes"}}, "method"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS)
+def test_bad_config_one_line_exit_2(tmp_path, capsys, case):
+    values, needle = BAD_CONFIGS[case]
+    cfg = write_config(tmp_path / "c.yaml", **values)
+    code, err = _run(capsys, "run", str(cfg), "--out", str(tmp_path / "run"), "--quiet")
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error:") and needle in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run" / "attitudes.csv").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["run", "missing.yaml"], "not found"),
+    (["run", "{cfg}", "--repetitions", "many"], "whole number"),
+    (["run", "{cfg}", "--repetitions", "0"], "at least 1"),
+    (["fly"], "invalid choice"),
+])
+def test_bad_cli_values(tmp_path, capsys, argv, needle):
+    cfg = write_config(tmp_path / "c.yaml")
+    code, err = _run(capsys, *[a.replace("{cfg}", str(cfg)) for a in argv])
+    assert code == 2 and len(err.splitlines()) == 1 and needle in err
+
+
+def test_not_yaml_mapping_and_corrupt_yaml(tmp_path, capsys):
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    (tmp_path / "broken.yaml").write_text("model: [unclosed\n")
+    for name, needle in (("list.yaml", "mapping"), ("broken.yaml", "not valid YAML")):
+        code, err = _run(capsys, "run", str(tmp_path / name))
+        assert code == 2 and needle in err and len(err.splitlines()) == 1
+
+
+def test_cli_run_and_resume_on_scripted(tmp_path, capsys, bank):
+    cfg = write_config(tmp_path / "c.yaml", personas=str(bank))
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet", "--repetitions", "2"]) == 0
+    assert "2/2 debates complete" in capsys.readouterr().out
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet", "--repetitions", "2"]) == 0
+    code, err = _run(capsys, "run", str(cfg), "--out", str(tmp_path / "run"), "--quiet", "--repetitions", "3")
+    assert code == 2 and "different config" in err
+
+
+def test_corrupt_database_is_refused(tmp_path, capsys, bank):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.sqlite").write_bytes(b"this is not a database" * 100)
+    code, err = _run(capsys, "run", str(write_config(tmp_path / "c.yaml", personas=str(bank))),
+                     "--out", str(tmp_path / "run"), "--quiet")
+    assert code == 2 and "corrupt" in err
+
+
+def test_console_script_and_light_import():
+    out = subprocess.run([sys.executable, "-c", "import debatelab, sys; print('torch' in sys.modules)"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    res = subprocess.run([sys.executable, "-m", "debatelab.cli", "run", "/no/such.yaml"], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.strip() == "error: config file not found: /no/such.yaml"

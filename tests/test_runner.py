@@ -1,0 +1,155 @@
+"""The wave engine on the scripted backend: protocol, batching, storage and resume."""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from debatelab.config import load_config
+from debatelab.errors import DebatelabError
+from debatelab.experiment import run_experiment
+from debatelab.llm.base import GenerateRequest
+from debatelab.llm.scripted import ScriptedLLM, default_reply
+from debatelab.prompts import SURVEY_PREFIX
+
+from conftest import write_config
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def _survey_aware_reply(request: GenerateRequest) -> str:
+    if request.prompt.assistant_prefix == SURVEY_PREFIX:
+        return "7 SURVEY-ANSWER-MARK"
+    return default_reply(request)
+
+
+def test_protocol_turn_order_surveys_and_exports(tmp_path, bank):
+    cfg = load_config(write_config(tmp_path / "c.yaml", personas=str(bank), topics=["climate_change", "racism"],
+                                   survey={"method": "generate"}))
+    llm = ScriptedLLM(reply_fn=_survey_aware_reply)
+    summary = run_experiment(cfg, tmp_path / "run", llm=llm)
+    assert summary.debates == summary.complete == 6
+    turns, attitudes = _rows(tmp_path / "run/turns.csv"), _rows(tmp_path / "run/attitudes.csv")
+    by_debate = defaultdict(list)
+    for t in turns:
+        by_debate[t["debate_id"]].append(t)
+    firsts = set()
+    for rows in by_debate.values():
+        order = [int(r["agent_index"]) for r in sorted(rows, key=lambda r: int(r["iteration"]))]
+        assert len(order) == 2 * 3
+        assert all(order[i] == (order[0] + i) % 3 for i in range(6))  # round robin
+        firsts.add(order[0])
+    assert len(firsts) > 1, "the first speaker should vary across debates"
+    assert len(attitudes) == 6 * 3 * (2 + 1)  # debates x agents x (rounds + 1)
+    assert {int(a["iteration"]) for a in attitudes} == {0, 3, 6}
+    assert all(a["valid"] == "True" and a["score"] == "7" for a in attitudes)
+    # surveys never enter the debate: no reply prompt mentions a survey or its answer
+    reply_prompts = [r.prompt.flat_text() for batch in llm.generate_calls for r in batch
+                     if r.prompt.assistant_prefix != SURVEY_PREFIX]
+    assert len(reply_prompts) == len(turns)
+    assert not any("SURVEY-ANSWER-MARK" in p or "survey" in p.lower() for p in reply_prompts)
+
+
+def test_waves_batch_all_debates_in_flight(tmp_path, bank):
+    cfg = load_config(write_config(tmp_path / "c.yaml", personas=str(bank), repetitions=5, max_in_flight=64))
+    llm = ScriptedLLM()
+    run_experiment(cfg, tmp_path / "run", llm=llm)
+    # 5 debates x 6 replies, in 6 waves of 5 replies each; surveys in 3 waves of 15
+    assert [len(b) for b in llm.generate_calls] == [5] * 6
+    assert [len(b) for b in llm.score_calls] == [15] * 3
+
+
+def test_four_agents_inline_topic(tmp_path, bank):
+    topic = {"id": "housing", "name": "Housing costs", "question": "How big a problem are housing costs?"}
+    cfg = load_config(write_config(tmp_path / "c.yaml", personas=str(bank), topics=[topic],
+                                   agents=["republican", "democrat", "republican", "default"], repetitions=3))
+    run_experiment(cfg, tmp_path / "run", llm=ScriptedLLM())
+    attitudes = _rows(tmp_path / "run/attitudes.csv")
+    assert {a["topic"] for a in attitudes} == {"housing"}
+    assert len(attitudes) == 3 * 4 * 3
+    per_debate = defaultdict(set)
+    for a in attitudes:
+        per_debate[a["debate_id"]].add((a["agent"], a["role"]))
+    for agents in per_debate.values():
+        assert len({name for name, _ in agents}) == 4  # distinct names within a debate
+        assert sorted(role for _, role in agents) == ["default", "democrat", "republican", "republican"]
+    assert len({a["repetition"] for a in attitudes}) == 3
+    combos = {frozenset(n for n, r in agents if r != "default") for agents in per_debate.values()}
+    assert len(combos) == 3  # each repetition draws a different persona combination
+
+
+class _Crash(Exception):
+    pass
+
+
+class CrashingLLM(ScriptedLLM):
+    """Fails on the n-th batched call, like a process killed mid-run."""
+
+    def __init__(self, fail_at: int):
+        super().__init__()
+        self.fail_at, self.n = fail_at, 0
+
+    def _tick(self) -> None:
+        self.n += 1
+        if self.n == self.fail_at:
+            raise _Crash()
+
+    def generate(self, requests):
+        self._tick()
+        return super().generate(requests)
+
+    def score_options(self, requests):
+        self._tick()
+        return super().score_options(requests)
+
+
+@pytest.mark.parametrize("fail_at", [1, 2, 4, 7])
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, bank, fail_at):
+    cfg = load_config(write_config(tmp_path / "c.yaml", personas=str(bank), max_in_flight=2))
+    run_experiment(cfg, tmp_path / "clean", llm=ScriptedLLM())
+    with pytest.raises(_Crash):
+        run_experiment(cfg, tmp_path / "run", llm=CrashingLLM(fail_at))
+    db = sqlite3.connect(tmp_path / "run/run.sqlite")
+    before = db.execute("SELECT COUNT(*) FROM turns").fetchone()[0] + db.execute("SELECT COUNT(*) FROM surveys").fetchone()[0]
+    resumed = ScriptedLLM()
+    run_experiment(cfg, tmp_path / "run", llm=resumed)
+    asked = sum(len(b) for b in resumed.generate_calls + resumed.score_calls)
+    total = db.execute("SELECT COUNT(*) FROM turns").fetchone()[0] + db.execute("SELECT COUNT(*) FROM surveys").fetchone()[0]
+    assert asked == total - before  # only the missing steps were asked for again
+    for name in ("turns.csv", "attitudes.csv"):
+        assert (tmp_path / "run" / name).read_text() == (tmp_path / "clean" / name).read_text()
+    # a second resume is a no-op
+    again = ScriptedLLM()
+    run_experiment(cfg, tmp_path / "run", llm=again)
+    assert again.generate_calls == [] and again.score_calls == []
+
+
+def test_run_dir_from_other_config_is_refused(tmp_path, bank):
+    run_experiment(load_config(write_config(tmp_path / "a.yaml", personas=str(bank))), tmp_path / "run", llm=ScriptedLLM())
+    before = (tmp_path / "run/attitudes.csv").read_text()
+    other = load_config(write_config(tmp_path / "b.yaml", personas=str(bank), rounds=3))
+    with pytest.raises(DebatelabError, match="different config"):
+        run_experiment(other, tmp_path / "run", llm=ScriptedLLM())
+    assert (tmp_path / "run/attitudes.csv").read_text() == before
+
+
+def test_run_dir_from_other_model_is_refused(tmp_path, bank):
+    cfg = load_config(write_config(tmp_path / "a.yaml", personas=str(bank)))
+    run_experiment(cfg, tmp_path / "run", llm=ScriptedLLM("one"))
+    with pytest.raises(DebatelabError, match="different model"):
+        run_experiment(cfg, tmp_path / "run", llm=ScriptedLLM("two"))
+
+
+def test_same_seed_reproduces_and_other_seed_differs(tmp_path, bank):
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        cfg = load_config(write_config(tmp_path / f"{name}.yaml", personas=str(bank), seed=seed))
+        run_experiment(cfg, tmp_path / name, llm=ScriptedLLM())
+    text = {n: (tmp_path / n / "turns.csv").read_text() for n in "abc"}
+    assert text["a"] == text["b"] and text["a"] != text["c"]
