@@ -88,3 +88,21 @@ def test_console_script_and_light_import():
     assert out.stdout.strip() == "False"
     res = subprocess.run([sys.executable, "-m", "debatelab.cli", "run", "/no/such.yaml"], capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.strip() == "error: config file not found: /no/such.yaml"
+
+
+def test_model_that_fails_to_load_leaves_no_run_directory(tmp_path, capsys, bank):
+    cfg = write_config(tmp_path / "c.yaml", personas=str(bank), model="hf:/no/such/model/dir")
+    code, err = _run(capsys, "run", str(cfg), "--out", str(tmp_path / "run"), "--quiet")
+    assert code == 2 and "cannot load model" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_personas_command_writes_bank_and_refuses_overwrite(tmp_path, capsys):
+    out = tmp_path / "bank.jsonl"
+    assert main(["personas", "--model", "scripted", "--per-party", "3", "--out", str(out)]) == 0
+    from debatelab.personas import load_bank
+
+    bank = load_bank(out)
+    assert len(bank) == 6 and len({p.name for p in bank}) == 6
+    code, err = _run(capsys, "personas", "--model", "scripted", "--out", str(out))
+    assert code == 2 and "--force" in err

@@ -34,15 +34,17 @@ class RunSummary:
 
 def run_experiment(config: ExperimentConfig, run_dir: Path, llm: LLM | None = None,
                    progress: bool = False) -> RunSummary:
-    split_model(config.model)  # a bad model string fails before anything is written
+    split_model(config.model)
     bank = load_bank(config.personas) if config.personas else None
-    if config.personas is None and not _writable(run_dir):
+    if not _writable(run_dir):
         raise DebatelabError(f"run directory {run_dir} is not writable")
+    start = time.monotonic()
+    # Load the model before touching the run directory: a model that fails to load must not
+    # leave a directory claimed by a config the user is about to correct.
+    llm = llm or load_llm(config.model, config.backend)
     store = open_store(run_dir)
     try:
         store.claim(config.fingerprint(), _provenance(config))
-        start = time.monotonic()
-        llm = llm or load_llm(config.model, config.backend)
         _check_identity(store, llm)
         if bank is None:
             bank = _run_personas(config, llm, store, run_dir)

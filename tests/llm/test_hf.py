@@ -9,23 +9,14 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import torch
+from tiny_model import build_tiny_model
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("tokenizers")
-
-# tests/ has no __init__.py; make `tiny_model` importable until a conftest does it for us.
-_TESTS = str(Path(__file__).resolve().parents[1])
-if _TESTS not in sys.path:
-    sys.path.insert(0, _TESTS)
-
-from tiny_model import build_tiny_model  # noqa: E402
-
-from debatelab.errors import DebatelabError  # noqa: E402
-from debatelab.llm import load_llm  # noqa: E402
-from debatelab.llm.base import GenerateRequest, Message, Prompt, ScoreRequest  # noqa: E402
-from debatelab.llm.hf import HFLLM, _dir_fingerprint  # noqa: E402
-from debatelab.llm.options import BackendOptions  # noqa: E402
+from debatelab.errors import DebatelabError
+from debatelab.llm import load_llm
+from debatelab.llm.base import GenerateRequest, Message, Prompt, ScoreRequest
+from debatelab.llm.hf import HFLLM, _dir_fingerprint
+from debatelab.llm.options import BackendOptions
 
 SCALE = tuple(str(i) for i in range(11))
 

@@ -11,19 +11,14 @@ from typing import Any, Iterator
 
 import pytest
 
-pytest.importorskip("openai")
 
-# tests/ has no __init__.py (and no conftest of ours), so make `fakes` importable explicitly.
-_TESTS = str(Path(__file__).resolve().parents[1])
-if _TESTS not in sys.path:
-    sys.path.insert(0, _TESTS)
 
-from fakes.openai_server import FakeOpenAIServer  # noqa: E402
+from fakes.openai_server import FakeOpenAIServer
 
-from debatelab.errors import DebatelabError, RunFailed  # noqa: E402
-from debatelab.llm.base import LLM, GenerateRequest, Message, Prompt, ScoreRequest  # noqa: E402
-from debatelab.llm.openai_compat import OpenAICompatLLM, load_openai, parse_option  # noqa: E402
-from debatelab.llm.options import BackendOptions  # noqa: E402
+from debatelab.errors import DebatelabError, RunFailed
+from debatelab.llm.base import LLM, GenerateRequest, Message, Prompt, ScoreRequest
+from debatelab.llm.openai_compat import OpenAICompatLLM, load_openai, parse_option
+from debatelab.llm.options import BackendOptions
 
 KEY = "sk-test-not-a-real-key-1234"
 SCALE = tuple(str(i) for i in range(11))
