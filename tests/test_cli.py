@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from debatelab.cli import main
 
-from conftest import write_config
+from conftest import make_bank, write_config
 
 
 def _run(capsys, *argv: str) -> tuple[int, str]:
@@ -31,6 +32,14 @@ BAD_CONFIGS = {
     "bad model": ({"model": "gpt4"}, "unknown model"),
     "missing personas": ({"personas": "nope.jsonl"}, "not found"),
     "bad survey method": ({"survey": {"method": "vibes"}}, "method"),
+    "personas is a directory": ({"personas": "."}, "is a directory"),
+    "empty personas path": ({"personas": ""}, "must not be empty"),
+    "personas not a path": ({"personas": 5}, "personas"),
+    "topic file is a directory": ({"topic_files": ["."]}, "is a directory"),
+    "missing topic file": ({"topic_files": ["nope.yaml"]}, "topic file not found"),
+    "too many repetitions for names": ({"repetitions": 150}, "distinct agent names"),
+    "unknown backend option": ({"backend": {"turbo": True}}, "turbo"),
+    "temperature negative": ({"reply": {"temperature": -1}}, "temperature"),
 }
 
 
@@ -42,7 +51,7 @@ def test_bad_config_one_line_exit_2(tmp_path, capsys, case):
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("error:") and needle in err
     assert "Traceback" not in err
-    assert not (tmp_path / "run" / "attitudes.csv").exists()
+    assert not (tmp_path / "run").exists()  # nothing written, nothing claimed
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -63,6 +72,33 @@ def test_not_yaml_mapping_and_corrupt_yaml(tmp_path, capsys):
     for name, needle in (("list.yaml", "mapping"), ("broken.yaml", "not valid YAML")):
         code, err = _run(capsys, "run", str(tmp_path / name))
         assert code == 2 and needle in err and len(err.splitlines()) == 1
+
+
+def test_non_utf8_inputs(tmp_path, capsys, bank):
+    (tmp_path / "latin1.yaml").write_bytes("model: scripted # caf\xe9\n".encode("latin-1"))
+    code, err = _run(capsys, "run", str(tmp_path / "latin1.yaml"))
+    assert code == 2 and "not UTF-8" in err
+    (tmp_path / "bank.jsonl").write_bytes(b"\xff\xfe garbage")
+    code, err = _run(capsys, "run", str(write_config(tmp_path / "c.yaml", personas="bank.jsonl")))
+    assert code == 2 and "not UTF-8" in err and len(err.splitlines()) == 1
+
+
+def test_bank_too_small_leaves_no_run_directory(tmp_path, capsys):
+    small = make_bank(tmp_path / "small.jsonl", per_party=1)
+    cfg = write_config(tmp_path / "c.yaml", personas=str(small), agents=["republican", "republican"])
+    code, err = _run(capsys, "run", str(cfg), "--out", str(tmp_path / "run"), "--quiet")
+    assert code == 2 and "seats 2 republican" in err and not (tmp_path / "run").exists()
+    cfg = write_config(tmp_path / "d.yaml", personas=str(small), agents=["republican", "democrat"], repetitions=2)
+    code, err = _run(capsys, "run", str(cfg), "--out", str(tmp_path / "run"), "--quiet")
+    assert code == 2 and "only 1 distinct persona combination" in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("target", ["dir", "/proc/no/such/bank.jsonl"])
+def test_personas_unwritable_out_is_one_line(tmp_path, capsys, target):
+    out = tmp_path if target == "dir" else target
+    code, err = _run(capsys, "personas", "--model", "scripted", "--per-party", "1", "--out", str(out), "--force")
+    assert code == 2 and "cannot write persona bank" in err and len(err.splitlines()) == 1
+    assert not list(tmp_path.glob(".personas-*"))
 
 
 def test_cli_run_and_resume_on_scripted(tmp_path, capsys, bank):
@@ -86,7 +122,9 @@ def test_console_script_and_light_import():
     out = subprocess.run([sys.executable, "-c", "import debatelab, sys; print('torch' in sys.modules)"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-    res = subprocess.run([sys.executable, "-m", "debatelab.cli", "run", "/no/such.yaml"], capture_output=True, text=True)
+    script = Path(sys.executable).parent / "debatelab"  # the installed console entry point
+    assert script.exists()
+    res = subprocess.run([str(script), "run", "/no/such.yaml"], capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.strip() == "error: config file not found: /no/such.yaml"
 
 

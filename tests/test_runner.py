@@ -16,7 +16,7 @@ from debatelab.llm.base import GenerateRequest
 from debatelab.llm.scripted import ScriptedLLM, default_reply
 from debatelab.prompts import SURVEY_PREFIX
 
-from conftest import write_config
+from conftest import make_bank, write_config
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -153,3 +153,51 @@ def test_same_seed_reproduces_and_other_seed_differs(tmp_path, bank):
         run_experiment(cfg, tmp_path / name, llm=ScriptedLLM())
     text = {n: (tmp_path / n / "turns.csv").read_text() for n in "abc"}
     assert text["a"] == text["b"] and text["a"] != text["c"]
+
+
+def test_edited_bank_or_topic_wording_is_a_different_run(tmp_path, bank):
+    cfg = load_config(write_config(tmp_path / "a.yaml", personas=str(bank)))
+    run_experiment(cfg, tmp_path / "run", llm=ScriptedLLM())
+    bank.write_text(bank.read_text().replace("lifelong", "life-long"))
+    with pytest.raises(DebatelabError, match="different config"):
+        run_experiment(load_config(tmp_path / "a.yaml"), tmp_path / "run", llm=ScriptedLLM())
+    topics = tmp_path / "topics.yaml"
+    topics.write_text("- id: housing\n  name: Housing\n  question: How big a problem is housing?\n")
+    cfg = load_config(write_config(tmp_path / "b.yaml", personas=str(bank), topics=["housing"], topic_files=["topics.yaml"]))
+    run_experiment(cfg, tmp_path / "run2", llm=ScriptedLLM())
+    topics.write_text("- id: housing\n  name: Housing\n  question: How serious a problem is housing?\n")
+    with pytest.raises(DebatelabError, match="different config"):
+        run_experiment(load_config(tmp_path / "b.yaml"), tmp_path / "run2", llm=ScriptedLLM())
+
+
+def test_runtime_knobs_may_change_on_resume(tmp_path, bank):
+    cfg = load_config(write_config(tmp_path / "a.yaml", personas=str(bank), backend={"batch_size": 32}))
+    with pytest.raises(_Crash):
+        run_experiment(cfg, tmp_path / "run", llm=CrashingLLM(3))
+    smaller = load_config(write_config(tmp_path / "a.yaml", personas=str(bank), backend={"batch_size": 4},
+                                       max_in_flight=1))
+    assert run_experiment(smaller, tmp_path / "run", llm=ScriptedLLM()).complete == 3
+
+
+def test_every_repetition_gets_a_distinct_combination_beyond_the_bank(tmp_path):
+    small = make_bank(tmp_path / "b.jsonl", per_party=3)
+    cfg = load_config(write_config(tmp_path / "c.yaml", personas=str(small), agents=["republican", "democrat"],
+                                   repetitions=9, rounds=1))
+    run_experiment(cfg, tmp_path / "run", llm=ScriptedLLM())
+    pairs = defaultdict(set)
+    for row in _rows(tmp_path / "run/attitudes.csv"):
+        pairs[row["repetition"]].add(row["agent"])
+    assert len({frozenset(p) for p in pairs.values()}) == 9  # all 3 x 3 pairs, none repeated
+
+
+def test_second_writer_is_refused(tmp_path, bank):
+    from debatelab.store import open_store
+
+    first = open_store(tmp_path / "run")
+    try:
+        cfg = load_config(write_config(tmp_path / "a.yaml", personas=str(bank)))
+        with pytest.raises(DebatelabError, match="in use by another debatelab process"):
+            run_experiment(cfg, tmp_path / "run", llm=ScriptedLLM())
+    finally:
+        first.close()
+    assert run_experiment(cfg, tmp_path / "run", llm=ScriptedLLM()).complete == 3

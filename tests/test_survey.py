@@ -11,7 +11,9 @@ from debatelab.survey import from_generation, from_option_scores, normalise, par
     ("7", 7), ("10.", 10), ("7/10", 7), ("7 / 10", 7), ("Seven", 7), ("I'd say 8 out of 10", 8),
     ("0 - not a problem", 0), ("  3\nbecause 5 reasons", 3), ("ten", 10),
     ("", None), ("6 or 7", None), ("11", None), ("-1", None), ("7.5", None), ("a big problem", None),
-    ("between 4 and 6", None),
+    ("between 4 and 6", None), ("No one knows.", None), ("A big one.", None), ("#1 issue", None),
+    ("7th", None), ("It is one of the worst problems", None), ("Seven.", 7), ("seven out of ten", 7),
+    ("Eight/10", 8), ("8 out of ten", 8), ("8, maybe one day 9", None), ("10/10", 10),
 ])
 def test_parse_rating_rules(text, expected):
     assert parse_rating(text) == expected

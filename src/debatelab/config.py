@@ -10,7 +10,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import DebatelabError
+from .errors import DebatelabError, describe_yaml_error, read_text
 from .llm.options import BackendOptions
 from .topics import BUILTIN_TOPICS, Topic, load_topic_file
 from .types import ROLES
@@ -79,6 +79,14 @@ class ExperimentConfig(_Strict):
     max_in_flight: int = Field(64, ge=1)
     """Debates advanced together in one wave (the backend batches their requests)."""
 
+    @field_validator("personas", "topic_files", mode="before")
+    @classmethod
+    def _no_empty_paths(cls, value: object) -> object:
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and not v.strip() for v in items):
+            raise ValueError("a path must not be empty")
+        return value
+
     @field_validator("agents")
     @classmethod
     def _known_roles(cls, agents: list[str]) -> list[str]:
@@ -108,10 +116,19 @@ class ExperimentConfig(_Strict):
                 raise DebatelabError(f"unknown topic {item!r} (known: {', '.join(sorted(known))})")
         return out
 
-    def fingerprint(self) -> str:
-        """Hash of everything that shapes results (the run name is a label and excluded)."""
-        payload = self.model_dump(mode="json", exclude={"name", "max_in_flight"})
+    def fingerprint(self, *extra: object) -> str:
+        """Hash of everything that shapes results: the config (less labels and runtime knobs such
+        as batch size or concurrency, which a user may change when resuming), the resolved
+        topics' wording, and any ``extra`` content (persona bank, template version)."""
+        payload = self.model_dump(mode="json", exclude={"name", "max_in_flight", "topic_files"})
+        payload["backend"] = {k: v for k, v in payload["backend"].items() if k not in RUNTIME_BACKEND_FIELDS}
+        payload["resolved_topics"] = [t.model_dump(mode="json") for t in self.resolved_topics()]
+        payload["extra"] = [str(e) for e in extra]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Backend options that change speed, not results; excluded from the run fingerprint.
+RUNTIME_BACKEND_FIELDS = frozenset({"batch_size", "threads", "concurrency", "timeout", "max_retries"})
 
 
 _UNION_TAGS = {"str", "Topic", "int", "float", "bool", "none"}
@@ -128,23 +145,21 @@ def _first_error(exc: ValidationError) -> str:
 def load_config(path: Path, **overrides: object) -> ExperimentConfig:
     """Read a YAML config, apply CLI overrides (None = keep), resolve relative paths, validate."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise DebatelabError(f"config file not found: {path}") from None
-    except IsADirectoryError:
-        raise DebatelabError(f"config path is a directory, not a file: {path}") from None
+        data = yaml.safe_load(read_text(path, "config file"))
     except yaml.YAMLError as exc:
-        raise DebatelabError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise DebatelabError(f"config {path} is not valid YAML: {describe_yaml_error(exc)}") from None
     if not isinstance(data, dict):
         raise DebatelabError(f"config {path} must be a YAML mapping of keys to values")
     data.update({k: v for k, v in overrides.items() if v is not None})
     data.setdefault("name", path.stem)
     base = path.resolve().parent
-    for key in ("personas",):
-        if data.get(key):
-            data[key] = str(base / Path(data[key]).expanduser())
+    # Relative paths are relative to the config file; anything not a non-empty string is left
+    # for validation to reject with a proper message.
+    if isinstance(data.get("personas"), str) and data["personas"].strip():
+        data["personas"] = str(base / Path(data["personas"]).expanduser())
     if isinstance(data.get("topic_files"), list):
-        data["topic_files"] = [str(base / Path(str(p)).expanduser()) for p in data["topic_files"]]
+        data["topic_files"] = [str(base / Path(p).expanduser()) if isinstance(p, str) and p.strip() else p
+                               for p in data["topic_files"]]
     try:
         config = ExperimentConfig.model_validate(data)
     except ValidationError as exc:

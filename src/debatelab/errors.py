@@ -1,5 +1,9 @@
 """Errors that reach the user as one line and exit code 2 (bad input) or 1 (run failure)."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
 
 class DebatelabError(Exception):
     """A problem the user can fix: bad config, missing file, unknown model. Exit code 2."""
@@ -11,3 +15,24 @@ class RunFailed(DebatelabError):
     """The run itself failed after starting (e.g. a backend kept failing). Exit code 1."""
 
     exit_code = 1
+
+
+def read_text(path: Path, what: str) -> str:
+    """Read a user-supplied text file, turning every way it can fail into one clear line."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DebatelabError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise DebatelabError(f"{what} is a directory, not a file: {path}") from None
+    except UnicodeDecodeError:
+        raise DebatelabError(f"{what} is not UTF-8 text: {path}") from None
+    except OSError as exc:
+        raise DebatelabError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def describe_yaml_error(exc: Exception) -> str:
+    """'<problem> (line N)' from a PyYAML error, on one line."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1})" if mark is not None else problem

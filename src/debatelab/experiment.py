@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -18,10 +19,11 @@ from .export import export_run
 from .llm.base import LLM
 from .llm.registry import load_llm, split_model
 from .personas import generate_personas, load_bank, persona_topics, save_bank
-from .planning import personas_needed, plan_debates
+from .planning import check_feasible, personas_needed, plan_debates
+from .prompts import TEMPLATE_VERSION
 from .runner import WaveRunner
 from .store import RunStore, open_store
-from .types import Persona
+from .types import DebateSpec, Persona
 
 
 @dataclass
@@ -34,22 +36,24 @@ class RunSummary:
 
 def run_experiment(config: ExperimentConfig, run_dir: Path, llm: LLM | None = None,
                    progress: bool = False) -> RunSummary:
+    # Everything that can be checked is checked before the run directory is touched, so a
+    # fixable input error never leaves a directory claimed by the config about to be corrected.
     split_model(config.model)
     bank = load_bank(config.personas) if config.personas else None
+    check_feasible(config, bank)
     if not _writable(run_dir):
         raise DebatelabError(f"run directory {run_dir} is not writable")
     start = time.monotonic()
-    # Load the model before touching the run directory: a model that fails to load must not
-    # leave a directory claimed by a config the user is about to correct.
     llm = llm or load_llm(config.model, config.backend)
     store = open_store(run_dir)
     try:
-        store.claim(config.fingerprint(), _provenance(config))
+        store.claim(run_fingerprint(config, bank), _provenance(config))
         _check_identity(store, llm)
         if bank is None:
             bank = _run_personas(config, llm, store, run_dir)
         specs = plan_debates(config, bank, llm.identity())
         store.register(specs)
+        _check_no_strays(store, specs)
         with _Progress(len(specs), store, llm, enabled=progress) as bar:
             WaveRunner(llm, store, config, on_progress=bar.update).run(specs)
         export_run(store, run_dir)
@@ -57,6 +61,19 @@ def run_experiment(config: ExperimentConfig, run_dir: Path, llm: LLM | None = No
         return RunSummary(run_dir, len(specs), complete, time.monotonic() - start)
     finally:
         store.close()
+
+
+def run_fingerprint(config: ExperimentConfig, bank: list[Persona] | None) -> str:
+    bank_hash = hashlib.sha256("".join(p.model_dump_json() for p in bank).encode()).hexdigest() if bank else "generated"
+    return config.fingerprint(f"bank={bank_hash}", f"templates={TEMPLATE_VERSION}")
+
+
+def _check_no_strays(store: RunStore, specs: list[DebateSpec]) -> None:
+    """Exports cover the whole database, so it must hold exactly this plan's debates."""
+    stray = store.debate_ids() - {s.debate_id for s in specs}
+    if stray:
+        raise DebatelabError(f"run directory {store.path.parent} holds {len(stray)} debate(s) that this "
+                             "config does not plan (made by another debatelab version?); choose another --out")
 
 
 def _writable(path: Path) -> bool:
@@ -110,17 +127,20 @@ class _Progress:
         self.llm = llm
         self.turns = 0
         self.start = time.monotonic()
+        self.tokens_before = self._tokens()  # persona generation is not debate throughput
         done = store.counts().get("complete", 0)
         self.bar = tqdm(total=total, initial=done, desc="debates", unit="debate", disable=not enabled,
                         dynamic_ncols=True)
 
     def update(self, finished: int, turns: int) -> None:
         self.turns += turns
-        usage = getattr(self.llm, "usage", None)
-        tokens = usage.completion_tokens if usage else 0
-        rate = tokens / max(time.monotonic() - self.start, 1e-9)
+        rate = (self._tokens() - self.tokens_before) / max(time.monotonic() - self.start, 1e-9)
         self.bar.set_postfix(turns=self.turns, tok_s=f"{rate:.1f}", refresh=False)
         self.bar.update(finished)
+
+    def _tokens(self) -> int:
+        usage = getattr(self.llm, "usage", None)
+        return usage.completion_tokens if usage else 0
 
     def __enter__(self) -> "_Progress":
         return self

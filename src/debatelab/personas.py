@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Sequence
 from pydantic import ValidationError
 
 from .debate import derive_seed
-from .errors import DebatelabError, RunFailed
+from .errors import DebatelabError, RunFailed, read_text
 from .llm.base import LLM, GenerateRequest
 from .prompts import TEMPLATE_VERSION, persona_prompt
 from .topics import BUILTIN_TOPICS, Topic
@@ -107,19 +107,22 @@ def _persona_id(seed: int, party: str, index: int) -> str:
 
 def save_bank(personas: Sequence[Persona], path: Path) -> None:
     """Write the bank atomically: a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".personas-", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        for p in personas:
-            fh.write(p.model_dump_json() + "\n")
-    os.replace(tmp, path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".personas-", dir=path.parent)
+        with os.fdopen(fd, "w") as fh:
+            for p in personas:
+                fh.write(p.model_dump_json() + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise DebatelabError(f"cannot write persona bank {path}: {exc.strerror}") from None
 
 
 def load_bank(path: Path) -> list[Persona]:
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise DebatelabError(f"persona bank not found: {path}") from None
+    lines = read_text(path, "persona bank").splitlines()
     personas = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 from collections import Counter
 from typing import Any, Sequence
@@ -11,7 +12,7 @@ from typing import Any, Sequence
 from .config import ExperimentConfig
 from .debate import derive_seed
 from .errors import DebatelabError
-from .personas import draw_names
+from .personas import draw_names, first_names
 from .prompts import TEMPLATE_VERSION
 from .topics import Topic
 from .types import DEFAULT_CONTEXT, Agent, DebateSpec, Persona
@@ -24,36 +25,68 @@ def personas_needed(config: ExperimentConfig) -> dict[str, int]:
     return {party: per_party or n * config.repetitions for party, n in seats.items()}
 
 
+def check_feasible(config: ExperimentConfig, bank: Sequence[Persona] | None) -> None:
+    """Fail before anything is written if the bank (or the bank to be generated) cannot seat the
+    roster with a different persona combination in every repetition."""
+    seats = Counter(r for r in config.agents if r != "default")
+    if bank is None:
+        available = personas_needed(config)
+        names = sum(available.values()) + config.agents.count("default")
+        if names > len(first_names()):
+            raise DebatelabError(f"the run needs {names} distinct agent names but the built-in list has "
+                                 f"{len(first_names())}; use fewer repetitions or a persona bank")
+    else:
+        available = Counter(p.party for p in bank)
+    combos = 1
+    for party, n in seats.items():
+        if available.get(party, 0) < n:
+            raise DebatelabError(f"the roster seats {n} {party} agent(s) but the persona bank has "
+                                 f"{available.get(party, 0)}")
+        combos *= math.comb(available[party], n)
+    if combos < config.repetitions:
+        raise DebatelabError(f"the persona bank allows only {combos} distinct persona combination(s) "
+                             f"for {config.repetitions} repetitions; add personas or lower repetitions")
+
+
 def plan_debates(config: ExperimentConfig, bank: Sequence[Persona], identity: dict[str, Any]) -> list[DebateSpec]:
     """Repetition r seats the r-th personas of a seeded shuffle of each party's bank, on every topic
-    (as in the paper, the same agents meet on each topic). With more seats than personas the draw
-    wraps around, so combinations then repeat across repetitions."""
+    (as in the paper, the same agents meet on each topic). Once a party's bank is used up, further
+    repetitions draw seeded random combinations not used before, so every repetition differs."""
+    check_feasible(config, bank)
     seats = Counter(r for r in config.agents if r != "default")
-    shuffled = {}
-    for party, n in seats.items():
-        pool = [p for p in bank if p.party == party]
-        if len(pool) < n:
-            raise DebatelabError(f"the roster seats {n} {party} agent(s) but the persona bank has {len(pool)}")
-        shuffled[party] = random.Random(derive_seed(config.seed, "draw", party)).sample(pool, len(pool))
+    shuffled = {party: random.Random(derive_seed(config.seed, "draw", party)).sample(
+        [p for p in bank if p.party == party], sum(p.party == party for p in bank)) for party in seats}
+    used: set[frozenset[str]] = set()
+    combos = [_combination(shuffled, seats, rep, config.seed, used) for rep in range(config.repetitions)]
     specs = []
     for topic in config.resolved_topics():
-        for rep in range(config.repetitions):
-            agents = _seat(config.agents, shuffled, seats, rep, derive_seed(config.seed, "names", rep))
+        for rep, combo in enumerate(combos):
+            agents = _seat(config.agents, combo, derive_seed(config.seed, "names", rep))
             specs.append(_spec(config, topic, rep, agents, identity))
     return specs
 
 
-def _seat(roster: Sequence[str], shuffled: dict[str, list[Persona]], seats: Counter, rep: int,
-          name_seed: int) -> tuple[Agent, ...]:
-    taken: Counter = Counter()
-    chosen: list[Persona | None] = []
-    for role in roster:
-        if role == "default":
-            chosen.append(None)
-            continue
-        pool = shuffled[role]
-        chosen.append(pool[(rep * seats[role] + taken[role]) % len(pool)])
-        taken[role] += 1
+def _combination(shuffled: dict[str, list[Persona]], seats: Counter, rep: int, seed: int,
+                 used: set[frozenset[str]]) -> dict[str, list[Persona]]:
+    if all((rep + 1) * n <= len(shuffled[party]) for party, n in seats.items()):
+        combo = {party: shuffled[party][rep * n:(rep + 1) * n] for party, n in seats.items()}
+    else:
+        rng = random.Random(derive_seed(seed, "combination", rep))
+        while True:  # terminates: check_feasible guaranteed an unused combination exists
+            combo = {party: rng.sample(shuffled[party], n) for party, n in seats.items()}
+            if _key(combo) not in used:
+                break
+    used.add(_key(combo))
+    return combo
+
+
+def _key(combo: dict[str, list[Persona]]) -> frozenset[str]:
+    return frozenset(p.id for people in combo.values() for p in people)
+
+
+def _seat(roster: Sequence[str], combo: dict[str, list[Persona]], name_seed: int) -> tuple[Agent, ...]:
+    remaining = {party: iter(people) for party, people in combo.items()}
+    chosen = [None if role == "default" else next(remaining[role]) for role in roster]
     used = [p.name for p in chosen if p is not None]
     defaults = iter(draw_names(roster.count("default"), name_seed, exclude=used))
     return tuple(

@@ -6,11 +6,12 @@ Primary keys make duplicates impossible: (debate_id, iteration) for turns and
 
 from __future__ import annotations
 
+import fcntl
 import json
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import IO, Any, Callable, Iterable
 
 from .errors import DebatelabError
 from .types import DebateSpec, Persona, SurveyAnswer, Turn
@@ -62,12 +63,14 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_initial]
 class RunStore:
     def __init__(self, path: Path):
         self.path = path
+        self._lock = _lock_run_dir(path.parent)
         try:
             self.db = sqlite3.connect(path, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA synchronous=FULL")  # a committed wave survives power loss too
             self._migrate()
         except sqlite3.DatabaseError as exc:
+            self._lock.close()
             raise DebatelabError(f"corrupt or unreadable run database {path}: {exc}") from None
 
     def _migrate(self) -> None:
@@ -85,6 +88,7 @@ class RunStore:
 
     def close(self) -> None:
         self.db.close()
+        self._lock.close()  # releases the flock
 
     # ---- run identity -------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -177,6 +181,9 @@ class RunStore:
             self.db.executemany("UPDATE debates SET status = 'running' WHERE debate_id = ? AND status = 'pending'",
                                 [(d,) for d in debate_ids])
 
+    def debate_ids(self) -> set[str]:
+        return {row[0] for row in self.db.execute("SELECT debate_id FROM debates")}
+
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT status, COUNT(*) FROM debates GROUP BY status").fetchall())
 
@@ -193,6 +200,17 @@ class _Tx:
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _lock_run_dir(run_dir: Path) -> IO[str]:
+    """One writer per run directory: a second process is refused instead of racing the first."""
+    handle = (run_dir / ".lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise DebatelabError(f"run directory {run_dir} is in use by another debatelab process") from None
+    return handle
 
 
 def open_store(run_dir: Path) -> RunStore:

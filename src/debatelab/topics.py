@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import DebatelabError
+from .errors import DebatelabError, describe_yaml_error, read_text
 
 
 class Topic(BaseModel):
@@ -60,11 +60,9 @@ BUILTIN_TOPICS: dict[str, Topic] = {
 def load_topic_file(path: Path) -> list[Topic]:
     """A YAML file holding a list of topic mappings (id, name, question, optional labels)."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise DebatelabError(f"topic file not found: {path}") from None
+        data = yaml.safe_load(read_text(path, "topic file"))
     except yaml.YAMLError as exc:
-        raise DebatelabError(f"topic file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise DebatelabError(f"topic file {path} is not valid YAML: {describe_yaml_error(exc)}") from None
     if not isinstance(data, list):
         raise DebatelabError(f"topic file {path} must hold a list of topics")
     try:

@@ -258,3 +258,31 @@ def test_score_options_micro_batched_same_and_in_order(llm: HFLLM, batch_size: i
     rev = with_batch_size(llm, batch_size).score_options(SCORE_REQUESTS[::-1])
     for a, b in zip(rev, full[::-1]):
         assert list(a.logprobs) == pytest.approx(list(b.logprobs), abs=1e-4)
+
+
+# ---- model-shipped defaults and end-of-turn ------------------------------------------------
+def test_shipped_generation_config_does_not_change_outputs(llm: HFLLM, model_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    copy = tmp_path / "penalised"
+    shutil.copytree(model_dir, copy)
+    config = json.loads((copy / "generation_config.json").read_text()) if (copy / "generation_config.json").exists() else {}
+    config.update({"repetition_penalty": 10.0, "no_repeat_ngram_size": 1, "top_k": 1})
+    (copy / "generation_config.json").write_text(json.dumps(config))
+    other = load_llm(f"hf:{copy}", BackendOptions(device="cpu", dtype="float32", threads=1))
+    reqs = [GenerateRequest(chat("You are Bob.", "debate climate " * 3), temperature=0.0, max_tokens=24),
+            GenerateRequest(chat("You are Ann.", "climate"), temperature=1.0, max_tokens=24, seed=5)]
+    assert [c.text for c in other.generate(reqs)] == [c.text for c in llm.generate(reqs)]
+
+
+def test_end_of_turn_comes_from_the_chat_template(llm: HFLLM) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(llm.tokenizer.name_or_path)
+    tokenizer.eos_token = "<|im_start|>"  # a model whose eos differs from its end-of-turn token
+    odd = HFLLM(llm.model, tokenizer, llm.identity(), BackendOptions(device="cpu"))
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert odd.end_of_turn == im_end and tokenizer.eos_token_id != im_end
+    assert {im_end, tokenizer.eos_token_id} <= odd.stop_ids
+    assert odd._terminator(chat("a", "b")) == [im_end]
+    HFLLM(llm.model, llm.tokenizer, llm.identity(), llm.options)  # restore the shared model's stop ids

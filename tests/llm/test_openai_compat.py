@@ -239,6 +239,23 @@ def test_rate_limit_with_retry_after_is_retried(server: FakeOpenAIServer) -> Non
     assert len(server.received) == 2 and server.pending_faults == 0
 
 
+def test_retry_after_header_is_honoured(server: FakeOpenAIServer) -> None:
+    server.fail_next(429, retry_after="2")  # the SDK's own back-off without the header is ~0.5 s
+    llm = make_llm(server, max_retries=1)
+    started = time.monotonic()
+    [out] = llm.generate([GenerateRequest(chat("hi"))])
+    assert out.text == "echo: hi" and time.monotonic() - started >= 1.9
+
+
+def test_request_timeout_fails_visibly_without_hanging(server: FakeOpenAIServer) -> None:
+    server.delay = 1.5
+    llm = make_llm(server, max_retries=1, timeout=0.2)
+    started = time.monotonic()
+    with pytest.raises(RunFailed, match="timed out"):
+        llm.generate([GenerateRequest(chat("hi"))])
+    assert time.monotonic() - started < 3 and len(server.received) == 2
+
+
 @pytest.mark.parametrize("status", [500, 503])
 def test_persistent_failure_raises_after_exactly_two_attempts(server: FakeOpenAIServer, status: int) -> None:
     server.fail_next(status, count=5)

@@ -94,6 +94,33 @@ class HFLLM:
         # transformers 5.x renamed the forward argument ``past_key_values`` to ``cache``.
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self.end_of_turn = self._find_end_of_turn()
+        self.stop_ids = self._stop_token_ids(model)
+        # Generation is fully specified per call; never inherit sampling defaults a model ships in
+        # generation_config.json (repetition penalties, top-k...), which would silently change
+        # "greedy" surveys and seeded replies.
+        model.generation_config = GenerationConfig(eos_token_id=sorted(self.stop_ids), pad_token_id=tokenizer.pad_token_id)
+
+    def _find_end_of_turn(self) -> int:
+        """The token a chat template writes after an assistant message (<|im_end|>, <|eot_id|>,
+        <end_of_turn>...); the tokenizer's eos when there is no template or it cannot tell."""
+        eos = self.tokenizer.eos_token_id
+        if not getattr(self.tokenizer, "chat_template", None):
+            return eos
+        sentinel = "SENTINEL-7f3a"
+        try:
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": "hi"}, {"role": "assistant", "content": sentinel}], tokenize=False)
+        except Exception:  # templates may raise on anything unusual; eos is the safe fallback
+            return eos
+        after = self.tokenizer(text.split(sentinel, 1)[-1], add_special_tokens=False).input_ids
+        special = set(self.tokenizer.all_special_ids) | set(getattr(self.tokenizer, "added_tokens_decoder", {}))
+        return after[0] if after and after[0] in special else eos
+
+    def _stop_token_ids(self, model: Any) -> set[int]:
+        shipped = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        shipped = shipped if isinstance(shipped, list) else [shipped]
+        return {i for i in [self.tokenizer.eos_token_id, self.end_of_turn, *shipped] if i is not None}
 
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
@@ -141,10 +168,9 @@ class HFLLM:
 
     def _generate_batch(self, reqs: list[GenerateRequest], seqs: list[list[int]]) -> list[Completion]:
         ids, mask = self._pad_left(seqs)
-        eos = self.tokenizer.eos_token_id
         config = GenerationConfig(
             max_new_tokens=max(r.max_tokens for r in reqs), do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos,
+            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.stop_ids),
         )
         out = self.model.generate(
             input_ids=ids, attention_mask=mask, generation_config=config,
@@ -154,13 +180,13 @@ class HFLLM:
         return [self._finish(req, row[ids.shape[1] :].tolist(), len(seq)) for req, row, seq in zip(reqs, out, seqs)]
 
     def _finish(self, req: GenerateRequest, new: list[int], prompt_tokens: int) -> Completion:
-        eos = self.tokenizer.eos_token_id
         # Cut to this row's own budget first: a row stopped early by _RowStop is then padded with
         # pad (= often eos) tokens while longer rows go on, and that padding is no real end of turn.
         new = new[: req.max_tokens]
-        hit_eos = eos in new
+        ends = [k for k, token in enumerate(new) if token in self.stop_ids]
+        hit_eos = bool(ends)
         if hit_eos:
-            new = new[: new.index(eos)]
+            new = new[: ends[0]]
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         cut = [text.index(s) for s in req.stop if s and s in text]
         if cut:
@@ -174,7 +200,7 @@ class HFLLM:
     def _terminator(self, prompt: Prompt) -> list[int]:
         """What must follow an option for it to be the whole answer: end-of-turn in chat, else newline."""
         if self.uses_chat_template(prompt):
-            return [self.tokenizer.eos_token_id]
+            return [self.end_of_turn]
         return self.tokenizer("\n", add_special_tokens=False).input_ids
 
     @torch.inference_mode()
