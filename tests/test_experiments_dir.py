@@ -1,0 +1,26 @@
+"""Every shipped experiment config validates, and plans the debates it promises."""
+
+from pathlib import Path
+
+import pytest
+
+from debatelab.config import load_config
+from debatelab.personas import generate_personas
+from debatelab.planning import check_feasible, personas_needed, plan_debates
+from debatelab.llm.scripted import ScriptedLLM
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("**/*.yaml"))
+
+
+def test_there_are_configs():
+    assert any(p.name == "quickstart.yaml" for p in CONFIGS)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_validates_and_plans(path):
+    config = load_config(path)
+    check_feasible(config, None)
+    bank = generate_personas(ScriptedLLM(), "scripted", personas_needed(config), config.seed)
+    specs = plan_debates(config, bank, {"backend": "scripted"})
+    assert len(specs) == len(config.resolved_topics()) * config.repetitions
+    assert len({s.debate_id for s in specs}) == len(specs)
