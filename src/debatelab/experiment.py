@@ -52,8 +52,8 @@ def run_experiment(config: ExperimentConfig, run_dir: Path, llm: LLM | None = No
         if bank is None:
             bank = _run_personas(config, llm, store, run_dir)
         specs = plan_debates(config, bank, llm.identity())
-        store.register(specs)
         _check_no_strays(store, specs)
+        store.register(specs)
         with _Progress(len(specs), store, llm, enabled=progress) as bar:
             WaveRunner(llm, store, config, on_progress=bar.update).run(specs)
         export_run(store, run_dir)
