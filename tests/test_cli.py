@@ -144,3 +144,19 @@ def test_personas_command_writes_bank_and_refuses_overwrite(tmp_path, capsys):
     assert len(bank) == 6 and len({p.name for p in bank}) == 6
     code, err = _run(capsys, "personas", "--model", "scripted", "--out", str(out))
     assert code == 2 and "--force" in err
+
+
+def test_reproduce_and_report_commands(tmp_path, capsys):
+    presets = Path(__file__).resolve().parents[1] / "experiments" / "paper"
+    out = tmp_path / "paper"
+    assert main(["reproduce", "fig3_three_way", "fig4_two_way", "--model", "scripted", "--repetitions", "2",
+                 "--out", str(out), "--preset-dir", str(presets), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "fig3_three_way: 8/8 debates complete" in printed and "report ->" in printed
+    html = (out / "report" / "report.html").read_text()
+    assert "Content-Security-Policy" in html and (out / "report" / "summary.csv").exists()
+    assert main(["report", str(out / "fig4_two_way"), "--out", str(tmp_path / "r2"),
+                 "--reference", str(out / "fig3_three_way")]) == 0
+    assert (tmp_path / "r2" / "report.html").exists()
+    code, err = _run(capsys, "report", str(tmp_path / "nothing"), "--out", str(tmp_path / "r3"))
+    assert code == 2 and "no run database" in err and not (tmp_path / "r3" / "report.html").exists()

@@ -12,7 +12,17 @@ from .topics import BUILTIN_TOPICS, Topic
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # debatelab.load(run_dir) without importing pandas at ``import debatelab``.
+    if name == "load":
+        from .analysis.frames import load
+
+        return load
+    raise AttributeError(f"module 'debatelab' has no attribute {name!r}")
+
+
 __all__ = [
     "BUILTIN_TOPICS", "BackendOptions", "DebatelabError", "ExperimentConfig", "RunSummary", "Topic",
-    "load_config", "load_llm", "run_experiment",
+    "load", "load_config", "load_llm", "run_experiment",
 ]

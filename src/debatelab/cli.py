@@ -53,6 +53,29 @@ def _cmd_personas(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import report_reference, reproduce
+
+    summaries = reproduce(args.presets, args.out, model=args.model, repetitions=args.repetitions,
+                          preset_dir=args.preset_dir, progress=not args.quiet)
+    for s in summaries:
+        print(f"{s.run_dir.name}: {s.complete}/{s.debates} debates complete in {s.seconds:.1f} s")
+    if not args.no_report:
+        from .analysis.report import build_report
+
+        path = build_report([s.run_dir for s in summaries], args.out / "report", reference=report_reference(args.out))
+        print(f"report -> {path}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .analysis.report import build_report
+
+    path = build_report(args.run_dirs, args.out, reference=args.reference)
+    print(f"report -> {path}")
+    return 0
+
+
 def _cmd_topics(args: argparse.Namespace) -> int:
     from .topics import BUILTIN_TOPICS
 
@@ -80,6 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
     personas.add_argument("--out", type=Path, required=True)
     personas.add_argument("--force", action="store_true", help="replace an existing file")
     personas.set_defaults(func=_cmd_personas)
+
+    rep = sub.add_parser("reproduce", help="run paper presets into one folder (shared personas) and report")
+    rep.add_argument("presets", nargs="*", help="preset names or YAML paths (default: every preset)")
+    rep.add_argument("--out", type=Path, default=Path("runs/paper"), help="results folder (default runs/paper)")
+    rep.add_argument("--model", help="run every preset on this model (e.g. Figure 7 on another model)")
+    rep.add_argument("--repetitions", type=_positive, help="run smaller than the paper's 40")
+    rep.add_argument("--preset-dir", type=Path, default=Path("experiments/paper"))
+    rep.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    rep.add_argument("--quiet", action="store_true", help="no progress bars")
+    rep.set_defaults(func=_cmd_reproduce)
+
+    report = sub.add_parser("report", help="write a self-contained HTML report (and summary.csv) for runs")
+    report.add_argument("run_dirs", nargs="+", type=Path)
+    report.add_argument("--out", type=Path, required=True)
+    report.add_argument("--reference", type=Path, help="run whose Default agent gives the dashed reference line")
+    report.set_defaults(func=_cmd_report)
 
     topics = sub.add_parser("topics", help="list the built-in topics")
     topics.set_defaults(func=_cmd_topics)

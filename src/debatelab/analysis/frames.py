@@ -1,0 +1,90 @@
+"""Read a run directory into pandas DataFrames with join keys (``debate_id``, ``agent_index``).
+
+``surveys.value`` is the attitude used by every statistic: the expected score of a ``logprobs``
+survey, the parsed integer of a ``generate`` survey, and NaN where the answer was invalid.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DebatelabError
+from ..store import DB_NAME
+
+_DEBATES = """SELECT debate_id, topic_id AS topic, json_extract(spec_json, '$.topic.name') AS topic_name,
+  repetition, seed, first_speaker, rounds, n_agents, status FROM debates"""
+_AGENTS = "SELECT debate_id, agent_index, name AS agent, role, persona_id FROM agents"
+_TURNS = """SELECT t.debate_id, d.topic_id AS topic, d.repetition, t.iteration, t.agent_index, a.name AS agent,
+  a.role, t.text, t.completion_tokens, t.finish_reason
+  FROM turns t JOIN debates d USING (debate_id)
+  JOIN agents a ON a.debate_id = t.debate_id AND a.agent_index = t.agent_index"""
+_SURVEYS = """SELECT s.debate_id, d.topic_id AS topic, d.repetition, s.iteration, s.agent_index, a.name AS agent,
+  a.role, s.method, s.score, s.valid, s.expected_score, s.option_mass, s.raw, s.probs_json
+  FROM surveys s JOIN debates d USING (debate_id)
+  JOIN agents a ON a.debate_id = s.debate_id AND a.agent_index = s.agent_index"""
+
+
+@dataclass
+class RunData:
+    """One run directory as DataFrames, plus its stored config and provenance (``meta``)."""
+
+    run_dir: Path
+    debates: pd.DataFrame
+    agents: pd.DataFrame
+    turns: pd.DataFrame
+    surveys: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("config", {}).get("name") or self.run_dir.name)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.meta.get("config", {}))
+
+
+def load(run_dir: str | Path) -> RunData:
+    run_dir = Path(run_dir)
+    path = run_dir / DB_NAME
+    if not path.is_file():
+        raise DebatelabError(f"no run database in {run_dir} (expected {DB_NAME})")
+    # Read-only: analysis must never change (or lock) a run that may still be going.
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        frames = {name: pd.read_sql_query(sql, db) for name, sql in
+                  (("debates", _DEBATES), ("agents", _AGENTS), ("turns", _TURNS), ("surveys", _SURVEYS))}
+        meta = {k: _json_or_text(v) for k, v in db.execute("SELECT key, value FROM meta")}
+    except sqlite3.DatabaseError as exc:
+        raise DebatelabError(f"cannot read run database {path}: {exc}") from None
+    finally:
+        db.close()
+    frames["surveys"] = _with_values(frames["surveys"])
+    for name in ("turns", "surveys"):
+        frames[name] = frames[name].sort_values(["topic", "repetition", "debate_id", "iteration", "agent_index"],
+                                                ignore_index=True)
+    return RunData(run_dir=run_dir, meta=meta, **frames)
+
+
+def _with_values(surveys: pd.DataFrame) -> pd.DataFrame:
+    surveys = surveys.copy()
+    surveys["valid"] = surveys["valid"].astype(bool)
+    logprob = surveys["method"] == "logprobs"
+    value = np.where(logprob, surveys["expected_score"], surveys["score"]).astype(float)
+    surveys["value"] = np.where(surveys["valid"], value, np.nan)
+    surveys["probs"] = surveys.pop("probs_json").map(lambda s: json.loads(s) if isinstance(s, str) else None)
+    return surveys
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except (TypeError, json.JSONDecodeError):
+        return value

@@ -1,0 +1,189 @@
+"""One self-contained HTML report of one or more runs: provenance, figures, metrics, aggregates
+and a transcript browser.
+
+``report.html`` has no JavaScript and loads nothing: figures are embedded as base64 PNG data
+URIs, the CSS is inline and a Content-Security-Policy forbids everything else. All model text is
+autoescaped by jinja2 (never marked safe). Next to it: ``summary.csv`` (every run's aggregates
+with a ``run`` column) and ``figures/`` (PNG + SVG of every figure).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import numbers
+import os
+import re
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import yaml
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from ..errors import DebatelabError
+from .frames import RunData, load
+from .stats import aggregate
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+TEMPLATE = "report.html.j2"
+SURVEY_LABEL = "Survey \u2014 not part of the debate"
+AGGREGATE_COLUMNS = ["topic", "role", "iteration", "n", "mean", "sd", "se", "ci_low", "ci_high", "invalid"]
+
+
+def build_report(run_dirs: Sequence[Path], out_dir: Path, reference: Path | None = None) -> Path:
+    """Load every run (and the optional reference run) and write the report; returns report.html."""
+    if not run_dirs:
+        raise DebatelabError("build_report needs at least one run directory")
+    runs = [load(d) for d in run_dirs]
+    ref = load(reference) if reference is not None else None
+    out_dir = Path(out_dir)
+    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    labels = run_labels(runs)
+    _atomic_write(out_dir / "summary.csv", summary_table(runs, labels).to_csv(index=False))
+    sections = [_run_section(run, label, i, ref, out_dir) for i, (run, label) in enumerate(zip(runs, labels))]
+    overlay = _overlay(runs, labels, ref, out_dir) if len(runs) > 1 else None
+    html = render(runs=sections, overlay=overlay, reference=ref.name if ref is not None else None,
+                  generated=_now(), survey_label=SURVEY_LABEL)
+    path = out_dir / "report.html"
+    _atomic_write(path, html)
+    return path
+
+
+def run_labels(runs: Sequence[RunData]) -> list[str]:
+    """Run names, made unique with a ``#n`` suffix where two runs share one."""
+    names = [run.name for run in runs]
+    return [f"{n} #{i + 1}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+def summary_table(runs: Sequence[RunData], labels: Sequence[str]) -> pd.DataFrame:
+    frames = [aggregate(run.surveys).assign(run=label) for run, label in zip(runs, labels)]
+    return pd.concat(frames, ignore_index=True)[["run", *AGGREGATE_COLUMNS]]
+
+
+def render(**context: Any) -> str:
+    env = Environment(loader=FileSystemLoader(TEMPLATE_DIR), autoescape=True, undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = fmt_number
+    env.filters["pval"] = fmt_p
+    return env.get_template(TEMPLATE).render(**context)
+
+
+def _run_section(run: RunData, label: str, index: int, ref: RunData | None, out_dir: Path) -> dict[str, Any]:
+    from .figures import attitude_figure
+    from .metrics import metric_table
+
+    stem = out_dir / "figures" / f"{index + 1:02d}-{_slug(label)}-attitudes"
+    figure = _figure(attitude_figure(run, labels=[label], reference=ref), stem)
+    return {"label": label, "anchor": f"run-{index + 1}", "provenance": provenance(run),
+            "figure": figure, "metrics": metric_groups(metric_table(run, reference=ref)),
+            "aggregates": aggregate(run.surveys).to_dict("records"), "debates": transcripts(run)}
+
+
+def _overlay(runs: Sequence[RunData], labels: Sequence[str], ref: RunData | None, out_dir: Path) -> dict[str, str]:
+    from .figures import attitude_figure
+
+    fig = attitude_figure(list(runs[:2]), labels=list(labels[:2]), reference=ref)
+    return {**_figure(fig, out_dir / "figures" / "overlay-attitudes"), "caption": " vs ".join(labels[:2])}
+
+
+def _figure(fig: Any, stem: Path) -> dict[str, str]:
+    """Save PNG + SVG and return the PNG as a data URI (a plain string, autoescaped like any other)."""
+    from .figures import save_figure
+
+    paths = {Path(p).suffix: Path(p) for p in save_figure(fig, stem)}
+    data = base64.b64encode(paths[".png"].read_bytes()).decode("ascii")
+    return {"src": f"data:image/png;base64,{data}", "png": f"figures/{paths['.png'].name}",
+            "svg": f"figures/{paths['.svg'].name}"}
+
+
+def provenance(run: RunData) -> dict[str, Any]:
+    meta, config = run.meta, run.config
+    return {"name": run.name, "run_dir": str(run.run_dir), "model": config.get("model", "?"),
+            "identity": _pretty_json(meta.get("model_identity", {})), "versions": meta.get("versions", {}),
+            "python": meta.get("python", "?"), "platform": meta.get("platform", "?"),
+            "created_at": _timestamp(meta.get("created_at")), "fingerprint": meta.get("config_fingerprint", "?"),
+            "seed": config.get("seed", "?"), "config": _pretty_yaml(meta.get("config", {}))}
+
+
+def metric_groups(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows grouped by metric, in first-seen order; each row keeps its ``reading`` sentence."""
+    has_wilcoxon = "p_wilcoxon" in table.columns
+    groups = []
+    for metric in table["metric"].drop_duplicates():
+        rows = table[table["metric"] == metric].to_dict("records")
+        for row in rows:
+            row["p_wilcoxon"] = row.get("p_wilcoxon") if has_wilcoxon else None
+        groups.append({"metric": metric, "rows": rows})
+    return groups
+
+
+def transcripts(run: RunData) -> list[dict[str, Any]]:
+    """One entry per debate: its summary line and the turns and survey blocks in order."""
+    agents = run.agents.sort_values(["debate_id", "agent_index"])
+    debates = run.debates.sort_values(["topic", "repetition", "debate_id"])
+    return [{**debate, "agents": agents[agents["debate_id"] == debate["debate_id"]].to_dict("records"),
+             "items": _items(run.turns[run.turns["debate_id"] == debate["debate_id"]],
+                             run.surveys[run.surveys["debate_id"] == debate["debate_id"]])}
+            for debate in debates.to_dict("records")]
+
+
+def _items(turns: pd.DataFrame, surveys: pd.DataFrame) -> list[dict[str, Any]]:
+    """Turns by iteration; the surveys of iteration i come right after turn i (iteration 0 first)."""
+    keyed = [((int(t["iteration"]), 0), {"kind": "turn", **t}) for t in turns.to_dict("records")]
+    for iteration, group in surveys.groupby("iteration", sort=True):
+        rows = group.sort_values("agent_index").to_dict("records")
+        keyed.append(((int(iteration), 1), {"kind": "survey", "iteration": int(iteration), "rows": rows}))
+    return [item for _, item in sorted(keyed, key=lambda pair: pair[0])]
+
+
+def fmt_number(value: Any, digits: int = 3) -> str:
+    if value is None or isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return "\u2014" if value is None else str(value)
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    return "\u2014" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def fmt_p(value: Any) -> str:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and value < 0.001:
+        return "<0.001"
+    return fmt_number(value)
+
+
+def _pretty_yaml(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return yaml.safe_dump(value, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def _pretty_json(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
+def _timestamp(value: Any) -> str:
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return str(value) if value is not None else "?"
+
+
+def _now() -> str:
+    return datetime.now(tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")[:60] or "run"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
