@@ -98,7 +98,7 @@ def test_personas_unwritable_out_is_one_line(tmp_path, capsys, target):
     out = tmp_path if target == "dir" else target
     code, err = _run(capsys, "personas", "--model", "scripted", "--per-party", "1", "--out", str(out), "--force")
     assert code == 2 and "cannot write persona bank" in err and len(err.splitlines()) == 1
-    assert not list(tmp_path.glob(".personas-*"))
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.parent.glob(f".{tmp_path.name}.*.tmp"))
 
 
 def test_cli_run_and_resume_on_scripted(tmp_path, capsys, bank):

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from .files import atomic_open
 from .store import RunStore
 
 ATTITUDE_COLUMNS = (
@@ -45,12 +44,10 @@ def _attitude_rows(store: RunStore) -> Iterable[Sequence[object]]:
 
 
 def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as fh:
+    with atomic_open(path, newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns)
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def export_run(store: RunStore, run_dir: Path) -> None:

@@ -7,9 +7,7 @@ that are empty or malformed are regenerated with a new seed a bounded number of 
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
@@ -19,6 +17,7 @@ from pydantic import ValidationError
 
 from .debate import derive_seed
 from .errors import DebatelabError, RunFailed, read_text
+from .files import atomic_open
 from .llm.base import LLM, GenerateRequest
 from .prompts import TEMPLATE_VERSION, persona_prompt
 from .topics import BUILTIN_TOPICS, Topic
@@ -107,17 +106,11 @@ def _persona_id(seed: int, party: str, index: int) -> str:
 
 def save_bank(personas: Sequence[Persona], path: Path) -> None:
     """Write the bank atomically: a reader never sees a half-written file."""
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".personas-", dir=path.parent)
-        with os.fdopen(fd, "w") as fh:
-            for p in personas:
-                fh.write(p.model_dump_json() + "\n")
-        os.replace(tmp, path)
+        with atomic_open(path) as fh:
+            fh.writelines(p.model_dump_json() + "\n" for p in personas)
     except OSError as exc:
-        if tmp and os.path.exists(tmp):
-            os.unlink(tmp)
         raise DebatelabError(f"cannot write persona bank {path}: {exc.strerror}") from None
 
 

@@ -25,6 +25,7 @@ from .frames import RunData
 from .stats import summarise
 
 MIDPOINT = 5.0
+SMALL_GAP = 0.5  # points; below this a convergence ratio mostly measures noise
 COLUMNS = ["metric", "topic", "role", "estimate", "ci_low", "ci_high", "n", "p_value", "p_wilcoxon", "reading"]
 PARTISAN = ("republican", "democrat")
 
@@ -111,9 +112,12 @@ def convergence_to_default(group: pd.DataFrame, role: str, d0: float, topic: str
              for idx in (rng.integers(0, len(first), len(first)) for _ in range(n_boot))] if len(first) > 1 else []
     low, high = (np.nanpercentile(boots, [2.5, 97.5]) if boots and not np.all(np.isnan(boots)) else (np.nan, np.nan))
     summary = {"mean": estimate, "ci_low": float(low), "ci_high": float(high), "n": len(first)}
+    gap = float(np.mean(first)) - d0 if len(first) else np.nan
     reading = (f"{role.title()} agents closed {estimate:.0%} of their initial gap to the Default agent's "
                f"pre-debate attitude ({d0:.2f}) by the last survey (95% bootstrap CI {low:.0%} to {high:.0%}; "
                f"1 = full convergence, 0 = none).")
+    if abs(gap) < SMALL_GAP:
+        reading += f" The initial gap is only {gap:+.2f} points, so this ratio is unstable."
     return _row("convergence_to_default", topic, role, summary, reading)
 
 
