@@ -160,3 +160,21 @@ def test_reproduce_and_report_commands(tmp_path, capsys):
     assert (tmp_path / "r2" / "report.html").exists()
     code, err = _run(capsys, "report", str(tmp_path / "nothing"), "--out", str(tmp_path / "r3"))
     assert code == 2 and "no run database" in err and not (tmp_path / "r3" / "report.html").exists()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "run.sqlite").write_bytes(b"not a database" * 200)
+    (tmp_path / "file").write_text("x")
+    for argv, needle in ((["report", str(tmp_path / "bad"), "--out", str(tmp_path / "r4")], "cannot read run database"),
+                         (["report", str(out / "fig4_two_way"), "--out", str(tmp_path / "file")], "cannot write the report"),
+                         (["report", str(out / "fig4_two_way"), "--out", "/proc/nope"], "cannot write the report"),
+                         (["report", str(out / "fig4_two_way"), "--out", str(tmp_path / "r5"), "--overlay"], "two run")):
+        code, err = _run(capsys, *argv)
+        assert code == 2 and needle in err and len(err.splitlines()) == 1, (argv, err)
+
+
+def test_report_on_a_run_without_complete_debates(tmp_path, capsys, bank):
+    from debatelab.store import open_store
+
+    store = open_store(tmp_path / "empty")  # a run that has started but finished nothing
+    store.close()
+    code, err = _run(capsys, "report", str(tmp_path / "empty"), "--out", str(tmp_path / "r"))
+    assert code == 2 and "no complete debate" in err and not (tmp_path / "r").exists()

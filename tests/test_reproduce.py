@@ -41,3 +41,9 @@ def test_unknown_preset_is_refused(tmp_path):
     with pytest.raises(DebatelabError, match="unknown preset 'fig99'"):
         reproduce(["fig99"], tmp_path, model="scripted", preset_dir=PRESETS)
     assert not (tmp_path / "personas.jsonl").exists()
+
+
+def test_too_small_shared_bank_says_what_to_do(tmp_path):
+    reproduce(["fig4_two_way"], tmp_path / "p", model="scripted", repetitions=2, preset_dir=PRESETS)
+    with pytest.raises(DebatelabError, match="use a new --out, or delete personas.jsonl"):
+        reproduce(["fig4_two_way"], tmp_path / "p", model="scripted", repetitions=5, preset_dir=PRESETS)

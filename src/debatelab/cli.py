@@ -71,7 +71,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .analysis.report import build_report
 
-    path = build_report(args.run_dirs, args.out, reference=args.reference)
+    path = build_report(args.run_dirs, args.out, reference=args.reference, overlay=args.overlay)
     print(f"report -> {path}")
     return 0
 
@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dirs", nargs="+", type=Path)
     report.add_argument("--out", type=Path, required=True)
     report.add_argument("--reference", type=Path, help="run whose Default agent gives the dashed reference line")
+    report.add_argument("--overlay", action="store_true",
+                        help="also draw the first two runs in one figure (solid vs dotted), e.g. before/after tuning")
     report.set_defaults(func=_cmd_report)
 
     topics = sub.add_parser("topics", help="list the built-in topics")

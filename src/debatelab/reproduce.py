@@ -16,6 +16,7 @@ from .experiment import RunSummary, run_experiment
 from .llm.base import LLM
 from .llm.registry import load_llm
 from .personas import generate_personas, load_bank, save_bank
+from .types import Persona
 
 PRESET_DIR = Path("experiments/paper")
 REFERENCE_PRESET = "fig3_three_way"
@@ -58,12 +59,21 @@ def reproduce(names: Sequence[str], out_dir: Path, *, model: str | None = None, 
         parties = {r for c in configs for r in c.agents if r != "default"}
         bank = generate_personas(llm, config.model, {p: size for p in parties}, config.seed)
         save_bank(bank, bank_path)
-    load_bank(bank_path)  # a corrupt shared bank fails here, before any run starts
+    _check_shared_bank(load_bank(bank_path), bank_path, bank_size(configs), configs)
     summaries = []
     for path in presets:
         preset = load_config(path, model=model, repetitions=repetitions, personas=str(bank_path.resolve()))
         summaries.append(run_experiment(preset, out_dir / path.stem, llm=llm, progress=progress))
     return summaries
+
+
+def _check_shared_bank(bank: Sequence[Persona], path: Path, size: int, configs: Sequence[ExperimentConfig]) -> None:
+    """A bank from an earlier, smaller call cannot serve a larger one: say what to do."""
+    for party in {r for c in configs for r in c.agents if r != "default"}:
+        have = sum(p.party == party for p in bank)
+        if have < size:
+            raise DebatelabError(f"the shared persona bank {path} has {have} {party} personas but these presets "
+                                 f"need {size}; use a new --out, or delete {path.name} there to regenerate it")
 
 
 def report_reference(out_dir: Path) -> Path | None:

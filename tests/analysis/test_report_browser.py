@@ -178,9 +178,11 @@ def test_report_file_is_static_and_summary_matches(report):
     pd.testing.assert_frame_equal(summary.drop(columns="run"), expected, check_dtype=False)
 
 
-def test_several_runs_get_an_overlay(report, tmp_path):
+def test_several_runs_get_an_overlay_only_when_asked(report, tmp_path):
     run_dir, _ = report
-    html = build_report([run_dir, run_dir], tmp_path / "out")
+    plain = build_report([run_dir, run_dir], tmp_path / "plain").read_text(encoding="utf-8")
+    assert "Overlay:" not in plain and plain.count('src="data:image/png;base64,') == 2
+    html = build_report([run_dir, run_dir], tmp_path / "out", overlay=True)
     text = html.read_text(encoding="utf-8")
     assert "Overlay: hostile #1 vs hostile #2" in text
     assert text.count('src="data:image/png;base64,') == 3

@@ -74,6 +74,7 @@ def test_convergence_to_default_known_answers(last, expected):
     row = _metric(table, "convergence_to_default", "republican")
     assert row["estimate"] == pytest.approx(expected, abs=1e-9)
     assert row["ci_low"] <= row["estimate"] <= row["ci_high"] and row["n"] == 6
+    assert "rough" in row["reading"]  # 6 debates: the reading warns
 
 
 def test_convergence_uses_reference_run_when_default_absent():
@@ -85,19 +86,30 @@ def test_convergence_uses_reference_run_when_default_absent():
     assert metric_table(run_of(surveys_from(traj), ["democrat"])).query("metric == 'convergence_to_default'").empty
 
 
-def test_echo_chamber_index_signs():
+def test_echo_chamber_index_signs_and_debate_unit():
     intensify = {(f"d{i}", "republican", a): [3.0 - 0.1 * a, 1.0 - 0.1 * i] for i in range(5) for a in (0, 1)}
     moderate = {(f"d{i}", "republican", a): [1.0 + 0.1 * a, 4.0 - 0.1 * i] for i in range(5) for a in (0, 1)}
     up = _metric(metric_table(run_of(surveys_from(intensify), ["republican", "republican"])), "echo_chamber_index", "republican")
     down = _metric(metric_table(run_of(surveys_from(moderate), ["republican", "republican"])), "echo_chamber_index", "republican")
     assert up["estimate"] > 0 and "intensified" in up["reading"]
     assert down["estimate"] < 0 and "moderated" in down["reading"]
-    before = np.array([abs(3.0 - 0.1 * a - 5) for i in range(5) for a in (0, 1)])
-    after = np.array([abs(1.0 - 0.1 * i - 5) for i in range(5) for a in (0, 1)])
-    assert up["estimate"] == pytest.approx((after - before).mean())
-    assert up["p_value"] == pytest.approx(sps.ttest_rel(after, before).pvalue)
+    # the two seats of a debate are averaged first: n counts debates, not agents
+    first = np.full(5, 2.95)
+    last = np.array([1.0 - 0.1 * i for i in range(5)])
+    change = -(last - first)  # the party started below the midpoint, so lower is more extreme
+    assert up["n"] == 5 and up["estimate"] == pytest.approx(change.mean())
+    assert up["p_value"] == pytest.approx(sps.ttest_rel(first - last, np.zeros(5)).pvalue)
     # not reported when each party has a single seat
     assert metric_table(run_of(surveys_from(intensify), ["republican", "democrat"])).query("metric == 'echo_chamber_index'").empty
+
+
+def test_echo_crossing_the_midpoint_is_moderation_and_noise_is_no_verdict():
+    crossing = {(f"d{i}", "republican", a): [4.0, 8.0 + 0.1 * i] for i in range(4) for a in (0, 1)}
+    row = _metric(metric_table(run_of(surveys_from(crossing), ["republican", "republican"])), "echo_chamber_index", "republican")
+    assert row["estimate"] < 0 and "moderated" in row["reading"]
+    noisy = {(f"d{i}", "democrat", a): [7.0, 7.0 + (1 if i % 2 else -1) * (0.5 + 0.1 * i)] for i in range(6) for a in (0, 1)}
+    row = _metric(metric_table(run_of(surveys_from(noisy), ["democrat", "democrat"])), "echo_chamber_index", "democrat")
+    assert row["ci_low"] < 0 < row["ci_high"] and "no clear" in row["reading"]
 
 
 def test_change_first_to_last_matches_scipy_and_invalid_rate():
@@ -112,8 +124,29 @@ def test_change_first_to_last_matches_scipy_and_invalid_rate():
     assert row["estimate"] == pytest.approx((last - first).mean()) and row["n"] == 12
     assert row["p_value"] == pytest.approx(sps.ttest_rel(last, first).pvalue)
     assert row["p_wilcoxon"] == pytest.approx(sps.wilcoxon(last - first).pvalue)
+    assert row["n"] == 12 and "debates" in row["reading"]
     bad = _metric(table, "invalid_rate", "democrat")
     assert bad["estimate"] == pytest.approx(1 / 25) and bad["ci_low"] < 1 / 25 < bad["ci_high"]
+
+
+def test_convergence_interval_reflects_default_uncertainty():
+    traj = {}
+    for i in range(12):
+        traj[(f"d{i}", "republican", 0)] = [2.0 + 0.2 * (i % 3), 0.0, 5.0 + 0.3 * (i % 4)]
+        traj[(f"d{i}", "default", 1)] = [8.0 + (0.8 if i % 2 else -0.8), 8.0, 8.0]
+    fixed = dict(traj)
+    for i in range(12):
+        fixed[(f"d{i}", "default", 1)] = [8.0, 8.0, 8.0]
+    varying = _metric(metric_table(run_of(surveys_from(traj), ["republican", "default"])), "convergence_to_default", "republican")
+    steady = _metric(metric_table(run_of(surveys_from(fixed), ["republican", "default"])), "convergence_to_default", "republican")
+    assert varying["estimate"] == pytest.approx(steady["estimate"])  # same mean D0
+    assert varying["ci_high"] - varying["ci_low"] > steady["ci_high"] - steady["ci_low"]
+
+
+def test_no_valid_pairs_reads_plainly():
+    traj = {("d0", "democrat", 0): [np.nan, 6.0]}
+    row = _metric(metric_table(run_of(surveys_from(traj), ["democrat", "default"])), "change_first_to_last", "democrat")
+    assert row["n"] == 0 and "not computed" in row["reading"] and "nan" not in row["reading"]
 
 
 def test_load_real_run_frames(tmp_path):

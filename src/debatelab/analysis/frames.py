@@ -51,7 +51,9 @@ class RunData:
         return dict(self.meta.get("config", {}))
 
 
-def load(run_dir: str | Path) -> RunData:
+def load(run_dir: str | Path, complete_only: bool = False) -> RunData:
+    """All debates of a run, or with ``complete_only`` just the finished ones (a run that is still
+    going, or was interrupted, otherwise averages later iterations over fewer debates)."""
     run_dir = Path(run_dir)
     path = run_dir / DB_NAME
     if not path.is_file():
@@ -62,10 +64,13 @@ def load(run_dir: str | Path) -> RunData:
         frames = {name: pd.read_sql_query(sql, db) for name, sql in
                   (("debates", _DEBATES), ("agents", _AGENTS), ("turns", _TURNS), ("surveys", _SURVEYS))}
         meta = {k: _json_or_text(v) for k, v in db.execute("SELECT key, value FROM meta")}
-    except sqlite3.DatabaseError as exc:
-        raise DebatelabError(f"cannot read run database {path}: {exc}") from None
+    except (sqlite3.Error, pd.errors.DatabaseError) as exc:  # pandas wraps sqlite errors in its own class
+        raise DebatelabError(f"cannot read run database {path}: {str(exc).splitlines()[0]}") from None
     finally:
         db.close()
+    if complete_only:
+        done = set(frames["debates"].loc[frames["debates"]["status"] == "complete", "debate_id"])
+        frames = {name: df[df["debate_id"].isin(done)].reset_index(drop=True) for name, df in frames.items()}
     frames["surveys"] = _with_values(frames["surveys"])
     for name in ("turns", "surveys"):
         frames[name] = frames[name].sort_values(["topic", "repetition", "debate_id", "iteration", "agent_index"],

@@ -30,23 +30,38 @@ from .stats import aggregate
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 TEMPLATE = "report.html.j2"
 SURVEY_LABEL = "Survey \u2014 not part of the debate"
-AGGREGATE_COLUMNS = ["topic", "role", "iteration", "n", "mean", "sd", "se", "ci_low", "ci_high", "invalid"]
+AGGREGATE_COLUMNS = ["topic", "role", "iteration", "n", "mean", "sd", "se", "ci_low", "ci_high", "invalid", "unit"]
 
 
-def build_report(run_dirs: Sequence[Path], out_dir: Path, reference: Path | None = None) -> Path:
-    """Load every run (and the optional reference run) and write the report; returns report.html."""
+def build_report(run_dirs: Sequence[Path], out_dir: Path, reference: Path | None = None,
+                 overlay: bool = False) -> Path:
+    """Load every run's complete debates (and the optional reference run) and write the report;
+    returns report.html. ``overlay`` draws the first two runs in one figure (solid vs dotted), for
+    before/after comparisons of the same setting."""
     if not run_dirs:
         raise DebatelabError("build_report needs at least one run directory")
-    runs = [load(d) for d in run_dirs]
-    ref = load(reference) if reference is not None else None
+    runs = [load(d, complete_only=True) for d in run_dirs]
+    ref = load(reference, complete_only=True) if reference is not None else None
+    for run in runs:
+        if run.surveys.empty:
+            raise DebatelabError(f"run {run.run_dir} has no complete debate to report yet")
+    if overlay and len(runs) < 2:
+        raise DebatelabError("--overlay needs two run directories")
     out_dir = Path(out_dir)
+    try:
+        return _write_report(runs, ref, out_dir, overlay)
+    except OSError as exc:
+        raise DebatelabError(f"cannot write the report to {out_dir}: {exc.strerror or exc}") from None
+
+
+def _write_report(runs: list[RunData], ref: RunData | None, out_dir: Path, overlay: bool) -> Path:
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     labels = run_labels(runs)
-    _atomic_write(out_dir / "summary.csv", summary_table(runs, labels).to_csv(index=False))
     sections = [_run_section(run, label, i, ref, out_dir) for i, (run, label) in enumerate(zip(runs, labels))]
-    overlay = _overlay(runs, labels, ref, out_dir) if len(runs) > 1 else None
-    html = render(runs=sections, overlay=overlay, reference=ref.name if ref is not None else None,
+    both = _overlay(runs, labels, ref, out_dir) if overlay else None
+    html = render(runs=sections, overlay=both, reference=ref.name if ref is not None else None,
                   generated=_now(), survey_label=SURVEY_LABEL)
+    _atomic_write(out_dir / "summary.csv", summary_table(runs, labels).to_csv(index=False))
     path = out_dir / "report.html"
     _atomic_write(path, html)
     return path
@@ -105,7 +120,8 @@ def provenance(run: RunData) -> dict[str, Any]:
             "identity": _pretty_json(meta.get("model_identity", {})), "versions": meta.get("versions", {}),
             "python": meta.get("python", "?"), "platform": meta.get("platform", "?"),
             "created_at": _timestamp(meta.get("created_at")), "fingerprint": meta.get("config_fingerprint", "?"),
-            "seed": config.get("seed", "?"), "config": _pretty_yaml(meta.get("config", {}))}
+            "seed": config.get("seed", "?"), "config": _pretty_yaml(meta.get("config", {})),
+            "debates": f"{len(run.debates)} complete (incomplete debates are left out)"}
 
 
 def metric_groups(table: pd.DataFrame) -> list[dict[str, Any]]:

@@ -5,7 +5,8 @@ Repeated roles (two Republicans in one debate) are handled by ``unit``:
   two Republican observations per survey (n counts agents);
 - ``"debate"``: same-role agents are first averaged within each debate, so n counts debates and
   the two seats are not treated as independent.
-Invalid surveys (NaN ``value``) are left out of n and counted in ``invalid``.
+Invalid surveys (NaN ``value``) are left out of n; ``invalid`` counts invalid surveys (not units)
+and ``unit`` names the unit n counts.
 """
 
 from __future__ import annotations
@@ -44,10 +45,11 @@ def summarise(values: Sequence[float] | np.ndarray, confidence: float = 0.95) ->
 def aggregate(surveys: pd.DataFrame, by: Sequence[str] = ("topic", "role", "iteration"),
               unit: Unit = "agent", confidence: float = 0.95) -> pd.DataFrame:
     obs = observations(surveys, unit)
+    invalid = surveys["value"].isna().groupby([surveys[c] for c in by]).sum()
     rows = []
     for key, group in obs.groupby(list(by), sort=True):
         key = key if isinstance(key, tuple) else (key,)
         rows.append({**dict(zip(by, key)), **summarise(group["value"], confidence),
-                     "invalid": int(group["value"].isna().sum())})
-    columns = [*by, "n", "mean", "sd", "se", "ci_low", "ci_high", "invalid"]
+                     "invalid": int(invalid.get(key if len(key) > 1 else key[0], 0)), "unit": unit})
+    columns = [*by, "n", "mean", "sd", "se", "ci_low", "ci_high", "invalid", "unit"]
     return pd.DataFrame(rows, columns=columns)
