@@ -33,7 +33,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .experiment import run_experiment
 
-    config = load_config(args.config, model=args.model, repetitions=args.repetitions)
+    config = load_config(args.config, model=args.model, repetitions=args.repetitions, adapter=args.adapter)
     run_dir = args.out or Path("runs") / (config.name or args.config.stem)
     summary = run_experiment(config, run_dir, progress=not args.quiet)
     print(f"{summary.complete}/{summary.debates} debates complete in {summary.seconds:.1f} s -> {run_dir}")
@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="run directory (default runs/<config name>)")
     run.add_argument("--model", help="override the config's model string")
     run.add_argument("--repetitions", type=_positive, help="override the number of repetitions")
+    run.add_argument("--adapter", type=Path, help="run on the model plus this LoRA adapter (e.g. after finetuning)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
 

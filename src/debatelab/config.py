@@ -150,7 +150,10 @@ def load_config(path: Path, **overrides: object) -> ExperimentConfig:
         raise DebatelabError(f"config {path} is not valid YAML: {describe_yaml_error(exc)}") from None
     if not isinstance(data, dict):
         raise DebatelabError(f"config {path} must be a YAML mapping of keys to values")
+    adapter = overrides.pop("adapter", None)
     data.update({k: v for k, v in overrides.items() if v is not None})
+    if adapter is not None:  # --adapter: a nested backend option
+        data["backend"] = {**(data.get("backend") or {}), "adapter": str(Path(adapter).expanduser().resolve())}
     data.setdefault("name", path.stem)
     base = path.resolve().parent
     # Relative paths are relative to the config file; anything not a non-empty string is left

@@ -92,7 +92,8 @@ class HFLLM:
         tokenizer.padding_side = "left"
         self.device = next(model.parameters()).device
         # transformers 5.x renamed the forward argument ``past_key_values`` to ``cache``.
-        params = inspect.signature(model.forward).parameters
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wraps forward
+        params = inspect.signature(inner.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.end_of_turn = self._find_end_of_turn()
         self.stop_ids = self._stop_token_ids(model)
@@ -292,7 +293,22 @@ def load_pretrained(source: str, options: BackendOptions, identity: dict[str, An
     if options.quantization == "none":
         model = model.to(device)
     ident = {**identity, "dtype": str(dtype).removeprefix("torch."), "quantization": options.quantization}
+    if options.adapter:
+        model, ident["adapter"] = _apply_adapter(model, Path(options.adapter).expanduser())
     return HFLLM(model, tokenizer, ident, options)
+
+
+def _apply_adapter(model: Any, adapter: Path) -> tuple[Any, dict[str, str]]:
+    """Base + LoRA adapter; the adapter's content fingerprint joins the model identity, so a
+    tuned model never shares run directories or debate ids with its base."""
+    if not (adapter / "adapter_config.json").is_file():
+        raise DebatelabError(f"not a PEFT adapter folder (no adapter_config.json): {adapter}")
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise DebatelabError("adapters need peft: pip install 'debatelab[train]'") from None
+    tuned = PeftModel.from_pretrained(model, str(adapter)).eval()
+    return tuned, {"path": str(adapter.resolve()), "weights": _dir_fingerprint(adapter)}
 
 
 def load_hf(name: str, options: BackendOptions) -> HFLLM:

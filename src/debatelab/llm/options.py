@@ -25,6 +25,8 @@ class BackendOptions(BaseModel):
     """Hub revision (branch, tag or commit) for ``hf:`` models."""
     trust_remote_code: bool = False
     """Run code shipped with a hub model. Off unless you trust its author."""
+    adapter: str | None = None
+    """A PEFT (LoRA) adapter folder applied on top of the model, e.g. from ``debatelab finetune``."""
 
     # --- OpenAI-compatible backend (openai:) ---
     base_url: str | None = None
