@@ -76,6 +76,27 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from .finetune.study import load_study, run_study
+
+    study = load_study(args.config)
+    out = args.out or Path("runs") / f"study-{args.config.stem}"
+    table = run_study(study, out, progress=not args.quiet)
+    print(f"study complete -> {out} (Table 1: {table})")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .finetune.benchmarks import evaluate
+
+    tasks = {k: v for k, v in (("mmlu", args.mmlu), ("hellaswag", args.hellaswag)) if v is not None}
+    result = evaluate(args.model, str(args.adapter) if args.adapter else None, tasks, limit=args.limit)
+    print(json.dumps({k: v for k, v in result.items() if k != "provenance"}, indent=2, default=str))
+    return 0
+
+
 def _cmd_topics(args: argparse.Namespace) -> int:
     from .topics import BUILTIN_TOPICS
 
@@ -122,6 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--overlay", action="store_true",
                         help="also draw the first two runs in one figure (solid vs dotted), e.g. before/after tuning")
     report.set_defaults(func=_cmd_report)
+
+    study = sub.add_parser("study", help="self-fine-tuning study: data, SFT/DPO, debates before/after, Table 1")
+    study.add_argument("config", type=Path)
+    study.add_argument("--out", type=Path, help="study folder (default runs/study-<config name>)")
+    study.add_argument("--quiet", action="store_true", help="no progress bars")
+    study.set_defaults(func=_cmd_study)
+
+    ev = sub.add_parser("eval", help="MMLU / HellaSwag from local JSONL with lm-evaluation-harness")
+    ev.add_argument("--model", default="embedded")
+    ev.add_argument("--adapter", type=Path, help="a LoRA adapter folder on top of the model")
+    ev.add_argument("--mmlu", type=Path, help="MMLU-format JSONL")
+    ev.add_argument("--hellaswag", type=Path, help="HellaSwag-format JSONL")
+    ev.add_argument("--limit", type=_positive, help="score only the first N rows of each file")
+    ev.set_defaults(func=_cmd_eval)
 
     topics = sub.add_parser("topics", help="list the built-in topics")
     topics.set_defaults(func=_cmd_topics)

@@ -164,3 +164,24 @@ def test_load_real_run_frames(tmp_path):
     merged = data.turns.merge(data.agents, on=["debate_id", "agent_index"], suffixes=("", "_a"))
     assert len(merged) == len(data.turns) and (merged.agent == merged.agent_a).all()
     assert data.name == "c" and data.config["rounds"] == 2
+
+
+def test_merge_runs_stacks_frames(tmp_path):
+    from conftest import make_bank, write_config
+
+    from debatelab.analysis.frames import merge_runs
+    from debatelab.config import load_config
+    from debatelab.experiment import run_experiment
+    from debatelab.llm.scripted import ScriptedLLM
+
+    bank = str(make_bank(tmp_path / "b.jsonl"))
+    runs = []
+    for seed in (0, 1):
+        cfg = load_config(write_config(tmp_path / f"c{seed}.yaml", personas=bank))
+        run_experiment(cfg, tmp_path / f"run{seed}", llm=ScriptedLLM(f"seed{seed}"))
+        runs.append(load(tmp_path / f"run{seed}"))
+    merged = merge_runs(runs, "after")
+    assert merged.name == "after" and len(merged.surveys) == sum(len(r.surveys) for r in runs)
+    assert merged.surveys.debate_id.nunique() == 6
+    pooled = aggregate(merged.surveys)
+    assert pooled["n"].sum() == aggregate(runs[0].surveys)["n"].sum() * 2

@@ -93,3 +93,14 @@ def _json_or_text(value: str) -> Any:
         return json.loads(value)
     except (TypeError, json.JSONDecodeError):
         return value
+
+
+def merge_runs(runs: list[RunData], name: str) -> RunData:
+    """Several runs of one setting as one (e.g. the fine-tuning seeds, averaged as the paper does).
+    Debate ids differ across runs (the model identity is part of them), so frames just stack."""
+    if not runs:
+        raise DebatelabError("merge_runs needs at least one run")
+    stacked = {attr: pd.concat([getattr(r, attr) for r in runs], ignore_index=True)
+               for attr in ("debates", "agents", "turns", "surveys")}
+    meta = {**runs[0].meta, "config": {**runs[0].config, "name": name}, "merged_from": [str(r.run_dir) for r in runs]}
+    return RunData(run_dir=runs[0].run_dir.parent, meta=meta, **stacked)

@@ -1,0 +1,274 @@
+"""What SFT and DPO training share: the base model, data files, devices and adapter manifests.
+
+An adapter folder is complete only when it holds ``manifest.json``: the trainers write the adapter
+weights and the tokenizer first and the manifest last, atomically. A folder without a manifest is
+an interrupted run, which the trainers overwrite; a complete one they refuse to overwrite unless
+told to.
+
+torch, transformers, peft and trl are imported inside the functions, so importing this module (or
+the settings classes of ``sft`` and ``dpo``) stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from ..errors import DebatelabError, read_text
+from ..files import atomic_open
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+Device = Literal["auto", "cpu", "cuda"]
+Quantization = Literal["none", "4bit"]
+
+
+# ---- base model ---------------------------------------------------------------------------
+def resolve_base(model: str) -> str:
+    """A model string as a folder or hub id that ``from_pretrained`` can load.
+
+    ``embedded`` is the cached safetensors conversion of the embedded SmolLM2 model; ``hf:<id or
+    dir>`` is that id, or the absolute path of that directory. Remote-API and scripted models have
+    no weights to train, so they are refused.
+    """
+    kind, _, rest = model.partition(":")
+    if kind == "embedded" and not rest:
+        from ..llm.embedded import ensure_converted
+
+        return str(ensure_converted())
+    if kind == "hf" and rest:
+        local = Path(rest).expanduser()
+        if local.is_dir():
+            return str(local.resolve())
+        if rest.startswith(("/", ".", "~")):
+            raise DebatelabError(f"no weights for {model!r}: no such directory")
+        return rest
+    raise DebatelabError(
+        f"no weights for model {model!r}: training and benchmarks need local weights (use 'embedded' or 'hf:<hub id or dir>')"
+    )
+
+
+def base_identity(model: str, source: str) -> dict[str, Any]:
+    """What identifies the base weights: the model string, what it resolved to and, for a local
+    folder, a content fingerprint (the same one the ``hf`` backend uses)."""
+    ident: dict[str, Any] = {"model": model, "source": source}
+    if Path(source).is_dir():
+        from ..llm.hf import _dir_fingerprint
+
+        ident["weights"] = _dir_fingerprint(Path(source))
+    return ident
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---- data ---------------------------------------------------------------------------------
+def _is_messages(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
+    )
+
+
+def read_chat_jsonl(path: Path, keys: Sequence[str], what: str) -> list[dict[str, Any]]:
+    """Rows of a conversational JSONL file, each cut down to ``keys`` (lists of chat messages).
+
+    Extra keys (ids, metadata) are dropped; a missing key, a value that is not a message list, or a
+    line that is not JSON is reported with its line number.
+    """
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(read_text(Path(path), what).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DebatelabError(f"{what} {path}, line {number}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise DebatelabError(f"{what} {path}, line {number}: expected a JSON object")
+        for key in keys:
+            if not _is_messages(row.get(key)):
+                raise DebatelabError(
+                    f"{what} {path}, line {number}: {key!r} must be a non-empty list of "
+                    '{"role": ..., "content": ...} messages'
+                )
+        rows.append({key: row[key] for key in keys})
+    if not rows:
+        raise DebatelabError(f"{what} {path} has no rows")
+    return rows
+
+
+# ---- devices and models -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Precision:
+    device: str  # "cpu" | "cuda"
+    dtype: str  # weights dtype: "float32" | "bfloat16"
+    bf16: bool  # mixed-precision flags for the trainer config
+    fp16: bool
+
+
+def resolve_precision(device: Device, quantization: Quantization) -> Precision:
+    """bf16 on CUDA (fp32 weights with fp16 autocast where the card lacks bf16), fp32 on CPU.
+
+    TRL's configs default to bf16, which fails on CPU, so the flags are always set explicitly.
+    """
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if device == "cuda" and not cuda:
+        raise DebatelabError("device 'cuda' requested but torch sees no CUDA device")
+    on_cuda = device == "cuda" or (device == "auto" and cuda)
+    if quantization != "none" and not on_cuda:
+        raise DebatelabError(f"quantization {quantization!r} (QLoRA) needs CUDA and bitsandbytes; use 'none' on CPU")
+    if not on_cuda:
+        return Precision("cpu", "float32", bf16=False, fp16=False)
+    if torch.cuda.is_bf16_supported():
+        return Precision("cuda", "bfloat16", bf16=True, fp16=False)
+    return Precision("cuda", "float32", bf16=False, fp16=True)
+
+
+def load_base(source: str, precision: Precision, quantization: Quantization) -> tuple[Any, Any]:
+    """The base causal LM (plain, or 4-bit for QLoRA) and its tokenizer, with a pad token set."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, precision.dtype)}
+    if quantization == "4bit":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise DebatelabError("quantization '4bit' needs bitsandbytes: pip install 'debatelab[quant]'") from None
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if precision.bf16 else torch.float16
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+        )
+        kwargs["dtype"] = compute
+        kwargs["device_map"] = {"": 0}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise DebatelabError(f"cannot load base model {source!r}: {str(exc).splitlines()[0]}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if quantization == "none":
+        model = model.to(precision.device)
+    return model, tokenizer
+
+
+def common_trainer_args(settings: Any, precision: Precision, out_dir: Path) -> dict[str, Any]:
+    """TrainingArguments shared by the SFT and DPO configs: batches, precision, no checkpoints,
+    no external loggers."""
+    return {
+        "output_dir": str(out_dir),
+        "per_device_train_batch_size": settings.per_device_batch,
+        "gradient_accumulation_steps": settings.effective_batch // settings.per_device_batch,
+        "num_train_epochs": settings.epochs,
+        "learning_rate": settings.learning_rate,
+        "seed": settings.seed,
+        "data_seed": settings.seed,
+        "max_length": settings.max_length,
+        "logging_steps": settings.logging_steps,
+        checkpointing_arg(): settings.gradient_checkpointing,
+        "bf16": precision.bf16,
+        "fp16": precision.fp16,
+        "use_cpu": precision.device == "cpu",
+        "save_strategy": "no",
+        "report_to": [],
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+    }
+
+
+def checkpointing_arg() -> str:
+    """transformers 5.x renamed ``gradient_checkpointing`` to ``activation_checkpointing`` (the old
+    name warns); TRL configs still default the old one to True, the new name overrides it."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
+# ---- output folders and manifests ---------------------------------------------------------
+def prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
+    """Create ``out_dir``; refuse a complete adapter there unless ``overwrite`` (then it is marked
+    incomplete first, so a crash while retraining never leaves a stale manifest behind)."""
+    out_dir = Path(out_dir)
+    manifest = out_dir / MANIFEST
+    if manifest.exists():
+        if not overwrite:
+            raise DebatelabError(f"{out_dir} already holds a trained adapter ({MANIFEST}); pass overwrite to retrain")
+        manifest.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def read_manifest(adapter_dir: Path) -> dict[str, Any]:
+    """The manifest of a complete adapter folder."""
+    path = Path(adapter_dir) / MANIFEST
+    if not path.is_file():
+        raise DebatelabError(f"{adapter_dir} is not a complete adapter (no {MANIFEST}; was its training interrupted?)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
+    path = Path(out_dir) / MANIFEST
+    with atomic_open(path) as fh:
+        json.dump(manifest, fh, indent=2, sort_keys=False)
+        fh.write("\n")
+    return path
+
+
+LOG_KEYS = ("loss", "grad_norm", "learning_rate", "rewards/margins", "rewards/accuracies", "mean_token_accuracy")
+
+
+def loss_curve(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-step training logs (``{"step", "loss", ...}``), without the final summary entry."""
+    curve = []
+    for entry in log_history:
+        if "loss" in entry and "step" in entry:
+            curve.append({"step": int(entry["step"]), **{k: float(entry[k]) for k in LOG_KEYS if k in entry}})
+    return curve
+
+
+def versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    for package in ("debatelab", "trl", "peft", "transformers", "torch", "datasets", "accelerate"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass
+class TrainResult:
+    """A finished training run: the adapter folder, its manifest and the trained model in memory
+    (a ``PeftModel`` in eval mode) with its tokenizer."""
+
+    path: Path
+    manifest: dict[str, Any]
+    model: Any
+    tokenizer: Any

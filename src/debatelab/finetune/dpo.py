@@ -1,0 +1,172 @@
+"""DPO on top of an SFT adapter, after the paper's Table 1 ("r=8 DPO"): the adapter trained by
+next-word prediction keeps training on preference pairs (chosen = the target party's answer,
+rejected = the other party's), beta = 0.5, one epoch. Pairs are conversational JSONL::
+
+    {"prompt": [{"role": "user", ...}], "chosen": [{"role": "assistant", ...}], "rejected": [{"role": "assistant", ...}]}
+
+The reference model is the SFT model (base + SFT adapter), not the bare base. How: the SFT adapter
+is loaded trainable (``PeftModel.from_pretrained(..., is_trainable=True)``) and handed to TRL's
+``DPOTrainer`` with ``ref_model=None``. TRL (checked in 1.16 with peft >= 0.20) then copies the
+pretrained ``default`` adapter into a second, frozen adapter named ``ref`` and computes the
+reference log-probabilities with that adapter active, so the reference is exactly the SFT model,
+and it costs one extra LoRA (megabytes), not a second copy of the base. (TRL uses "adapters
+disabled", i.e. the bare base, as the reference only when it creates a fresh adapter itself from a
+``peft_config``, or with peft < 0.20 and ``target_parameters`` adapters.) ``fit_dpo`` checks that
+the ``ref`` adapter exists and fails loudly otherwise, rather than train silently against the
+wrong reference. The tests confirm it: the first DPO step's loss is exactly log 2 (all implicit
+rewards zero) and the ``ref`` weights still equal the SFT adapter after training. The alternative (merge the SFT adapter into the base, then a
+fresh LoRA against the merged model) would also give the SFT reference but changes the adapter's
+meaning (it would only apply on top of the merged weights), so it was not chosen: the DPO adapter
+saved here is a complete replacement for the SFT one on the same base.
+
+Only the trained ``default`` adapter is saved; the manifest names the SFT adapter (path and the
+SHA-256 of its manifest) as its parent.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..errors import DebatelabError, RunFailed
+from .base import (
+    MANIFEST,
+    MANIFEST_VERSION,
+    Device,
+    Quantization,
+    TrainResult,
+    base_identity,
+    common_trainer_args,
+    file_sha256,
+    load_base,
+    loss_curve,
+    prepare_out_dir,
+    read_chat_jsonl,
+    read_manifest,
+    resolve_base,
+    resolve_precision,
+    utc_now,
+    versions,
+    write_manifest,
+)
+
+
+class DPOSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    beta: float = Field(0.5, gt=0)
+    """Strength of the pull towards the reference (the SFT model); the paper fixes 0.5."""
+    learning_rate: float = Field(5e-5, gt=0)
+    """Peak AdamW learning rate for the LoRA weights (linear decay to zero)."""
+    epochs: float = Field(1, gt=0)
+    """Passes over the pairs (the paper: 1)."""
+    effective_batch: int = Field(32, ge=1)
+    """Pairs per optimizer step."""
+    per_device_batch: int = Field(4, ge=1)
+    """Pairs per forward pass (each pass runs chosen and rejected, plus the reference); gradients
+    accumulate over effective_batch / per_device_batch passes."""
+    seed: int = 0
+    """Seed for data order."""
+    max_length: int = Field(512, ge=8)
+    """Longest tokenised prompt + answer; longer ones are truncated."""
+    quantization: Quantization = "none"
+    """``4bit`` loads the base in 4-bit NF4 (QLoRA, bitsandbytes, CUDA only); use what the SFT run used."""
+    device: Device = "auto"
+    """Where to train: ``auto`` picks CUDA when available."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 20% slower."""
+    logging_steps: int = Field(1, ge=1)
+    """Optimizer steps between loss-curve points."""
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> "DPOSettings":
+        if self.effective_batch % self.per_device_batch:
+            raise ValueError(
+                f"effective_batch ({self.effective_batch}) must be a multiple of per_device_batch ({self.per_device_batch})"
+            )
+        return self
+
+
+def _same_base(a: dict, b: dict) -> bool:
+    """Same base weights: by content fingerprint where both have one, else by source."""
+    if "weights" in a and "weights" in b:
+        return a["weights"] == b["weights"]
+    return a.get("source") == b.get("source")
+
+
+def fit_dpo(base: str, sft_adapter: Path, pairs_path: Path, out_dir: Path, settings: DPOSettings | None = None,
+            *, overwrite: bool = False) -> TrainResult:
+    """Continue the SFT adapter with DPO (reference = the SFT model); save and return the result."""
+    from datasets import Dataset
+    from peft import PeftModel
+    from trl import DPOConfig, DPOTrainer
+
+    settings = settings or DPOSettings()
+    sft_adapter, pairs_path = Path(sft_adapter), Path(pairs_path)
+    precision = resolve_precision(settings.device, settings.quantization)
+    parent = read_manifest(sft_adapter)
+    rows = read_chat_jsonl(pairs_path, ("prompt", "chosen", "rejected"), "DPO pairs file")
+    source = resolve_base(base)
+    identity = base_identity(base, source)
+    trained_on = parent.get("base_identity", {})
+    if not _same_base(trained_on, identity):
+        raise DebatelabError(
+            f"SFT adapter {sft_adapter} was trained on {trained_on.get('model')!r}, not on {base!r} "
+            "(base weights differ)"
+        )
+    if Path(out_dir).resolve() == sft_adapter.resolve():
+        raise DebatelabError("the DPO adapter needs its own folder, not the SFT adapter's")
+    out_dir = prepare_out_dir(Path(out_dir), overwrite)
+
+    model, tokenizer = load_base(source, precision, settings.quantization)
+    model = PeftModel.from_pretrained(model, str(sft_adapter), is_trainable=True)  # adapter name "default"
+    args = DPOConfig(**common_trainer_args(settings, precision, out_dir), beta=settings.beta)
+    trainer = DPOTrainer(
+        model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+    )
+    peft_model = trainer.accelerator.unwrap_model(trainer.model)
+    if trainer.ref_model is not None or "ref" not in getattr(peft_model, "peft_config", {}):
+        raise RunFailed(
+            "this TRL version did not set up the SFT adapter as DPO reference (no frozen 'ref' adapter); "
+            "refusing to train against the bare base model"
+        )
+    started = time.monotonic()
+    output = trainer.train()
+    runtime = time.monotonic() - started
+
+    peft_model.set_adapter("default")
+    trained = peft_model.eval()
+    trained.save_pretrained(str(out_dir), selected_adapters=["default"])
+    tokenizer.save_pretrained(str(out_dir))
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "kind": "dpo",
+        "created": utc_now(),
+        "base_model": base,
+        "base_identity": identity,
+        "parent": {"path": str(sft_adapter.resolve()), "kind": parent.get("kind"),
+                   "manifest_sha256": file_sha256(sft_adapter / MANIFEST)},
+        "reference": "sft",
+        "dataset": {"path": str(pairs_path.resolve()), "sha256": file_sha256(pairs_path), "rows": len(rows)},
+        "settings": settings.model_dump(mode="json"),
+        "lora": parent.get("lora"),
+        "seed": settings.seed,
+        "device": precision.device,
+        "dtype": precision.dtype,
+        "optimizer_steps": int(trainer.state.global_step),
+        "train_loss": float(output.training_loss),
+        "loss_curve": loss_curve(trainer.state.log_history),
+        "train_runtime_s": round(runtime, 3),
+        "versions": versions(),
+    }
+    write_manifest(out_dir, manifest)  # last: its presence marks the adapter complete
+    return TrainResult(out_dir, manifest, trained, tokenizer)
+
+
+def train_dpo(base: str, sft_adapter: Path, pairs_path: Path, out_dir: Path, settings: DPOSettings | None = None,
+              *, overwrite: bool = False) -> Path:
+    """DPO-train the SFT adapter ``sft_adapter`` of ``base`` on preference pairs; returns ``out_dir``
+    once its manifest is written."""
+    return fit_dpo(base, sft_adapter, pairs_path, out_dir, settings, overwrite=overwrite).path
