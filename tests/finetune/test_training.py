@@ -12,23 +12,19 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import torch
+from peft import PeftModel
+from tiny_model import build_tiny_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("trl")
-pytest.importorskip("peft")
-
-from peft import PeftModel  # noqa: E402
-from tiny_model import build_tiny_model  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-
-from debatelab.errors import DebatelabError  # noqa: E402
-from debatelab.finetune.base import MANIFEST, file_sha256, resolve_base  # noqa: E402
-from debatelab.finetune.dpo import DPOSettings, fit_dpo, train_dpo  # noqa: E402
-from debatelab.finetune.sft import SFTSettings, fit_sft, train_sft  # noqa: E402
-from debatelab.llm.base import Message, Prompt, ScoreRequest  # noqa: E402
-from debatelab.llm.hf import HFLLM  # noqa: E402
-from debatelab.llm.options import BackendOptions  # noqa: E402
-from debatelab.survey import from_option_scores  # noqa: E402
+from debatelab.errors import DebatelabError
+from debatelab.finetune.base import MANIFEST, file_sha256, resolve_base
+from debatelab.finetune.dpo import DPOSettings, fit_dpo, train_dpo
+from debatelab.finetune.sft import SFTSettings, fit_sft, train_sft
+from debatelab.llm.base import Message, Prompt, ScoreRequest
+from debatelab.llm.hf import HFLLM
+from debatelab.llm.options import BackendOptions
+from debatelab.survey import from_option_scores
 
 SCALE = tuple(str(i) for i in range(11))
 TARGET = 2  # the rating the SFT data always states

@@ -11,8 +11,11 @@ same command after an interruption continues where it stopped.
 
 from __future__ import annotations
 
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -137,14 +140,29 @@ def run_study(study: StudyConfig, out: Path, progress: bool = False) -> Path:
         cache.setdefault("llm", load_llm(study.model, study.backend))
         return cache["llm"]
 
-    bank_path = _bank(study, out, base_llm)
-    questions = _questions(study, out, base_llm)
-    data = _answers(study, out, base_llm, bank_path, questions)
-    adapters = _train(study, out, data)
-    runs = _debates(study, out, bank_path, base_llm, adapters, progress)
-    _figures(out, runs)
-    scores = _benchmarks(study, out, adapters)
+    with _timed("personas"):
+        bank_path = _bank(study, out, base_llm)
+    with _timed("questions"):
+        questions = _questions(study, out, base_llm)
+    with _timed("answers"):
+        data = _answers(study, out, base_llm, bank_path, questions)
+    with _timed("fine-tuning"):
+        adapters = _train(study, out, data)
+    with _timed("debates"):
+        runs = _debates(study, out, bank_path, base_llm, adapters, progress)
+    with _timed("figures"):
+        _figures(out, runs)
+    with _timed("benchmarks"):
+        scores = _benchmarks(study, out, adapters)
     return _table1(study, out, runs, scores)
+
+
+@contextmanager
+def _timed(step: str) -> Iterator[None]:
+    """Each step's wall time on stderr (a resumed step that was already done shows ~0 s)."""
+    start = time.monotonic()
+    yield
+    print(f"study: {step} done in {time.monotonic() - start:.1f} s", file=sys.stderr, flush=True)
 
 
 def _bank(study: StudyConfig, out: Path, base_llm: Any) -> Path:
