@@ -156,4 +156,6 @@ def _legend(fig: Figure, roles: set[str], reference: bool, run_labels: Sequence[
     handles += [Line2D([], [], color="#777777", linestyle=s, label=str(label))
                 for label, s in zip(run_labels, RUN_STYLES)]
     if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), frameon=False)
+        # about two legend entries per 5-inch panel fit on one line; wrap the rest
+        per_row = max(2, min(5, int(fig.get_figwidth() / 2.5)))
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), per_row), frameon=False)
