@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from ..errors import DebatelabError, read_text
 from ..files import atomic_open
 
@@ -30,6 +32,41 @@ Quantization = Literal["none", "4bit"]
 
 
 # ---- base model ---------------------------------------------------------------------------
+class TrainSettings(BaseModel):
+    """Fields every trainer shares; SFTSettings and DPOSettings add their own and set defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    learning_rate: float = Field(2e-4, gt=0)
+    """Peak AdamW learning rate for the LoRA weights (linear decay to zero)."""
+    epochs: float = Field(1, gt=0)
+    """Passes over the data (the paper: 1)."""
+    effective_batch: int = Field(32, ge=1)
+    """Examples per optimizer step (the paper: 32)."""
+    per_device_batch: int = Field(8, ge=1)
+    """Examples per forward pass; gradients accumulate over effective_batch / per_device_batch passes."""
+    seed: int = 0
+    """Seed for adapter initialisation, data order and dropout (the paper averages 3 seeds)."""
+    max_length: int = Field(512, ge=8)
+    """Longest tokenised prompt + answer; longer ones are truncated."""
+    quantization: Quantization = "none"
+    """``4bit`` loads the base in 4-bit NF4 for QLoRA (bitsandbytes, CUDA only)."""
+    device: Device = "auto"
+    """Where to train: ``auto`` picks CUDA when available."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 20% slower."""
+    logging_steps: int = Field(1, ge=1)
+    """Optimizer steps between loss-curve points."""
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> "TrainSettings":
+        if self.effective_batch % self.per_device_batch:
+            raise ValueError(
+                f"effective_batch ({self.effective_batch}) must be a multiple of per_device_batch ({self.per_device_batch})"
+            )
+        return self
+
+
 def resolve_base(model: str) -> str:
     """A model string as a folder or hub id that ``from_pretrained`` can load.
 

@@ -28,10 +28,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field
 
 from ..errors import DebatelabError, RunFailed
 from .base import (
+    TrainSettings,
     MANIFEST,
     MANIFEST_VERSION,
     Device,
@@ -53,40 +54,13 @@ from .base import (
 )
 
 
-class DPOSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class DPOSettings(TrainSettings):
     beta: float = Field(0.5, gt=0)
     """Strength of the pull towards the reference (the SFT model); the paper fixes 0.5."""
     learning_rate: float = Field(5e-5, gt=0)
-    """Peak AdamW learning rate for the LoRA weights (linear decay to zero)."""
-    epochs: float = Field(1, gt=0)
-    """Passes over the pairs (the paper: 1)."""
-    effective_batch: int = Field(32, ge=1)
-    """Pairs per optimizer step."""
+    """Peak AdamW learning rate for the LoRA weights (lower than SFT: DPO moves fast)."""
     per_device_batch: int = Field(4, ge=1)
-    """Pairs per forward pass (each pass runs chosen and rejected, plus the reference); gradients
-    accumulate over effective_batch / per_device_batch passes."""
-    seed: int = 0
-    """Seed for data order."""
-    max_length: int = Field(512, ge=8)
-    """Longest tokenised prompt + answer; longer ones are truncated."""
-    quantization: Quantization = "none"
-    """``4bit`` loads the base in 4-bit NF4 (QLoRA, bitsandbytes, CUDA only); use what the SFT run used."""
-    device: Device = "auto"
-    """Where to train: ``auto`` picks CUDA when available."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, about 20% slower."""
-    logging_steps: int = Field(1, ge=1)
-    """Optimizer steps between loss-curve points."""
-
-    @model_validator(mode="after")
-    def _batches_divide(self) -> "DPOSettings":
-        if self.effective_batch % self.per_device_batch:
-            raise ValueError(
-                f"effective_batch ({self.effective_batch}) must be a multiple of per_device_batch ({self.per_device_batch})"
-            )
-        return self
+    """Pairs per forward pass (each pass runs chosen and rejected, plus the reference)."""
 
 
 def _same_base(a: dict, b: dict) -> bool:

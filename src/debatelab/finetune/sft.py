@@ -16,9 +16,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field
 
 from .base import (
+    TrainSettings,
     Device,
     MANIFEST_VERSION,
     Quantization,
@@ -40,9 +41,7 @@ from .base import (
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-class SFTSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class SFTSettings(TrainSettings):
     r: int = Field(16, ge=1)
     """LoRA rank: how many trainable weights (the paper sweeps 16-256)."""
     alpha: int | None = Field(None, ge=1)
@@ -51,34 +50,6 @@ class SFTSettings(BaseModel):
     """Dropout on the LoRA branch."""
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
     """Linear layers that get adapters (the paper: every attention and MLP projection)."""
-    effective_batch: int = Field(32, ge=1)
-    """Examples per optimizer step (the paper: 32)."""
-    per_device_batch: int = Field(8, ge=1)
-    """Examples per forward pass; gradients accumulate over effective_batch / per_device_batch passes."""
-    epochs: float = Field(1, gt=0)
-    """Passes over the dataset (the paper: 1)."""
-    learning_rate: float = Field(2e-4, gt=0)
-    """Peak AdamW learning rate (linear decay to zero)."""
-    seed: int = 0
-    """Seed for adapter initialisation, data order and dropout (the paper averages 3 seeds)."""
-    max_length: int = Field(512, ge=8)
-    """Longest tokenised example (prompt + completion); longer ones are truncated."""
-    quantization: Quantization = "none"
-    """``4bit`` loads the base in 4-bit NF4 for QLoRA (bitsandbytes, CUDA only)."""
-    device: Device = "auto"
-    """Where to train: ``auto`` picks CUDA when available."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, about 20% slower."""
-    logging_steps: int = Field(1, ge=1)
-    """Optimizer steps between loss-curve points."""
-
-    @model_validator(mode="after")
-    def _batches_divide(self) -> "SFTSettings":
-        if self.effective_batch % self.per_device_batch:
-            raise ValueError(
-                f"effective_batch ({self.effective_batch}) must be a multiple of per_device_batch ({self.per_device_batch})"
-            )
-        return self
 
     @property
     def lora_alpha(self) -> int:
