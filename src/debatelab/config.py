@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import DebatelabError, describe_yaml_error, read_text
+from .errors import DebatelabError, read_yaml
 from .llm.options import BackendOptions
 from .topics import BUILTIN_TOPICS, Topic, load_topic_file
 from .types import ROLES
@@ -144,10 +143,7 @@ def _first_error(exc: ValidationError) -> str:
 
 def load_config(path: Path, **overrides: object) -> ExperimentConfig:
     """Read a YAML config, apply CLI overrides (None = keep), resolve relative paths, validate."""
-    try:
-        data = yaml.safe_load(read_text(path, "config file"))
-    except yaml.YAMLError as exc:
-        raise DebatelabError(f"config {path} is not valid YAML: {describe_yaml_error(exc)}") from None
+    data = read_yaml(path, "config file")
     if not isinstance(data, dict):
         raise DebatelabError(f"config {path} must be a YAML mapping of keys to values")
     adapter = overrides.pop("adapter", None)

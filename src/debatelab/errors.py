@@ -36,3 +36,13 @@ def describe_yaml_error(exc: Exception) -> str:
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     mark = getattr(exc, "problem_mark", None)
     return f"{problem} (line {mark.line + 1})" if mark is not None else problem
+
+
+def read_yaml(path: Path, what: str) -> object:
+    """Parse a user-supplied YAML file; unreadable or invalid files become one clear line."""
+    import yaml
+
+    try:
+        return yaml.safe_load(read_text(path, what))
+    except yaml.YAMLError as exc:
+        raise DebatelabError(f"{what} {path} is not valid YAML: {describe_yaml_error(exc)}") from None

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import DebatelabError, describe_yaml_error, read_text
+from .errors import DebatelabError, read_yaml
 
 
 class Topic(BaseModel):
@@ -59,10 +58,7 @@ BUILTIN_TOPICS: dict[str, Topic] = {
 
 def load_topic_file(path: Path) -> list[Topic]:
     """A YAML file holding a list of topic mappings (id, name, question, optional labels)."""
-    try:
-        data = yaml.safe_load(read_text(path, "topic file"))
-    except yaml.YAMLError as exc:
-        raise DebatelabError(f"topic file {path} is not valid YAML: {describe_yaml_error(exc)}") from None
+    data = read_yaml(path, "topic file")
     if not isinstance(data, list):
         raise DebatelabError(f"topic file {path} must hold a list of topics")
     try:

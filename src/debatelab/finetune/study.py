@@ -17,11 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import load_config
-from ..errors import DebatelabError, describe_yaml_error, read_text
+from ..errors import DebatelabError, read_yaml
 from ..llm.options import BackendOptions
 from ..types import Party
 
@@ -92,10 +91,7 @@ class StudyConfig(_Strict):
 
 
 def load_study(path: Path) -> StudyConfig:
-    try:
-        data = yaml.safe_load(read_text(path, "study config"))
-    except yaml.YAMLError as exc:
-        raise DebatelabError(f"study config {path} is not valid YAML: {describe_yaml_error(exc)}") from None
+    data = read_yaml(path, "study config")
     if not isinstance(data, dict):
         raise DebatelabError(f"study config {path} must be a YAML mapping")
     base = path.resolve().parent
