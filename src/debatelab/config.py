@@ -126,8 +126,9 @@ class ExperimentConfig(_Strict):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# Backend options that change speed, not results; excluded from the run fingerprint.
-RUNTIME_BACKEND_FIELDS = frozenset({"batch_size", "threads", "concurrency", "timeout", "max_retries"})
+# Backend options that change speed or credentials, not results; excluded from the run fingerprint.
+RUNTIME_BACKEND_FIELDS = frozenset({"batch_size", "threads", "concurrency", "timeout", "max_retries",
+                                    "retry_budget", "retry_backoff", "api_key_env", "api_key_file"})
 
 
 _UNION_TAGS = {"str", "Topic", "int", "float", "bool", "none"}

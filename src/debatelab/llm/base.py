@@ -61,6 +61,9 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "stop"  # "stop" | "length"
+    error: str | None = None
+    """Set (and ``text`` empty) when this one request failed for good after the backend's retries;
+    the engine then fails only the debate it belongs to, visibly and resumably."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ class OptionScores:
     logprobs: tuple[float, ...]
     source: Literal["logprobs", "generated"] = "logprobs"
     text: str | None = None
+    error: str | None = None
+    """As :attr:`Completion.error`: this request failed for good; ``logprobs`` is then empty."""
 
 
 @runtime_checkable

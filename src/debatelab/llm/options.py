@@ -25,6 +25,9 @@ class BackendOptions(BaseModel):
     """Hub revision (branch, tag or commit) for ``hf:`` models."""
     trust_remote_code: bool = False
     """Run code shipped with a hub model. Off unless you trust its author."""
+    allow_pickle: bool = False
+    """Accept pickled weights (``*.bin``/``*.pt``), which can run arbitrary code when loaded. Off:
+    only safetensors are loaded, for the model and for adapters."""
     adapter: str | None = None
     """A PEFT (LoRA) adapter folder applied on top of the model, e.g. from ``debatelab finetune``."""
 
@@ -33,6 +36,9 @@ class BackendOptions(BaseModel):
     """Server URL, e.g. ``http://127.0.0.1:8000/v1``; falls back to $OPENAI_BASE_URL, then OpenAI."""
     api_key_env: str = "OPENAI_API_KEY"
     """Name of the environment variable that holds the API key (keys never go in config files)."""
+    api_key_file: str | None = None
+    """A file holding the API key, used when the variable is unset; it must not be readable by
+    group or others (``chmod 600``)."""
     api: Literal["chat", "completions"] = "chat"
     """Chat completions, or legacy text completions (e.g. gpt-3.5-turbo-instruct, as in the paper)."""
     concurrency: int = Field(8, ge=1)
@@ -41,5 +47,10 @@ class BackendOptions(BaseModel):
     """Seconds before one HTTP request is abandoned (and retried)."""
     max_retries: int = Field(4, ge=0)
     """Retries per request (with jittered exponential back-off honouring Retry-After)."""
+    retry_budget: float = Field(300.0, gt=0)
+    """Most seconds one request may spend on all its attempts and waits; then it fails, and with
+    it only its debate (recorded, and retried on resume)."""
+    retry_backoff: float = Field(1.0, gt=0)
+    """First back-off wait in seconds; it doubles per retry (with jitter), unless Retry-After says more."""
     top_logprobs: int = Field(20, ge=0, le=20)
     """Alternatives requested per token for option scoring; 0 disables logprob scoring."""
