@@ -8,9 +8,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from .errors import DebatelabError
+from .errors import DebatelabError, RunInterrupted
+
+if TYPE_CHECKING:
+    from .experiment import RunSummary
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,7 +40,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     run_dir = args.out or Path("runs") / (config.name or args.config.stem)
     summary = run_experiment(config, run_dir, progress=not args.quiet)
     print(f"{summary.complete}/{summary.debates} debates complete in {summary.seconds:.1f} s -> {run_dir}")
-    return 0
+    if summary.surveys:
+        share = 100 * summary.invalid_surveys / summary.surveys
+        print(f"invalid survey answers: {summary.invalid_surveys}/{summary.surveys} ({share:.1f} %)")
+    return _incomplete(summary)
+
+
+def _incomplete(summary: RunSummary) -> int:
+    missing = summary.debates - summary.complete
+    if not missing:
+        return 0
+    print(f"error: {missing} debate(s) failed (errors in {summary.run_dir / 'debates.csv'}); "
+          "run the same command again to retry them", file=sys.stderr)
+    return 1
 
 
 def _cmd_personas(args: argparse.Namespace) -> int:
@@ -60,6 +75,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
                           preset_dir=args.preset_dir, progress=not args.quiet)
     for s in summaries:
         print(f"{s.run_dir.name}: {s.complete}/{s.debates} debates complete in {s.seconds:.1f} s")
+    if any(s.complete < s.debates for s in summaries):
+        return max(_incomplete(s) for s in summaries)
     if not args.no_report:
         from .analysis.report import build_report
 
@@ -181,6 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except RunInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return exc.exit_code
     except DebatelabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -150,6 +150,8 @@ def load_config(path: Path, **overrides: object) -> ExperimentConfig:
     adapter = overrides.pop("adapter", None)
     data.update({k: v for k, v in overrides.items() if v is not None})
     if adapter is not None:  # --adapter: a nested backend option
+        if not Path(adapter).expanduser().is_dir():
+            raise DebatelabError(f"adapter folder not found: {adapter}")
         data["backend"] = {**(data.get("backend") or {}), "adapter": str(Path(adapter).expanduser().resolve())}
     data.setdefault("name", path.stem)
     base = path.resolve().parent

@@ -17,6 +17,18 @@ class RunFailed(DebatelabError):
     exit_code = 1
 
 
+class RunInterrupted(DebatelabError):
+    """SIGINT/SIGTERM stopped a run after its last commit. Exit code 128 + signal, as shells do."""
+
+    def __init__(self, signum: int, run_dir: Path):
+        import signal
+
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} after the last commit; everything committed is kept in "
+                         f"{run_dir}; run the same command again to resume")
+        self.exit_code = 128 + signum
+
+
 def read_text(path: Path, what: str) -> str:
     """Read a user-supplied text file, turning every way it can fail into one clear line."""
     try:

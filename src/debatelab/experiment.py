@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import platform
+import sqlite3
 import sys
 import time
 from dataclasses import dataclass
@@ -13,8 +14,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from . import stopping
 from .config import ExperimentConfig
-from .errors import DebatelabError
+from .errors import DebatelabError, RunInterrupted
 from .export import export_run
 from .llm.base import LLM
 from .llm.registry import load_llm, split_model
@@ -32,10 +34,24 @@ class RunSummary:
     debates: int
     complete: int
     seconds: float
+    failed: int = 0
+    """Debates whose backend request failed for good in this run (see debates.csv; resumable)."""
+    invalid_surveys: int = 0
+    surveys: int = 0
 
 
 def run_experiment(config: ExperimentConfig, run_dir: Path, llm: LLM | None = None,
                    progress: bool = False) -> RunSummary:
+    """Run or resume ``config`` into ``run_dir``. SIGINT/SIGTERM stop it between commits and
+    raise :class:`RunInterrupted`; everything committed stays, and running again resumes."""
+    with stopping.handle_signals():
+        try:
+            return _run(config, run_dir, llm, progress)
+        except stopping.StopRequested as stop:
+            raise RunInterrupted(stop.signum, run_dir) from None
+
+
+def _run(config: ExperimentConfig, run_dir: Path, llm: LLM | None, progress: bool) -> RunSummary:
     # Everything that can be checked is checked before the run directory is touched, so a
     # fixable input error never leaves a directory claimed by the config about to be corrected.
     split_model(config.model)
@@ -49,18 +65,49 @@ def run_experiment(config: ExperimentConfig, run_dir: Path, llm: LLM | None = No
     try:
         store.claim(run_fingerprint(config, bank), _provenance(config))
         _check_identity(store, llm)
-        if bank is None:
-            bank = _run_personas(config, llm, store, run_dir)
-        specs = plan_debates(config, bank, llm.identity())
-        _check_no_strays(store, specs)
-        store.register(specs)
-        with _Progress(len(specs), store, llm, enabled=progress) as bar:
-            WaveRunner(llm, store, config, on_progress=bar.update).run(specs)
-        export_run(store, run_dir)
-        complete = store.counts().get("complete", 0)
-        return RunSummary(run_dir, len(specs), complete, time.monotonic() - start)
+        try:
+            summary = _debate(config, llm, store, run_dir, bank, progress)
+        except stopping.StopRequested as stop:
+            _record_state(store, "interrupted", stop.name)
+            raise
+        except DebatelabError as exc:
+            if exc.exit_code != 2:  # bad input leaves the run directory as it was
+                _record_state(store, "failed", str(exc))
+            raise
+        except Exception as exc:
+            _record_state(store, "failed", f"{type(exc).__name__}: {exc}".splitlines()[0])
+            raise
+        summary.seconds = time.monotonic() - start
+        return summary
     finally:
         store.close()
+
+
+def _debate(config: ExperimentConfig, llm: LLM, store: RunStore, run_dir: Path,
+            bank: list[Persona] | None, progress: bool) -> RunSummary:
+    if bank is None:
+        bank = _run_personas(config, llm, store, run_dir)
+    specs = plan_debates(config, bank, llm.identity())
+    _check_no_strays(store, specs)
+    store.register(specs)
+    with _Progress(len(specs), store, llm, enabled=progress) as bar:
+        runner = WaveRunner(llm, store, config, on_progress=bar.update)
+        runner.run(specs)
+    export_run(store, run_dir)
+    complete = store.counts().get("complete", 0)
+    store.set_state("complete" if complete == len(specs) else "incomplete",
+                    f"{len(specs) - complete} debate(s) failed; run again to retry" if complete < len(specs) else "")
+    surveys, invalid = store.survey_counts()
+    return RunSummary(run_dir, len(specs), complete, 0.0, runner.failed, invalid, surveys)
+
+
+def _record_state(store: RunStore, state: str, detail: str) -> None:
+    # Best effort on the way out: the run's own exception matters more than this bookkeeping.
+    try:
+        with stopping.critical():
+            store.set_state(state, detail)
+    except (sqlite3.Error, stopping.StopRequested):
+        pass
 
 
 def run_fingerprint(config: ExperimentConfig, bank: list[Persona] | None) -> str:

@@ -19,6 +19,10 @@ TURN_COLUMNS = (
     "completion_tokens", "finish_reason",
 )
 
+DEBATE_COLUMNS = (
+    "debate_id", "topic", "repetition", "status", "turns", "surveys", "invalid_surveys", "failures", "error",
+)
+
 _ATTITUDES_SQL = """
 SELECT s.debate_id, d.topic_id, d.repetition, a.name, s.agent_index, a.role, s.iteration, s.method,
        s.score, s.valid, s.expected_score, s.option_mass, s.raw, s.probs_json
@@ -33,6 +37,17 @@ SELECT t.debate_id, d.topic_id, d.repetition, t.iteration, a.name, t.agent_index
 FROM turns t JOIN debates d USING (debate_id)
 JOIN agents a ON a.debate_id = t.debate_id AND a.agent_index = t.agent_index
 ORDER BY d.topic_id, d.repetition, t.debate_id, t.iteration
+"""
+
+
+_DEBATES_SQL = """
+SELECT d.debate_id, d.topic_id, d.repetition, d.status,
+       (SELECT COUNT(*) FROM turns t WHERE t.debate_id = d.debate_id),
+       (SELECT COUNT(*) FROM surveys s WHERE s.debate_id = d.debate_id),
+       (SELECT COUNT(*) FROM surveys s WHERE s.debate_id = d.debate_id AND NOT s.valid),
+       (SELECT COUNT(*) FROM failures f WHERE f.debate_id = d.debate_id),
+       d.error
+FROM debates d ORDER BY d.topic_id, d.repetition, d.debate_id
 """
 
 
@@ -51,5 +66,7 @@ def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object
 
 
 def export_run(store: RunStore, run_dir: Path) -> None:
+    """debates.csv (status, failures and invalid surveys per debate), attitudes.csv, turns.csv."""
+    write_csv(run_dir / "debates.csv", DEBATE_COLUMNS, store.db.execute(_DEBATES_SQL))
     write_csv(run_dir / "attitudes.csv", ATTITUDE_COLUMNS, _attitude_rows(store))
     write_csv(run_dir / "turns.csv", TURN_COLUMNS, store.db.execute(_TURNS_SQL))

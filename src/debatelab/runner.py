@@ -42,6 +42,13 @@ class _Pending:
     score_requests: list[ScoreRequest] = field(default_factory=list)
 
 
+@dataclass
+class _WaveResult:
+    turns: list[tuple[str, Turn]] = field(default_factory=list)
+    surveys: list[tuple[str, SurveyAnswer]] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # debate_id -> first error
+
+
 class WaveRunner:
     def __init__(self, llm: LLM, store: RunStore, config: ExperimentConfig,
                  on_progress: Callable[[int, int], None] | None = None):
@@ -49,6 +56,7 @@ class WaveRunner:
         self.store = store
         self.config = config
         self.on_progress = on_progress or (lambda finished, turns: None)
+        self.failed = 0  # debates that failed in this run (each is retried on resume)
 
     def run(self, specs: Sequence[DebateSpec]) -> None:
         queue = [s for s in reversed(specs) if self.store.status(s.debate_id) != "complete"]
@@ -69,16 +77,21 @@ class WaveRunner:
                 self._add_reply(pending, debate, step)
             elif isinstance(step, Survey):
                 self._add_survey(pending, debate, step)
-        new_turns, new_surveys = self._call(pending)
+        wave = self._call(pending)
+        # A debate with a failed request drops its whole step, so a survey is never half-stored.
+        turns = [(d, t) for d, t in wave.turns if d not in wave.failed]
+        surveys = [(d, s) for d, s in wave.surveys if d not in wave.failed]
         by_id = {d.spec.debate_id: d for d in active}
-        for debate_id, turn in new_turns:
+        for debate_id, turn in turns:
             by_id[debate_id].turns.append(turn)
-        for debate_id, answer in new_surveys:
+        for debate_id, answer in surveys:
             by_id[debate_id].surveys_done.add((answer.iteration, answer.agent_index))
-        finished = [d for d in active if d.next() is None]
-        self.store.add_results(new_turns, new_surveys, [d.spec.debate_id for d in finished])
-        self.on_progress(len(finished), len(new_turns))
-        return [d for d in active if d not in finished]
+        finished = [d for d in active if d.spec.debate_id not in wave.failed and d.next() is None]
+        failed = [(d, by_id[d].next().iteration, error) for d, error in wave.failed.items()]
+        self.store.add_results(turns, surveys, [d.spec.debate_id for d in finished], failed)
+        self.failed += len(failed)
+        self.on_progress(len(finished), len(turns))
+        return [d for d in active if d not in finished and d.spec.debate_id not in wave.failed]
 
     def _add_reply(self, pending: _Pending, debate: LiveDebate, step: Reply) -> None:
         spec = debate.spec
@@ -103,21 +116,26 @@ class WaveRunner:
                 pending.gen_requests.append(GenerateRequest(
                     prompt, temperature=0.0, max_tokens=self.config.survey.max_tokens, seed=seed))
 
-    def _call(self, pending: _Pending) -> tuple[list[tuple[str, Turn]], list[tuple[str, SurveyAnswer]]]:
-        turns: list[tuple[str, Turn]] = []
-        surveys: list[tuple[str, SurveyAnswer]] = []
+    def _call(self, pending: _Pending) -> _WaveResult:
+        wave = _WaveResult()
         if pending.gen_requests:
             outs = self.llm.generate(pending.gen_requests)
             for (debate, iteration, agent, kind), out in zip(pending.generate, outs):
-                if kind == "reply":
+                debate_id = debate.spec.debate_id
+                if out.error is not None:
+                    wave.failed.setdefault(debate_id, out.error)
+                elif kind == "reply":
                     text = prompts.clean_reply(out.text, debate.spec.agents[agent].name)
-                    turns.append((debate.spec.debate_id, Turn(
+                    wave.turns.append((debate_id, Turn(
                         iteration=iteration, agent_index=agent, text=text, prompt_tokens=out.prompt_tokens,
                         completion_tokens=out.completion_tokens, finish_reason=out.finish_reason)))
                 else:
-                    surveys.append((debate.spec.debate_id, survey.from_generation(iteration, agent, out)))
+                    wave.surveys.append((debate_id, survey.from_generation(iteration, agent, out)))
         if pending.score_requests:
             scores = self.llm.score_options(pending.score_requests)
             for (debate, iteration, agent), sc in zip(pending.score, scores):
-                surveys.append((debate.spec.debate_id, survey.from_option_scores(iteration, agent, sc)))
-        return turns, surveys
+                if sc.error is not None:
+                    wave.failed.setdefault(debate.spec.debate_id, sc.error)
+                else:
+                    wave.surveys.append((debate.spec.debate_id, survey.from_option_scores(iteration, agent, sc)))
+        return wave

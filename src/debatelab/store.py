@@ -10,9 +10,11 @@ import fcntl
 import json
 import sqlite3
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable
+from typing import IO, Any, Callable, Iterable, Iterator
 
+from . import stopping
 from .errors import DebatelabError
 from .types import DebateSpec, Persona, SurveyAnswer, Turn
 
@@ -56,8 +58,16 @@ def _execute_all(db: sqlite3.Connection, script: str) -> None:
             db.execute(statement)
 
 
+def _m002_failures(db: sqlite3.Connection) -> None:
+    # Every failed attempt is kept (debates.error only holds the latest), so flaky backends show.
+    db.execute("""
+        CREATE TABLE failures (
+            debate_id TEXT NOT NULL REFERENCES debates, iteration INTEGER NOT NULL,
+            error TEXT NOT NULL, created_at REAL NOT NULL)""")
+
+
 # Append only: never edit or reorder an applied migration.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_initial]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_initial, _m002_failures]
 
 
 class RunStore:
@@ -83,8 +93,18 @@ class RunStore:
                 migration(self.db)
                 self.db.execute("INSERT INTO _migrations VALUES (?, ?, ?)", (number, migration.__name__, time.time()))
 
-    def transaction(self) -> "_Tx":
-        return _Tx(self.db)
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception; a stop signal that arrives
+        meanwhile waits until the commit is done (see :mod:`debatelab.stopping`)."""
+        with stopping.critical():
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
 
     def close(self) -> None:
         self.db.close()
@@ -94,6 +114,12 @@ class RunStore:
     def get_meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
+
+    def set_state(self, state: str, detail: str = "") -> None:
+        """The run's state for humans and tools: running, interrupted, incomplete, failed, complete."""
+        with self.transaction():
+            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                [("state", state), ("state_detail", detail), ("state_at", repr(time.time()))])
 
     def claim(self, fingerprint: str, meta: dict[str, Any]) -> None:
         """Bind the run directory to one config; refuse a different one."""
@@ -156,10 +182,17 @@ class RunStore:
         return turns, surveys
 
     def add_results(self, turns: list[tuple[str, Turn]], surveys: list[tuple[str, SurveyAnswer]],
-                    finished: list[str]) -> None:
-        """Commit one wave's results atomically (a crash loses at most the wave in flight)."""
+                    finished: list[str], failed: Iterable[tuple[str, int, str]] = ()) -> None:
+        """Commit one wave's results atomically (a crash loses at most the wave in flight).
+
+        ``failed`` holds (debate_id, iteration, error) for debates whose request failed for good:
+        they are marked failed, keep what they had committed, and are retried on resume."""
         now = time.time()
+        failed = list(failed)
         with self.transaction():
+            self.db.executemany("INSERT INTO failures VALUES (?, ?, ?, ?)", [(*f, now) for f in failed])
+            self.db.executemany("UPDATE debates SET status = 'failed', error = ? WHERE debate_id = ?",
+                                [(error, d) for d, _, error in failed])
             self.db.executemany(
                 "INSERT INTO turns VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(d, t.iteration, t.agent_index, t.text, t.prompt_tokens, t.completion_tokens, t.finish_reason, now)
@@ -178,28 +211,19 @@ class RunStore:
 
     def mark_running(self, debate_ids: Iterable[str]) -> None:
         with self.transaction():
-            self.db.executemany("UPDATE debates SET status = 'running' WHERE debate_id = ? AND status = 'pending'",
-                                [(d,) for d in debate_ids])
+            self.db.executemany("UPDATE debates SET status = 'running', error = NULL"
+                                " WHERE debate_id = ? AND status IN ('pending', 'failed')", [(d,) for d in debate_ids])
 
     def debate_ids(self) -> set[str]:
         return {row[0] for row in self.db.execute("SELECT debate_id FROM debates")}
 
+    def survey_counts(self) -> tuple[int, int]:
+        """(surveys, invalid surveys) committed so far."""
+        total, invalid = self.db.execute("SELECT COUNT(*), COALESCE(SUM(1 - valid), 0) FROM surveys").fetchone()
+        return total, invalid
+
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT status, COUNT(*) FROM debates GROUP BY status").fetchall())
-
-
-class _Tx:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
-
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN IMMEDIATE")
-        return self.db
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
 def _lock_run_dir(run_dir: Path) -> IO[str]:

@@ -19,7 +19,7 @@ from ..errors import DebatelabError
 from ..store import DB_NAME
 
 _DEBATES = """SELECT debate_id, topic_id AS topic, json_extract(spec_json, '$.topic.name') AS topic_name,
-  repetition, seed, first_speaker, rounds, n_agents, status FROM debates"""
+  repetition, seed, first_speaker, rounds, n_agents, status, error FROM debates"""
 _AGENTS = "SELECT debate_id, agent_index, name AS agent, role, persona_id FROM agents"
 _TURNS = """SELECT t.debate_id, d.topic_id AS topic, d.repetition, t.iteration, t.agent_index, a.name AS agent,
   a.role, t.text, t.completion_tokens, t.finish_reason
@@ -41,6 +41,8 @@ class RunData:
     turns: pd.DataFrame
     surveys: pd.DataFrame
     meta: dict[str, Any] = field(default_factory=dict)
+    left_out: pd.DataFrame | None = None
+    """With ``complete_only``: the debates left out (failed or unfinished), with status and error."""
 
     @property
     def name(self) -> str:
@@ -68,14 +70,17 @@ def load(run_dir: str | Path, complete_only: bool = False) -> RunData:
         raise DebatelabError(f"cannot read run database {path}: {str(exc).splitlines()[0]}") from None
     finally:
         db.close()
+    left_out = None
     if complete_only:
-        done = set(frames["debates"].loc[frames["debates"]["status"] == "complete", "debate_id"])
+        debates = frames["debates"]
+        done = set(debates.loc[debates["status"] == "complete", "debate_id"])
+        left_out = debates[~debates["debate_id"].isin(done)].reset_index(drop=True)
         frames = {name: df[df["debate_id"].isin(done)].reset_index(drop=True) for name, df in frames.items()}
     frames["surveys"] = _with_values(frames["surveys"])
     for name in ("turns", "surveys"):
         frames[name] = frames[name].sort_values(["topic", "repetition", "debate_id", "iteration", "agent_index"],
                                                 ignore_index=True)
-    return RunData(run_dir=run_dir, meta=meta, **frames)
+    return RunData(run_dir=run_dir, meta=meta, left_out=left_out, **frames)
 
 
 def _with_values(surveys: pd.DataFrame) -> pd.DataFrame:

@@ -121,7 +121,16 @@ def provenance(run: RunData) -> dict[str, Any]:
             "python": meta.get("python", "?"), "platform": meta.get("platform", "?"),
             "created_at": _timestamp(meta.get("created_at")), "fingerprint": meta.get("config_fingerprint", "?"),
             "seed": config.get("seed", "?"), "config": _pretty_yaml(meta.get("config", {})),
-            "debates": f"{len(run.debates)} complete (incomplete debates are left out)"}
+            "debates": _debate_counts(run), "state": meta.get("state", "?"),
+            "left_out": [] if run.left_out is None else run.left_out.to_dict("records")}
+
+
+def _debate_counts(run: RunData) -> str:
+    left = run.left_out if run.left_out is not None else pd.DataFrame({"status": []})
+    if left.empty:
+        return f"{len(run.debates)} complete"
+    parts = ", ".join(f"{n} {status}" for status, n in left["status"].value_counts().sort_index().items())
+    return f"{len(run.debates)} complete; left out of this report: {parts}"
 
 
 def metric_groups(table: pd.DataFrame) -> list[dict[str, Any]]:

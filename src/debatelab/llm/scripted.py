@@ -41,16 +41,20 @@ def default_scores(request: ScoreRequest) -> list[float]:
 
 
 class ScriptedLLM:
-    def __init__(self, name: str = "", reply_fn: ReplyFn | None = None, score_fn: ScoreFn | None = None):
+    def __init__(self, name: str = "", reply_fn: ReplyFn | None = None, score_fn: ScoreFn | None = None,
+                 keep_history: bool = True):
         self.name = name or "default"
         self.reply_fn = reply_fn or default_reply
         self.score_fn = score_fn or default_scores
+        # Runs from the CLI keep no history: memory must stay flat over thousands of debates.
+        self.keep_history = keep_history
         self.generate_calls: list[list[GenerateRequest]] = []
         self.score_calls: list[list[ScoreRequest]] = []
         self.usage = Usage()
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
-        self.generate_calls.append(list(requests))
+        if self.keep_history:
+            self.generate_calls.append(list(requests))
         out = []
         for req in requests:
             text = self.reply_fn(req)
@@ -67,7 +71,8 @@ class ScriptedLLM:
         return out
 
     def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
-        self.score_calls.append(list(requests))
+        if self.keep_history:
+            self.score_calls.append(list(requests))
         self.usage.calls += 1
         return [OptionScores(tuple(self.score_fn(r))) for r in requests]
 
@@ -76,4 +81,4 @@ class ScriptedLLM:
 
 
 def load_scripted(name: str, options: BackendOptions) -> ScriptedLLM:
-    return ScriptedLLM(name)
+    return ScriptedLLM(name, keep_history=False)
