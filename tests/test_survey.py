@@ -7,16 +7,48 @@ from debatelab.llm.base import Completion, OptionScores
 from debatelab.survey import from_generation, from_option_scores, normalise, parse_rating
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("7", 7), ("10.", 10), ("7/10", 7), ("7 / 10", 7), ("Seven", 7), ("I'd say 8 out of 10", 8),
-    ("0 - not a problem", 0), ("  3\nbecause 5 reasons", 3), ("ten", 10),
-    ("", None), ("6 or 7", None), ("11", None), ("-1", None), ("7.5", None), ("a big problem", None),
-    ("between 4 and 6", None), ("No one knows.", None), ("A big one.", None), ("#1 issue", None),
-    ("7th", None), ("It is one of the worst problems", None), ("Seven.", 7), ("seven out of ten", 7),
-    ("Eight/10", 8), ("8 out of ten", 8), ("8, maybe one day 9", None), ("10/10", 10),
-])
-def test_parse_rating_rules(text, expected):
+# Every answer form the survey parser has an opinion on, with the outcome the rules in
+# debatelab/survey.py's docstring give (None = recorded invalid). The rule each row shows is noted.
+CATALOGUE = [
+    # a plain rating, with the scale, or in words (rule 4)
+    ("0", 0), ("7", 7), ("  9  ", 9), ("10.", 10), ("7/10", 7), ("7 / 10", 7), ("10/10", 10),
+    ("I'd say 8 out of 10", 8), ("8 out of ten", 8), ("Eight/10", 8), ("Rating: 7", 7), ("**8**", 8),
+    ("I'd rate it a 3.", 3), ("0 - not a problem", 0), ("(7)", 7), ("I'd say (7)", 7),
+    ("Seven", 7), ("Seven.", 7), ("ten", 10), ("seven out of ten", 7),
+    # only the first line counts (rule 1)
+    ("8\nbut 9 later", 8), ("  3\nbecause 5 reasons", 3), ("\n\n6\n", 6), ("No idea.\n7", None),
+    # fullwidth forms are ASCII; other scripts' digits, superscripts, circled digits are not (rule 2)
+    ("７", 7), ("７／１０", 7), ("Ｒａｔｉｎｇ：　７", 7), ("٧", None), ("⁷", None), ("①", None),
+    ("① 7", 7), ("−1", None),
+    # markup and code hold no rating; text between tags does (rule 3)
+    ("<script>alert(1)</script>", None), ("<h1>", None), ("f(7)", None), ("f(g(7))", None),
+    ("console.log(7)", None), ("x[3]", None), ("7(ish)", None), ("alert(1", None),
+    ("<script>var x = 7</script>", None), ("<style>h1{font-size:7px}</style>", None),
+    ("<b>7</b>", 7), ("<p>Seven</p>", 7), ("<!-- 3 --> 7", 7), ("<h2>Rating</h2> 6", 6),
+    # no number, a word that is no rating, or a number that is part of a word (rule 4)
+    ("", None), ("   ", None), ("N/A", None), ("A big one.", None), ("a big problem", None),
+    ("No one knows.", None), ("It is one of the worst problems", None), ("7th", None), ("#1 issue", None),
+    # not exactly one number (rule 5)
+    ("6 or 7", None), ("3-4", None), ("between 4 and 5", None), ("between 4 and 6", None),
+    ("5 out of 10, maybe 6", None), ("8, maybe one day 9", None),
+    # outside 0..10 or not an integer (rule 5)
+    ("11", None), ("-1", None), ("7.5", None),
+]
+
+
+@pytest.mark.parametrize("text, expected", CATALOGUE)
+def test_parse_rating_catalogue(text, expected):
     assert parse_rating(text) == expected
+
+
+def test_catalogue_covers_issue_5_examples():
+    """The answers issue 5 asks about are all in the catalogue (so none silently drops out)."""
+    asked = ["7/10", "Seven", "6 or 7", "I'd say 8 out of 10", "", "11", "-1", "7.5", "10.", "seven out of ten",
+             "7th", "A big one.", "Rating: 7", "**8**", "8\nbut 9 later", "<script>alert(1)</script>", "0",
+             "10/10", "5 out of 10, maybe 6", "N/A", "  9  ", "７", "I'd rate it a 3.", "3-4", "between 4 and 5"]
+    answers = [text for text, _ in CATALOGUE]
+    assert [a for a in asked if a not in answers] == []
+    assert len(set(answers)) == len(answers)
 
 
 def test_generation_answer_records_invalid_without_guessing():

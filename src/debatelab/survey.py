@@ -1,14 +1,27 @@
 """Attitude measurement: parse a generated rating, or read a distribution over 0..10.
 
-Parsing rules for ``generate`` surveys (an answer is never guessed):
-1. Only the first line of the answer counts.
-2. Numbers are collected: standalone integers or decimals ("7", "10.", "-1", "7.5"; not "7th" or
-   "#1"), and the words zero..ten only where they are the whole answer ("Seven.") or are
+Parsing rules for ``generate`` surveys (an answer is never guessed; ``parse_rating`` returns the
+rating or None, and None is recorded as an invalid answer):
+
+1. Only the first line of the answer counts, after surrounding whitespace is stripped.
+2. Fullwidth forms read as their ASCII twins ("７" and "７／１０" are 7) and the minus sign "−" as
+   "-". No other digits count: not those of other scripts ("٧"), nor superscript or circled ones
+   ("⁷", "①"), which mark footnotes and list items more often than ratings.
+3. Markup and code hold no rating and are removed first: tags ("<h1>", "</b>", "<br/>"), comments
+   and the content of <script> and <style> elements, and calls or indexes, i.e. a bracket directly
+   after a word with what it encloses ("alert(1)", "f(7)", "x[3]", "7(ish)"). Text between tags
+   still counts ("<b>7</b>" is 7); a bracket after a space is prose ("(7)", "I'd say (7)").
+4. Numbers are collected: standalone integers or decimals ("7", "10.", "-1", "7.5"; not "7th",
+   "#1" or "v2"), and the words zero..ten only where they are the whole answer ("Seven.") or are
    followed by "out of ten" or "/10" ("seven out of ten"), so "no one knows" is no rating.
-   A "/10" or "out of 10" after a number is the scale, not a second number.
-3. Valid only if exactly one distinct number remains and it is an integer from 0 to 10.
-So "7/10", "Seven", "I'd say 8 out of 10" and "10." parse; "", "6 or 7", "11", "-1", "7.5",
-"A big one." and "7th" are recorded as invalid.
+   A "/10" or "out of 10" after a number is the scale, not a second number. Emphasis and other
+   punctuation around a number do not matter ("**8**", "Rating: 7", "I'd rate it a 3.").
+5. Valid only if exactly one distinct number remains and it is an integer from 0 to 10.
+
+So "7/10", "Seven", "I'd say 8 out of 10", "10." and "8\\nbut 9 later" parse; "", "6 or 7", "3-4",
+"between 4 and 5", "11", "-1", "7.5", "7th", "A big one.", "N/A" and "<script>alert(1)</script>"
+are recorded as invalid. ``CATALOGUE`` in tests/test_survey.py lists many more answers with their
+outcomes.
 """
 
 from __future__ import annotations
@@ -20,18 +33,25 @@ from typing import Sequence
 from .llm.base import Completion, OptionScores
 from .types import SurveyAnswer
 
+# Rule 2: U+FF01..FF5E are ASCII 0x21..0x7E shifted; U+3000 is the ideographic space.
+_ASCII_TWINS = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)} | {0x3000: " ", 0x2212: "-"}
 _WORDS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
 _WORD = "(" + "|".join(_WORDS) + ")"
 _SCALE = r"(?:\s*/\s*10|\s+out\s+of\s+(?:10|ten))(?!\w)"
 _OUT_OF = re.compile(_SCALE, re.IGNORECASE)
-_DIGITS = re.compile(r"(?<![\w#.])-?\d+(?:\.\d+)?(?![\w])")
+_DIGITS = re.compile(r"(?<![\w#.])-?[0-9]+(?:\.[0-9]+)?(?!\w)")  # [0-9], not \d: no other scripts
 _WORD_ALONE = re.compile(r"\W*" + _WORD + r"\W*", re.IGNORECASE)
 _WORD_OF_TEN = re.compile(r"\b" + _WORD + _SCALE, re.IGNORECASE)
 
+# Rule 3. Code elements and comments may be cut off by the end of the line, hence the "|$".
+_CODE_ELEMENT = re.compile(r"<(script|style)\b.*?(?:</\1\s*>|$)|<!--.*?(?:-->|$)", re.IGNORECASE)
+_TAG = re.compile(r"<[/!?]?[A-Za-z][^<>]*>")
+_CALL = re.compile(r"\w[\w.]*[(\[][^()\[\]]*(?:[)\]]|$)")  # innermost call; nested ones take rounds
+
 
 def parse_rating(text: str) -> int | None:
-    """The 0-10 rating stated in ``text``, or None if there is not exactly one."""
-    line = text.strip().split("\n", 1)[0]
+    """The 0-10 rating stated in ``text`` by the module's rules, or None if there is not exactly one."""
+    line = _prose(_first_line(text))
     found = {float(m) for m in _DIGITS.findall(_OUT_OF.sub(" ", line))}
     alone = _WORD_ALONE.fullmatch(line)
     words = [alone.group(1)] if alone else _WORD_OF_TEN.findall(line)
@@ -42,6 +62,20 @@ def parse_rating(text: str) -> int | None:
     if value != int(value) or not 0 <= value <= 10:
         return None
     return int(value)
+
+
+def _first_line(text: str) -> str:
+    """Rules 1-2: the first line, with fullwidth characters and the minus sign made ASCII."""
+    return (text.strip().splitlines() or [""])[0].translate(_ASCII_TWINS)
+
+
+def _prose(line: str) -> str:
+    """Rule 3: the line without markup and code (each replaced by a space, so no words merge)."""
+    line = _TAG.sub(" ", _CODE_ELEMENT.sub(" ", line))
+    while True:
+        line, calls = _CALL.subn(" ", line)
+        if not calls:
+            return line
 
 
 def from_generation(iteration: int, agent: int, completion: Completion) -> SurveyAnswer:

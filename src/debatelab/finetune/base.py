@@ -177,6 +177,9 @@ def resolve_precision(device: Device, quantization: Quantization) -> Precision:
     return Precision("cuda", "float32", bf16=False, fp16=True)
 
 
+NO_PICKLES = "training loads safetensors only, so convert the weights to safetensors first"
+
+
 def load_base(source: str, precision: Precision, quantization: Quantization) -> tuple[Any, Any]:
     """The base causal LM (plain, or 4-bit for QLoRA) and its tokenizer, with a pad token set."""
     import torch
@@ -197,9 +200,14 @@ def load_base(source: str, precision: Precision, quantization: Quantization) -> 
         )
         kwargs["dtype"] = compute
         kwargs["device_map"] = {"": 0}
+    if Path(source).is_dir():
+        from ..llm.hf import check_model_weights
+
+        check_model_weights(Path(source), "base model folder", allow_pickle=False, opt_in=NO_PICKLES)
+    # Training has no opt-ins: never custom code (None would ask on the terminal), never pickles.
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, trust_remote_code=False, **kwargs)
     except (OSError, ValueError) as exc:
         raise DebatelabError(f"cannot load base model {source!r}: {str(exc).splitlines()[0]}") from exc
     if tokenizer.pad_token is None:

@@ -35,6 +35,7 @@ from .base import (
     TrainSettings,
     MANIFEST,
     MANIFEST_VERSION,
+    NO_PICKLES,
     Device,
     Quantization,
     TrainResult,
@@ -77,10 +78,13 @@ def fit_dpo(base: str, sft_adapter: Path, pairs_path: Path, out_dir: Path, setti
     from peft import PeftModel
     from trl import DPOConfig, DPOTrainer
 
+    from ..llm.hf import check_adapter_weights
+
     settings = settings or DPOSettings()
     sft_adapter, pairs_path = Path(sft_adapter), Path(pairs_path)
     precision = resolve_precision(settings.device, settings.quantization)
     parent = read_manifest(sft_adapter)
+    check_adapter_weights(sft_adapter, allow_pickle=False, opt_in=NO_PICKLES)  # PEFT would unpickle a .bin
     rows = read_chat_jsonl(pairs_path, ("prompt", "chosen", "rejected"), "DPO pairs file")
     source = resolve_base(base)
     identity = base_identity(base, source)

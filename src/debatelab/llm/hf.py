@@ -281,34 +281,90 @@ def _quantization_config(options: BackendOptions, device: str) -> Any:
 
 def load_pretrained(source: str, options: BackendOptions, identity: dict[str, Any]) -> HFLLM:
     device, dtype = resolve_device_dtype(options)
+    if Path(source).is_dir():
+        check_model_weights(Path(source), "model folder", options.allow_pickle)
+    # trust_remote_code is always the option's bool (transformers reads None as "ask on the
+    # terminal"); use_safetensors=None lets transformers fall back to pickles, so only the opt-in.
     common = {"revision": options.revision, "trust_remote_code": options.trust_remote_code}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **common)
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, use_safetensors=True,
+            source, dtype=dtype, use_safetensors=None if options.allow_pickle else True,
             quantization_config=_quantization_config(options, device), **common,
         )
     except (OSError, ValueError) as exc:
-        raise DebatelabError(f"cannot load model {source!r}: {str(exc).splitlines()[0]}") from exc
+        raise _load_error(source, exc, options) from exc
     if options.quantization == "none":
         model = model.to(device)
     ident = {**identity, "dtype": str(dtype).removeprefix("torch."), "quantization": options.quantization}
     if options.adapter:
-        model, ident["adapter"] = _apply_adapter(model, Path(options.adapter).expanduser())
+        model, ident["adapter"] = _apply_adapter(model, Path(options.adapter).expanduser(), options.allow_pickle)
     return HFLLM(model, tokenizer, ident, options)
 
 
-def _apply_adapter(model: Any, adapter: Path) -> tuple[Any, dict[str, str]]:
+def _load_error(source: str, exc: Exception, options: BackendOptions) -> DebatelabError:
+    """One line for a failed load; where a safety default caused it, the line names the opt-in."""
+    first = _first_line(exc)
+    if "custom code" in first and not options.trust_remote_code:
+        first += f" It would run on load; only if you trust its author, set {_TRUST_CODE_OPT_IN}."
+    elif "safetensors" in first and not options.allow_pickle and not Path(source).is_dir():  # a hub id
+        first += f" Only safetensors weights load unless you set {_PICKLE_OPT_IN} (pickles can run code)."
+    return DebatelabError(f"cannot load model {source!r}: {first}")
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _apply_adapter(model: Any, adapter: Path, allow_pickle: bool) -> tuple[Any, dict[str, str]]:
     """Base + LoRA adapter; the adapter's content fingerprint joins the model identity, so a
     tuned model never shares run directories or debate ids with its base."""
     if not (adapter / "adapter_config.json").is_file():
         raise DebatelabError(f"not a PEFT adapter folder (no adapter_config.json): {adapter}")
+    check_adapter_weights(adapter, allow_pickle)
     try:
         from peft import PeftModel
     except ImportError:
         raise DebatelabError("adapters need peft: pip install 'debatelab[train]'") from None
-    tuned = PeftModel.from_pretrained(model, str(adapter)).eval()
+    try:
+        tuned = PeftModel.from_pretrained(model, str(adapter)).eval()
+    except (OSError, ValueError) as exc:
+        raise DebatelabError(f"cannot load adapter {adapter}: {_first_line(exc)}") from exc
     return tuned, {"path": str(adapter.resolve()), "weights": _dir_fingerprint(adapter)}
+
+
+# ---- untrusted files ----------------------------------------------------------------------
+# Loading a pickle (``torch.load``) can run arbitrary code, so weights load from safetensors only
+# unless the user opts in. These are the pickled names transformers and PEFT fall back to.
+_PICKLED_WEIGHTS = ("pytorch_model*.bin", "adapter_model.bin")
+_PICKLE_OPT_IN = "`backend: {allow_pickle: true}`"
+_TRUST_CODE_OPT_IN = "`backend: {trust_remote_code: true}`"
+
+
+def _pickled_files(folder: Path) -> list[str]:
+    return sorted(f.name for pattern in _PICKLED_WEIGHTS for f in folder.glob(pattern))
+
+
+def check_model_weights(folder: Path, what: str, allow_pickle: bool, opt_in: str = "") -> None:
+    """Refuse a local model folder whose only weights are pickles, before transformers reads them."""
+    pickled = _pickled_files(folder)
+    if allow_pickle or not pickled or any(folder.glob("*.safetensors")):
+        return  # no pickles, or safetensors that transformers prefers; missing weights it reports
+    raise DebatelabError(
+        f"{what} {folder} has only pickled weights ({', '.join(pickled)}), which can run code when loaded; "
+        f"{opt_in or 'use safetensors weights, or if you trust the files set ' + _PICKLE_OPT_IN}"
+    )
+
+
+def check_adapter_weights(adapter: Path, allow_pickle: bool, opt_in: str = "") -> None:
+    """Refuse an adapter folder without adapter_model.safetensors: PEFT would unpickle the .bin."""
+    if allow_pickle or (adapter / "adapter_model.safetensors").is_file():
+        return
+    found = ", ".join(_pickled_files(adapter)) or "no weights"
+    raise DebatelabError(
+        f"adapter {adapter} has no adapter_model.safetensors ({found}); pickled weights can run code when "
+        f"loaded: {opt_in or 'use safetensors, or if you trust the files set ' + _PICKLE_OPT_IN}"
+    )
 
 
 def load_hf(name: str, options: BackendOptions) -> HFLLM:
@@ -325,11 +381,14 @@ def load_hf(name: str, options: BackendOptions) -> HFLLM:
 
 def _dir_fingerprint(path: Path) -> str:
     """Content marker for a local model dir: config text plus size, head and tail of each weight file
-    (reading whole multi-GB files on every start would be too slow; mtimes change on a plain copy)."""
+    (reading whole multi-GB files on every start would be too slow; mtimes change on a plain copy).
+    The weight files are the safetensors, or, in a folder without any, the pickles that only
+    ``allow_pickle`` loads (so folders that load safetensors keep their fingerprints)."""
     import hashlib
 
     h = hashlib.sha256()
-    for f in sorted(path.glob("*.json")) + sorted(path.glob("*.safetensors")):
+    weights = sorted(path.glob("*.safetensors")) or [path / name for name in _pickled_files(path)]
+    for f in sorted(path.glob("*.json")) + weights:
         size = f.stat().st_size
         h.update(f"{f.name}:{size}".encode())
         with f.open("rb") as fh:
