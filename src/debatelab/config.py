@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import DebatelabError, read_yaml
 from .llm.options import BackendOptions
+from .llm.registry import split_model
 from .topics import BUILTIN_TOPICS, Topic, load_topic_file
 from .types import ROLES
 
@@ -48,6 +49,38 @@ class PersonaGeneration(_Strict):
     """Generation attempts per persona before the run stops with an error."""
 
 
+class ExecutorConfig(_Strict):
+    kind: Literal["local", "ray"] = "local"
+    """``local``: waves in this process. ``ray``: debates sharded across Ray workers, each with its
+    own backend, every wave streamed back to this process, the run's single SQLite writer."""
+    address: str | None = None
+    """Ray cluster address (e.g. ``auto`` or ``ray://head:10001``); None starts a local Ray instance."""
+    workers: int = Field(2, ge=1)
+    """Ray workers (actors); each loads its own backend and runs its shard of debates in waves."""
+    cpus_per_worker: float = Field(1.0, gt=0)
+    """CPUs Ray reserves for each worker."""
+    gpus_per_worker: float = Field(0.0, ge=0)
+    """GPUs Ray reserves for each worker (e.g. 1 for a vllm: or hf: model on CUDA)."""
+
+
+class Seat(_Strict):
+    """A roster entry with its own model: ``{role: republican, model: hf:org/x, adapter: dir}``."""
+
+    role: str
+    """republican, democrat or default."""
+    model: str | None = None
+    """Model string for this agent (None = the experiment's ``model``)."""
+    adapter: str | None = None
+    """LoRA adapter folder for this agent (None = the experiment's ``backend.adapter``)."""
+
+    def key(self, default_model: str, default_adapter: str | None) -> str:
+        """The model this seat runs on, as one string; "" when it is the experiment's own."""
+        model, adapter = self.model or default_model, self.adapter or default_adapter
+        if (model, adapter) == (default_model, default_adapter):
+            return ""
+        return model if adapter is None else f"{model}+{adapter}"
+
+
 class ExperimentConfig(_Strict):
     name: str | None = None
     """Label stored with the run (defaults to the config file's stem)."""
@@ -59,8 +92,9 @@ class ExperimentConfig(_Strict):
     """Built-in topic ids, ids from ``topic_files``, or inline mappings (id, name, question)."""
     topic_files: list[Path] = []
     """YAML files of extra topics (paths relative to the config file)."""
-    agents: list[str] = Field(min_length=2)
-    """The roster, e.g. [republican, democrat, default]; parties may repeat."""
+    agents: list[str | Seat] = Field(min_length=2)
+    """The roster, e.g. [republican, democrat, default]; parties may repeat. An entry may be a
+    mapping that gives the agent its own model and/or adapter (see :class:`Seat`)."""
     rounds: int = Field(3, ge=1)
     """Round-robin cycles; a debate has rounds x len(agents) replies."""
     repetitions: int = Field(1, ge=1)
@@ -76,7 +110,9 @@ class ExperimentConfig(_Strict):
     survey: SurveyConfig = SurveyConfig()
     """Attitude survey method."""
     max_in_flight: int = Field(64, ge=1)
-    """Debates advanced together in one wave (the backend batches their requests)."""
+    """Debates advanced together in one wave (the backend batches their requests); per worker under Ray."""
+    executor: ExecutorConfig = ExecutorConfig()
+    """Where waves run: in this process, or across a Ray cluster (a runtime choice; results are the same)."""
 
     @field_validator("personas", "topic_files", mode="before")
     @classmethod
@@ -88,11 +124,36 @@ class ExperimentConfig(_Strict):
 
     @field_validator("agents")
     @classmethod
-    def _known_roles(cls, agents: list[str]) -> list[str]:
-        for role in agents:
+    def _known_roles(cls, agents: list[str | Seat]) -> list[str | Seat]:
+        for entry in agents:
+            role = entry.role if isinstance(entry, Seat) else entry
             if role not in ROLES:
                 raise ValueError(f"unknown agent role {role!r} (choose from {', '.join(ROLES)})")
+            if isinstance(entry, Seat) and entry.model is not None:
+                try:
+                    split_model(entry.model)
+                except DebatelabError as exc:
+                    raise ValueError(str(exc)) from None
         return agents
+
+    @property
+    def roles(self) -> list[str]:
+        """The roster's roles, in seat order."""
+        return [a.role if isinstance(a, Seat) else a for a in self.agents]
+
+    def seat_models(self) -> list[str]:
+        """Per seat, the key of the model it runs on ("" = the experiment's model)."""
+        adapter = self.backend.adapter
+        return [a.key(self.model, adapter) if isinstance(a, Seat) else "" for a in self.agents]
+
+    def seat_backends(self) -> dict[str, tuple[str, BackendOptions]]:
+        """Model key -> (model string, backend options) for every seat with its own model."""
+        out: dict[str, tuple[str, BackendOptions]] = {}
+        for entry, key in zip(self.agents, self.seat_models()):
+            if key and isinstance(entry, Seat):
+                options = self.backend.model_copy(update={"adapter": entry.adapter or self.backend.adapter})
+                out[key] = (entry.model or self.model, options)
+        return out
 
     @model_validator(mode="after")
     def _unique_topics(self) -> "ExperimentConfig":
@@ -119,7 +180,7 @@ class ExperimentConfig(_Strict):
         """Hash of everything that shapes results: the config (less labels and runtime knobs such
         as batch size or concurrency, which a user may change when resuming), the resolved
         topics' wording, and any ``extra`` content (persona bank, template version)."""
-        payload = self.model_dump(mode="json", exclude={"name", "max_in_flight", "topic_files"})
+        payload = self.model_dump(mode="json", exclude={"name", "max_in_flight", "topic_files", "executor"})
         payload["backend"] = {k: v for k, v in payload["backend"].items() if k not in RUNTIME_BACKEND_FIELDS}
         payload["resolved_topics"] = [t.model_dump(mode="json") for t in self.resolved_topics()]
         payload["extra"] = [str(e) for e in extra]
@@ -131,7 +192,7 @@ RUNTIME_BACKEND_FIELDS = frozenset({"batch_size", "threads", "concurrency", "tim
                                     "retry_budget", "retry_backoff", "api_key_env", "api_key_file"})
 
 
-_UNION_TAGS = {"str", "Topic", "int", "float", "bool", "none"}
+_UNION_TAGS = {"str", "Topic", "Seat", "int", "float", "bool", "none"}
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -148,17 +209,24 @@ def load_config(path: Path, **overrides: object) -> ExperimentConfig:
     if not isinstance(data, dict):
         raise DebatelabError(f"config {path} must be a YAML mapping of keys to values")
     adapter = overrides.pop("adapter", None)
+    executor = overrides.pop("executor", None)
     data.update({k: v for k, v in overrides.items() if v is not None})
     if adapter is not None:  # --adapter: a nested backend option
         if not Path(adapter).expanduser().is_dir():
             raise DebatelabError(f"adapter folder not found: {adapter}")
         data["backend"] = {**(data.get("backend") or {}), "adapter": str(Path(adapter).expanduser().resolve())}
+    if executor is not None:  # --executor: a nested runtime option
+        data["executor"] = {**(data.get("executor") or {}), "kind": executor}
     data.setdefault("name", path.stem)
     base = path.resolve().parent
     # Relative paths are relative to the config file; anything not a non-empty string is left
     # for validation to reject with a proper message.
     if isinstance(data.get("personas"), str) and data["personas"].strip():
         data["personas"] = str(base / Path(data["personas"]).expanduser())
+    if isinstance(data.get("agents"), list):  # a seat's adapter folder, like personas
+        data["agents"] = [{**a, "adapter": str(base / Path(a["adapter"]).expanduser())}
+                          if isinstance(a, dict) and isinstance(a.get("adapter"), str) and a["adapter"].strip() else a
+                          for a in data["agents"]]
     if isinstance(data.get("topic_files"), list):
         data["topic_files"] = [str(base / Path(p).expanduser()) if isinstance(p, str) and p.strip() else p
                                for p in data["topic_files"]]

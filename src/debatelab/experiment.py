@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from . import stopping
 from .config import ExperimentConfig
@@ -23,6 +23,7 @@ from .llm.registry import load_llm, split_model
 from .personas import generate_personas, load_bank, persona_topics, save_bank
 from .planning import check_feasible, personas_needed, plan_debates
 from .prompts import TEMPLATE_VERSION
+from .ray_executor import RayPool
 from .runner import WaveRunner
 from .store import RunStore, open_store
 from .types import DebateSpec, Persona
@@ -41,17 +42,21 @@ class RunSummary:
 
 
 def run_experiment(config: ExperimentConfig, run_dir: Path, llm: LLM | None = None,
-                   progress: bool = False) -> RunSummary:
+                   progress: bool = False, seat_llms: Mapping[str, LLM] | None = None) -> RunSummary:
     """Run or resume ``config`` into ``run_dir``. SIGINT/SIGTERM stop it between commits and
-    raise :class:`RunInterrupted`; everything committed stays, and running again resumes."""
+    raise :class:`RunInterrupted`; everything committed stays, and running again resumes.
+
+    ``llm`` and ``seat_llms`` (per-agent model key -> backend, see ``config.seat_models()``) are
+    loaded from the config when not given."""
     with stopping.handle_signals():
         try:
-            return _run(config, run_dir, llm, progress)
+            return _run(config, run_dir, llm, progress, seat_llms)
         except stopping.StopRequested as stop:
             raise RunInterrupted(stop.signum, run_dir) from None
 
 
-def _run(config: ExperimentConfig, run_dir: Path, llm: LLM | None, progress: bool) -> RunSummary:
+def _run(config: ExperimentConfig, run_dir: Path, llm: LLM | None, progress: bool,
+         seat_llms: Mapping[str, LLM] | None) -> RunSummary:
     # Everything that can be checked is checked before the run directory is touched, so a
     # fixable input error never leaves a directory claimed by the config about to be corrected.
     split_model(config.model)
@@ -60,13 +65,24 @@ def _run(config: ExperimentConfig, run_dir: Path, llm: LLM | None, progress: boo
     if not _writable(run_dir):
         raise DebatelabError(f"run directory {run_dir} is not writable")
     start = time.monotonic()
-    llm = llm or load_llm(config.model, config.backend)
+    pool = RayPool(config) if llm is None and config.executor.kind == "ray" else None
+    try:
+        return _run_with(config, run_dir, pool or llm or load_llm(config.model, config.backend),
+                         bank, progress, seat_llms, start)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _run_with(config: ExperimentConfig, run_dir: Path, llm: LLM, bank: list[Persona] | None, progress: bool,
+              seat_llms: Mapping[str, LLM] | None, start: float) -> RunSummary:
+    seats = llm.seats if isinstance(llm, RayPool) else load_seat_llms(config, llm, seat_llms)
     store = open_store(run_dir)
     try:
         store.claim(run_fingerprint(config, bank), _provenance(config))
-        _check_identity(store, llm)
+        _check_identity(store, llm, seats)
         try:
-            summary = _debate(config, llm, store, run_dir, bank, progress)
+            summary = _debate(config, llm, seats, store, run_dir, bank, progress)
         except stopping.StopRequested as stop:
             _record_state(store, "interrupted", stop.name)
             raise
@@ -83,22 +99,39 @@ def _run(config: ExperimentConfig, run_dir: Path, llm: LLM | None, progress: boo
         store.close()
 
 
-def _debate(config: ExperimentConfig, llm: LLM, store: RunStore, run_dir: Path,
+def _debate(config: ExperimentConfig, llm: LLM, seats: dict[str, LLM], store: RunStore, run_dir: Path,
             bank: list[Persona] | None, progress: bool) -> RunSummary:
     if bank is None:
         bank = _run_personas(config, llm, store, run_dir)
-    specs = plan_debates(config, bank, llm.identity())
+    specs = plan_debates(config, bank, llm.identity(), {k: s.identity() for k, s in seats.items()})
     _check_no_strays(store, specs)
     store.register(specs)
     with _Progress(len(specs), store, llm, enabled=progress) as bar:
-        runner = WaveRunner(llm, store, config, on_progress=bar.update)
-        runner.run(specs)
+        if isinstance(llm, RayPool):
+            failed = _run_on_ray(llm, store, specs, bar)
+        else:
+            runner = WaveRunner(llm, store, config, on_progress=bar.update, seat_llms=seats)
+            runner.run(specs)
+            failed = runner.failed
     export_run(store, run_dir)
     complete = store.counts().get("complete", 0)
     store.set_state("complete" if complete == len(specs) else "incomplete",
                     f"{len(specs) - complete} debate(s) failed; run again to retry" if complete < len(specs) else "")
     surveys, invalid = store.survey_counts()
-    return RunSummary(run_dir, len(specs), complete, 0.0, runner.failed, invalid, surveys)
+    return RunSummary(run_dir, len(specs), complete, 0.0, failed, invalid, surveys)
+
+
+def _run_on_ray(pool: RayPool, store: RunStore, specs: list[DebateSpec], bar: "_Progress") -> int:
+    """Workers run the waves; every wave they stream back is committed here, as it arrives."""
+    pending = [s for s in specs if store.status(s.debate_id) != "complete"]
+    progress = {s.debate_id: store.progress(s.debate_id) for s in pending}
+    store.mark_running(s.debate_id for s in pending)
+    failed = 0
+    for turns, surveys, finished, fails in pool.run(pending, progress):
+        store.add_results(turns, surveys, finished, fails)
+        failed += len(fails)
+        bar.update(len(finished), len(turns))
+    return failed
 
 
 def _record_state(store: RunStore, state: str, detail: str) -> None:
@@ -130,8 +163,25 @@ def _writable(path: Path) -> bool:
     return os.access(probe, os.W_OK)
 
 
-def _check_identity(store: RunStore, llm: LLM) -> None:
-    identity = json.dumps(llm.identity(), sort_keys=True)
+def load_seat_llms(config: ExperimentConfig, llm: LLM, given: Mapping[str, LLM] | None = None) -> dict[str, LLM]:
+    """One backend per distinct per-agent model. A seat on the experiment's model with another
+    adapter shares the loaded engine when the backend can switch adapters per request."""
+    seats: dict[str, LLM] = {}
+    for key, (model, options) in config.seat_backends().items():
+        if given and key in given:
+            seats[key] = given[key]
+        elif model == config.model and options.adapter and hasattr(llm, "with_adapter"):
+            seats[key] = llm.with_adapter(options.adapter)
+        else:
+            seats[key] = load_llm(model, options)
+    return seats
+
+
+def _check_identity(store: RunStore, llm: LLM, seats: Mapping[str, LLM]) -> None:
+    ident: dict[str, Any] = llm.identity()
+    if seats:  # runs without per-agent models keep the identity format they always had
+        ident = {"experiment": ident, "seats": {k: s.identity() for k, s in sorted(seats.items())}}
+    identity = json.dumps(ident, sort_keys=True)
     known = store.get_meta("model_identity")
     if known is None:
         with store.transaction() as db:

@@ -20,7 +20,7 @@ from .types import DEFAULT_CONTEXT, Agent, DebateSpec, Persona
 
 def personas_needed(config: ExperimentConfig) -> dict[str, int]:
     """Per party: one distinct persona per seat and repetition (the paper's 40 for 40 repetitions)."""
-    seats = Counter(r for r in config.agents if r != "default")
+    seats = Counter(r for r in config.roles if r != "default")
     per_party = config.persona_generation.per_party
     return {party: per_party or n * config.repetitions for party, n in seats.items()}
 
@@ -28,10 +28,10 @@ def personas_needed(config: ExperimentConfig) -> dict[str, int]:
 def check_feasible(config: ExperimentConfig, bank: Sequence[Persona] | None) -> None:
     """Fail before anything is written if the bank (or the bank to be generated) cannot seat the
     roster with a different persona combination in every repetition."""
-    seats = Counter(r for r in config.agents if r != "default")
+    seats = Counter(r for r in config.roles if r != "default")
     if bank is None:
         available = personas_needed(config)
-        names = sum(available.values()) + config.agents.count("default")
+        names = sum(available.values()) + config.roles.count("default")
         if names > len(first_names()):
             raise DebatelabError(f"the run needs {names} distinct agent names but the built-in list has "
                                  f"{len(first_names())}; use fewer repetitions or a persona bank")
@@ -48,12 +48,16 @@ def check_feasible(config: ExperimentConfig, bank: Sequence[Persona] | None) -> 
                              f"for {config.repetitions} repetitions; add personas or lower repetitions")
 
 
-def plan_debates(config: ExperimentConfig, bank: Sequence[Persona], identity: dict[str, Any]) -> list[DebateSpec]:
+def plan_debates(config: ExperimentConfig, bank: Sequence[Persona], identity: dict[str, Any],
+                 seat_identities: dict[str, dict[str, Any]] | None = None) -> list[DebateSpec]:
     """Repetition r seats the r-th personas of a seeded shuffle of each party's bank, on every topic
     (as in the paper, the same agents meet on each topic). Once a party's bank is used up, further
-    repetitions draw seeded random combinations not used before, so every repetition differs."""
+    repetitions draw seeded random combinations not used before, so every repetition differs.
+
+    ``seat_identities`` maps each per-seat model key to that backend's identity; it enters the
+    debate ids like ``identity`` does, so two per-agent model choices never share results."""
     check_feasible(config, bank)
-    seats = Counter(r for r in config.agents if r != "default")
+    seats = Counter(r for r in config.roles if r != "default")
     shuffled = {party: random.Random(derive_seed(config.seed, "draw", party)).sample(
         [p for p in bank if p.party == party], sum(p.party == party for p in bank)) for party in seats}
     used: set[frozenset[str]] = set()
@@ -61,8 +65,8 @@ def plan_debates(config: ExperimentConfig, bank: Sequence[Persona], identity: di
     specs = []
     for topic in config.resolved_topics():
         for rep, combo in enumerate(combos):
-            agents = _seat(config.agents, combo, derive_seed(config.seed, "names", rep))
-            specs.append(_spec(config, topic, rep, agents, identity))
+            agents = _seat(config.roles, config.seat_models(), combo, derive_seed(config.seed, "names", rep))
+            specs.append(_spec(config, topic, rep, agents, identity, seat_identities or {}))
     return specs
 
 
@@ -84,27 +88,33 @@ def _key(combo: dict[str, list[Persona]]) -> frozenset[str]:
     return frozenset(p.id for people in combo.values() for p in people)
 
 
-def _seat(roster: Sequence[str], combo: dict[str, list[Persona]], name_seed: int) -> tuple[Agent, ...]:
+def _seat(roster: Sequence[str], models: Sequence[str], combo: dict[str, list[Persona]],
+          name_seed: int) -> tuple[Agent, ...]:
     remaining = {party: iter(people) for party, people in combo.items()}
     chosen = [None if role == "default" else next(remaining[role]) for role in roster]
     used = [p.name for p in chosen if p is not None]
     defaults = iter(draw_names(roster.count("default"), name_seed, exclude=used))
     return tuple(
-        Agent(name=next(defaults), role="default", background=DEFAULT_CONTEXT) if p is None
-        else Agent(name=p.name, role=p.party, background=p.background, persona_id=p.id)
-        for p in chosen
+        Agent(name=next(defaults), role="default", background=DEFAULT_CONTEXT, model=model) if p is None
+        else Agent(name=p.name, role=p.party, background=p.background, persona_id=p.id, model=model)
+        for p, model in zip(chosen, models)
     )
 
 
 def _spec(config: ExperimentConfig, topic: Topic, rep: int, agents: tuple[Agent, ...],
-          identity: dict[str, Any]) -> DebateSpec:
+          identity: dict[str, Any], seat_identities: dict[str, dict[str, Any]]) -> DebateSpec:
     seed = derive_seed(config.seed, topic.id, rep)
     first = random.Random(seed).randrange(len(agents))
     content = {
-        "topic": topic.model_dump(), "repetition": rep, "agents": [a.model_dump() for a in agents],
+        # An agent on the experiment's own model hashes as before per-agent models existed, so
+        # earlier run directories keep their debate ids and still resume.
+        "topic": topic.model_dump(), "repetition": rep,
+        "agents": [a.model_dump(exclude=set() if a.model else {"model"}) for a in agents],
         "rounds": config.rounds, "seed": seed, "first": first, "model": identity,
         "reply": config.reply.model_dump(), "survey": config.survey.model_dump(), "templates": TEMPLATE_VERSION,
     }
+    if seat_identities:
+        content["seat_models"] = {key: seat_identities[key] for key in sorted({a.model for a in agents if a.model})}
     debate_id = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
     return DebateSpec(debate_id=debate_id, topic=topic, repetition=rep, agents=agents,
                       rounds=config.rounds, seed=seed, first_speaker=first)

@@ -56,7 +56,7 @@ def reproduce(names: Sequence[str], out_dir: Path, *, model: str | None = None, 
     llm = llm or load_llm(config.model, config.backend)
     if not bank_path.exists():
         size = bank_size(configs)
-        parties = {r for c in configs for r in c.agents if r != "default"}
+        parties = {r for c in configs for r in c.roles if r != "default"}
         bank = generate_personas(llm, config.model, {p: size for p in parties}, config.seed)
         save_bank(bank, bank_path)
     _check_shared_bank(load_bank(bank_path), bank_path, bank_size(configs), configs)
@@ -69,7 +69,7 @@ def reproduce(names: Sequence[str], out_dir: Path, *, model: str | None = None, 
 
 def _check_shared_bank(bank: Sequence[Persona], path: Path, size: int, configs: Sequence[ExperimentConfig]) -> None:
     """A bank from an earlier, smaller call cannot serve a larger one: say what to do."""
-    for party in {r for c in configs for r in c.agents if r != "default"}:
+    for party in {r for c in configs for r in c.roles if r != "default"}:
         have = sum(p.party == party for p in bank)
         if have < size:
             raise DebatelabError(f"the shared persona bank {path} has {have} {party} personas but these presets "

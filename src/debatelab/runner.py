@@ -3,18 +3,19 @@
 A wave gathers the next step of each active debate (a reply, or the survey of its agents),
 sends all generation requests to the backend in one ``generate`` call and all option-scoring
 requests in one ``score_options`` call, then commits the wave's results in one transaction.
+When agents run on their own models (per-agent seats), a wave makes those two calls once per
+model, each with every request that model serves.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 from . import prompts, survey
 from .config import ExperimentConfig
 from .debate import Reply, Step, Survey, derive_seed, next_step, schedule
 from .llm.base import LLM, GenerateRequest, ScoreRequest
-from .store import RunStore
 from .types import DebateSpec, SurveyAnswer, Turn
 
 
@@ -49,16 +50,36 @@ class _WaveResult:
     failed: dict[str, str] = field(default_factory=dict)  # debate_id -> first error
 
 
+class ResultSink(Protocol):
+    """Where a runner reads progress and writes each wave: the run's SQLite store, or (on a Ray
+    worker) a buffer that streams every wave back to the driver, the run's single writer."""
+
+    def status(self, debate_id: str) -> str: ...
+
+    def progress(self, debate_id: str) -> tuple[list[Turn], set[tuple[int, int]]]: ...
+
+    def mark_running(self, debate_ids: Iterable[str]) -> None: ...
+
+    def add_results(self, turns: list[tuple[str, Turn]], surveys: list[tuple[str, SurveyAnswer]],
+                    finished: list[str], failed: Iterable[tuple[str, int, str]] = ()) -> None: ...
+
+
 class WaveRunner:
-    def __init__(self, llm: LLM, store: RunStore, config: ExperimentConfig,
-                 on_progress: Callable[[int, int], None] | None = None):
-        self.llm = llm
+    def __init__(self, llm: LLM, store: ResultSink, config: ExperimentConfig,
+                 on_progress: Callable[[int, int], None] | None = None,
+                 seat_llms: Mapping[str, LLM] | None = None):
+        self.llms: dict[str, LLM] = {"": llm, **(seat_llms or {})}
         self.store = store
         self.config = config
         self.on_progress = on_progress or (lambda finished, turns: None)
         self.failed = 0  # debates that failed in this run (each is retried on resume)
 
     def run(self, specs: Sequence[DebateSpec]) -> None:
+        for _ in self.waves(specs):
+            pass
+
+    def waves(self, specs: Sequence[DebateSpec]) -> Iterator[None]:
+        """Run every unfinished debate of ``specs``, yielding after each committed wave."""
         queue = [s for s in reversed(specs) if self.store.status(s.debate_id) != "complete"]
         active: list[LiveDebate] = []
         while queue or active:
@@ -68,16 +89,19 @@ class WaveRunner:
                 active.append(LiveDebate(spec, turns, surveys))
             self.store.mark_running(d.spec.debate_id for d in active)
             active = self._wave(active)
+            yield
 
     def _wave(self, active: list[LiveDebate]) -> list[LiveDebate]:
-        pending = _Pending()
+        pending: dict[str, _Pending] = {}
         for debate in active:
             step = debate.next()
             if isinstance(step, Reply):
                 self._add_reply(pending, debate, step)
             elif isinstance(step, Survey):
                 self._add_survey(pending, debate, step)
-        wave = self._call(pending)
+        wave = _WaveResult()
+        for key, requests in pending.items():
+            self._call(self.llms[key], requests, wave)
         # A debate with a failed request drops its whole step, so a survey is never half-stored.
         turns = [(d, t) for d, t in wave.turns if d not in wave.failed]
         surveys = [(d, s) for d, s in wave.surveys if d not in wave.failed]
@@ -93,33 +117,35 @@ class WaveRunner:
         self.on_progress(len(finished), len(turns))
         return [d for d in active if d not in finished and d.spec.debate_id not in wave.failed]
 
-    def _add_reply(self, pending: _Pending, debate: LiveDebate, step: Reply) -> None:
+    def _add_reply(self, pending: dict[str, _Pending], debate: LiveDebate, step: Reply) -> None:
         spec = debate.spec
         prompt = prompts.reply_prompt(spec.agents, step.agent, spec.topic, debate.turns)
         reply = self.config.reply
-        pending.generate.append((debate, step.iteration, step.agent, "reply"))
-        pending.gen_requests.append(GenerateRequest(
+        bucket = pending.setdefault(spec.agents[step.agent].model, _Pending())
+        bucket.generate.append((debate, step.iteration, step.agent, "reply"))
+        bucket.gen_requests.append(GenerateRequest(
             prompt, temperature=reply.temperature, max_tokens=reply.max_tokens, top_p=reply.top_p,
             stop=prompts.reply_stops(spec.agents), seed=derive_seed(spec.seed, "reply", step.iteration),
         ))
 
-    def _add_survey(self, pending: _Pending, debate: LiveDebate, step: Survey) -> None:
+    def _add_survey(self, pending: dict[str, _Pending], debate: LiveDebate, step: Survey) -> None:
         spec = debate.spec
         for agent in step.agents:
             prompt = prompts.survey_prompt(spec.agents, agent, spec.topic, debate.turns)
             seed = derive_seed(spec.seed, "survey", step.iteration, agent)
+            bucket = pending.setdefault(spec.agents[agent].model, _Pending())
             if self.config.survey.method == "logprobs":
-                pending.score.append((debate, step.iteration, agent))
-                pending.score_requests.append(ScoreRequest(prompt, prompts.SURVEY_OPTIONS, seed=seed))
+                bucket.score.append((debate, step.iteration, agent))
+                bucket.score_requests.append(ScoreRequest(prompt, prompts.SURVEY_OPTIONS, seed=seed))
             else:
-                pending.generate.append((debate, step.iteration, agent, "survey"))
-                pending.gen_requests.append(GenerateRequest(
+                bucket.generate.append((debate, step.iteration, agent, "survey"))
+                bucket.gen_requests.append(GenerateRequest(
                     prompt, temperature=0.0, max_tokens=self.config.survey.max_tokens, seed=seed))
 
-    def _call(self, pending: _Pending) -> _WaveResult:
-        wave = _WaveResult()
+    @staticmethod
+    def _call(llm: LLM, pending: _Pending, wave: _WaveResult) -> None:
         if pending.gen_requests:
-            outs = self.llm.generate(pending.gen_requests)
+            outs = llm.generate(pending.gen_requests)
             for (debate, iteration, agent, kind), out in zip(pending.generate, outs):
                 debate_id = debate.spec.debate_id
                 if out.error is not None:
@@ -132,10 +158,9 @@ class WaveRunner:
                 else:
                     wave.surveys.append((debate_id, survey.from_generation(iteration, agent, out)))
         if pending.score_requests:
-            scores = self.llm.score_options(pending.score_requests)
+            scores = llm.score_options(pending.score_requests)
             for (debate, iteration, agent), sc in zip(pending.score, scores):
                 if sc.error is not None:
                     wave.failed.setdefault(debate.spec.debate_id, sc.error)
                 else:
                     wave.surveys.append((debate.spec.debate_id, survey.from_option_scores(iteration, agent, sc)))
-        return wave

@@ -38,6 +38,8 @@ class Agent(BaseModel):
     role: Role
     background: str
     persona_id: str | None = None
+    model: str = ""
+    """Key of the model this agent runs on ("" = the experiment's model; see config.Seat)."""
 
 
 class DebateSpec(BaseModel):
