@@ -91,3 +91,42 @@ def test_embedded_and_a_tiny_hf_model_debate_in_one_experiment(tmp_path, bank):
     # the two models answer the same survey differently: the tiny random model is near uniform
     by_role = {r["role"]: float(r["option_mass"] or 0) for r in rows if r["iteration"] == "0"}
     assert by_role["democrat"] != by_role["republican"]
+
+
+class _Engine:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[object]]] = []
+
+
+class _AdapterView(ScriptedLLM):
+    """Stands in for a vllm: view: one engine, one adapter per view, mixed calls."""
+
+    def __init__(self, engine: _Engine, adapter: str | None):
+        super().__init__(f"view-{adapter}")
+        self.engine, self.adapter = engine, adapter
+
+    def generate(self, requests):
+        self.engine.calls.append(("generate", [self.adapter] * len(requests)))
+        return super().generate(requests)
+
+    def generate_mixed(self, requests, adapters):
+        self.engine.calls.append(("generate_mixed", list(adapters)))
+        return ScriptedLLM.generate(self, requests)
+
+    def score_options_mixed(self, requests, adapters):
+        self.engine.calls.append(("score_mixed", list(adapters)))
+        return ScriptedLLM.score_options(self, requests)
+
+
+def test_adapter_views_of_one_engine_share_one_call_per_wave(tmp_path, bank):
+    cfg = load_config(write_config(tmp_path / "c.yaml", personas=str(bank), agents=[
+        {"role": "republican", "adapter": "tuned-red"}, "democrat", "default"]))
+    [(key, (model, options))] = cfg.seat_backends().items()
+    assert model == "scripted" and options.adapter == str(tmp_path / "tuned-red")  # relative to the config
+    engine = _Engine()
+    base, red = _AdapterView(engine, None), _AdapterView(engine, options.adapter)
+    assert run_experiment(cfg, tmp_path / "run", llm=base, seat_llms={key: red}).complete == 3
+    assert all(kind != "generate" for kind, _ in engine.calls)  # never one call per adapter
+    surveys = [adapters for kind, adapters in engine.calls if kind == "score_mixed"]
+    assert len(surveys) == 3 and all(set(a) == {None, options.adapter} for a in surveys)
+    assert all(a.count(options.adapter) == 3 for a in surveys)  # one Republican in each of 3 debates

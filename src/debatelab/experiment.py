@@ -67,7 +67,8 @@ def _run(config: ExperimentConfig, run_dir: Path, llm: LLM | None, progress: boo
     start = time.monotonic()
     pool = RayPool(config) if llm is None and config.executor.kind == "ray" else None
     try:
-        return _run_with(config, run_dir, pool or llm or load_llm(config.model, config.backend),
+        return _run_with(config, run_dir, pool or llm or load_llm(config.model, config.backend,
+                                                                  adapters=_seat_adapters(config)),
                          bank, progress, seat_llms, start)
     finally:
         if pool is not None:
@@ -161,6 +162,11 @@ def _writable(path: Path) -> bool:
     while not probe.exists():
         probe = probe.parent
     return os.access(probe, os.W_OK)
+
+
+def _seat_adapters(config: ExperimentConfig) -> list[str]:
+    """Adapters of agents on the experiment's own model (a vllm: engine serves them all)."""
+    return [o.adapter for m, o in config.seat_backends().values() if m == config.model and o.adapter]
 
 
 def load_seat_llms(config: ExperimentConfig, llm: LLM, given: Mapping[str, LLM] | None = None) -> dict[str, LLM]:

@@ -58,11 +58,11 @@ class DebateWorker:
     """Body of the Ray actor (made remote lazily, so this module imports without Ray)."""
 
     def __init__(self, config: ExperimentConfig):
-        from .experiment import load_seat_llms
+        from .experiment import _seat_adapters, load_seat_llms
         from .llm.registry import load_llm
 
         self.config = config
-        self.llm = load_llm(config.model, config.backend)
+        self.llm = load_llm(config.model, config.backend, adapters=_seat_adapters(config))
         self.seats = load_seat_llms(config, self.llm)
 
     def identities(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:

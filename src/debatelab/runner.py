@@ -10,7 +10,7 @@ model, each with every request that model serves.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 from . import prompts, survey
 from .config import ExperimentConfig
@@ -100,8 +100,8 @@ class WaveRunner:
             elif isinstance(step, Survey):
                 self._add_survey(pending, debate, step)
         wave = _WaveResult()
-        for key, requests in pending.items():
-            self._call(self.llms[key], requests, wave)
+        for llm, requests in _merge_shared_engines(self.llms, pending):
+            self._call(llm, requests, wave)
         # A debate with a failed request drops its whole step, so a survey is never half-stored.
         turns = [(d, t) for d, t in wave.turns if d not in wave.failed]
         surveys = [(d, s) for d, s in wave.surveys if d not in wave.failed]
@@ -164,3 +164,44 @@ class WaveRunner:
                     wave.failed.setdefault(debate.spec.debate_id, sc.error)
                 else:
                     wave.surveys.append((debate.spec.debate_id, survey.from_option_scores(iteration, agent, sc)))
+
+
+class _Mixed:
+    """Views of one engine with different adapters (e.g. vllm:), sent as ONE mixed-adapter call."""
+
+    def __init__(self, view: Any, gen_adapters: list[Any], score_adapters: list[Any]):
+        self.view, self.gen_adapters, self.score_adapters = view, gen_adapters, score_adapters
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[Any]:
+        return self.view.generate_mixed(requests, self.gen_adapters)
+
+    def score_options(self, requests: Sequence[ScoreRequest]) -> list[Any]:
+        return self.view.score_options_mixed(requests, self.score_adapters)
+
+
+def _merge_shared_engines(llms: Mapping[str, LLM], pending: dict[str, _Pending]) -> list[tuple[Any, _Pending]]:
+    """One (backend, requests) pair per call to make: per model, except that models which are
+    adapter views of one engine are merged into a single call."""
+    calls: list[tuple[Any, _Pending]] = []
+    shared: dict[int, list[str]] = {}
+    for key in pending:
+        engine = getattr(llms[key], "engine", None)
+        if engine is not None and hasattr(llms[key], "generate_mixed"):
+            shared.setdefault(id(engine), []).append(key)
+        else:
+            calls.append((llms[key], pending[key]))
+    for keys in shared.values():
+        if len(keys) == 1:
+            calls.append((llms[keys[0]], pending[keys[0]]))
+            continue
+        merged, gen_adapters, score_adapters = _Pending(), [], []
+        for key in keys:
+            part, adapter = pending[key], getattr(llms[key], "adapter", None)
+            merged.generate += part.generate
+            merged.gen_requests += part.gen_requests
+            merged.score += part.score
+            merged.score_requests += part.score_requests
+            gen_adapters += [adapter] * len(part.gen_requests)
+            score_adapters += [adapter] * len(part.score_requests)
+        calls.append((_Mixed(llms[keys[0]], gen_adapters, score_adapters), merged))
+    return calls

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from typing import Sequence
 
 from ..errors import DebatelabError
 from .base import LLM
@@ -14,9 +15,11 @@ _BACKENDS: dict[str, str] = {
     "hf": "debatelab.llm.hf:load_hf",
     "openai": "debatelab.llm.openai_compat:load_openai",
     "scripted": "debatelab.llm.scripted:load_scripted",
+    "vllm": "debatelab.llm.vllm_backend:load_vllm",
 }
 
-MODEL_HELP = "model strings: embedded | hf:<hub id or local dir> | openai:<model> | scripted"
+MODEL_HELP = ("model strings: embedded | hf:<hub id or local dir> | openai:<model> | scripted | "
+              "vllm:<hub id or local dir> (CUDA)")
 
 
 def split_model(model: str) -> tuple[str, str]:
@@ -29,14 +32,18 @@ def split_model(model: str) -> tuple[str, str]:
     return kind, rest
 
 
-def load_llm(model: str, options: BackendOptions | None = None) -> LLM:
+def load_llm(model: str, options: BackendOptions | None = None, *, adapters: Sequence[str] = ()) -> LLM:
+    """Load a backend. ``adapters``: further LoRA folders that agents of this model will use; a
+    ``vllm:`` engine registers them at load so one engine serves every adapter (others ignore it)."""
     kind, rest = split_model(model)
     module_name, _, factory = _BACKENDS[kind].partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        extra = {"embedded": "hf", "hf": "hf", "openai": "openai"}.get(kind, kind)
+        extra = {"embedded": "hf", "hf": "hf", "openai": "openai", "vllm": "vllm"}.get(kind, kind)
         raise DebatelabError(
             f"backend {kind!r} needs extra packages ({exc.name} missing): pip install 'debatelab[{extra}]'"
         ) from exc
+    if adapters and kind == "vllm":
+        return getattr(module, factory)(rest, options or BackendOptions(), module.VLLMSettings(adapters=tuple(adapters)))
     return getattr(module, factory)(rest, options or BackendOptions())
