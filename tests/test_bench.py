@@ -1,0 +1,150 @@
+"""`debatelab bench` on the scripted backend and a tiny local HF model: report shape and agreement
+between modes (no timing asserts: CI machines vary)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_model import build_tiny_model
+
+from debatelab.bench import BenchSettings, OneAtATime, format_report, run_bench
+from debatelab.bench.agreement import compare_backends, distribution_gap, within_tolerance
+from debatelab.cli import main
+from debatelab.llm.base import GenerateRequest, Message, OptionScores, Prompt, ScoreRequest
+from debatelab.llm.hf import HFLLM
+from debatelab.llm.options import BackendOptions
+from debatelab.llm.registry import load_llm
+from debatelab.llm.scripted import ScriptedLLM
+from debatelab.prompts import SURVEY_OPTIONS
+
+SMALL = {"debates": 4, "one_at_a_time_debates": 2, "rounds": 1, "max_tokens": 8, "survey_prompts": 6}
+TOP_KEYS = {"workload", "modes", "ratios", "speedup", "correctness", "survey_methods", "survey_speedup", "machine"}
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir: Path):
+    threads = torch.get_num_threads()
+    yield load_llm(f"hf:{tiny_dir}", BackendOptions(device="cpu", dtype="float32", threads=1))
+    torch.set_num_threads(threads)
+
+
+def _check_shape(report: dict) -> None:
+    assert TOP_KEYS <= report.keys()
+    assert isinstance(report["speedup"], float) and math.isfinite(report["speedup"]) and report["speedup"] > 0
+    assert isinstance(report["survey_speedup"], float) and report["survey_speedup"] > 0
+    for mode in ("one_at_a_time", "wave"):
+        stats = report["modes"][mode]
+        for key in ("seconds", "tokens_per_s", "turns_per_s", "surveys_per_s", "peak_rss_mb"):
+            assert stats[key] > 0, (mode, key)
+    assert report["modes"]["wave"]["turns"] == 4 * 3 and report["modes"]["one_at_a_time"]["turns"] == 2 * 3
+    assert report["modes"]["wave"]["surveys"] == 4 * 6
+    assert {"cpu_count", "dtype", "model_identity", "cpu_model"} <= report["machine"].keys()
+    methods = report["survey_methods"]
+    assert methods["prompts"] == 6 and methods["generate_s_per_survey"] > 0 and methods["logprobs_s_per_survey"] > 0
+    json.dumps(report)  # JSON-ready as it is
+
+
+def test_scripted_report_and_identical_transcripts() -> None:
+    report = run_bench(BenchSettings(model="scripted", **SMALL))
+    _check_shape(report)
+    check = report["correctness"]
+    assert check["transcripts_identical"] and check["identical_debates"] == check["debates"] == 2
+    assert check["survey_scores_equal"] == check["surveys"] == 2 * 6
+    text = format_report(report)
+    assert "speedup" in text and "correctness: transcripts identical" in text and "survey_speedup" in text
+
+
+def test_tiny_hf_model_modes_agree(tiny: HFLLM, tiny_dir: Path) -> None:
+    report = run_bench(BenchSettings(model=f"hf:{tiny_dir}", **SMALL), llm=tiny)
+    _check_shape(report)
+    check = report["correctness"]
+    assert check["transcripts_identical"], check
+    assert check["survey_max_abs_diff_expected"] < 1e-3
+    assert report["machine"]["dtype"] == "float32" and report["machine"]["torch_threads"] == 1
+    assert report["modes"]["wave"]["completion_tokens"] > 0
+
+
+def test_one_at_a_time_sends_each_request_alone() -> None:
+    inner = ScriptedLLM()
+    wrapped = OneAtATime(inner)
+    prompt = Prompt(text="hi")
+    wrapped.generate([GenerateRequest(prompt, seed=i) for i in range(3)])
+    wrapped.score_options([ScoreRequest(prompt, ("0", "1"))] * 2)
+    assert [len(b) for b in inner.generate_calls] == [1, 1, 1]
+    assert [len(b) for b in inner.score_calls] == [1, 1]
+    assert wrapped.identity() == inner.identity()
+
+
+def test_cli_bench_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--model", "scripted", "--debates", "3", "--one-at-a-time-debates", "2",
+                 "--max-tokens", "8", "--survey-prompts", "4", "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert TOP_KEYS <= report.keys() and report["speedup"] > 0
+    assert report["workload"]["debates"] == 3 and report["workload"]["one_at_a_time_debates"] == 2
+    assert "speedup (wave over one-at-a-time tokens/s)" in capsys.readouterr().out
+
+
+# ---- survey-distribution agreement (the bf16 check) -----------------------------------------------
+def _survey_requests(n: int) -> list[ScoreRequest]:
+    topics = ["climate policy", "carbon taxes", "remote work", "social media", "the survey"]
+    return [ScoreRequest(Prompt(messages=(Message("system", f"You are Alice, a debate agent number {i}."),
+                                          Message("user", f"On a scale from 0 to 10, do you agree on {topics[i % 5]}?")),
+                                assistant_prefix="Rating: "), SURVEY_OPTIONS) for i in range(n)]
+
+
+def test_tolerance_check_accepts_equal_and_rejects_different_models(tiny: HFLLM, tiny_dir: Path, tmp_path: Path) -> None:
+    requests = _survey_requests(6)
+    same = compare_backends(tiny, tiny, requests)
+    assert same["within_tolerance"] and same["max_tv"] < 1e-6 and same["argmax_agree"] == 1.0
+    other = load_llm(f"hf:{build_tiny_model(tmp_path / 'other', seed=1)}",
+                     BackendOptions(device="cpu", dtype="float32", threads=1))
+    different = compare_backends(tiny, other, requests)
+    assert not different["within_tolerance"], different
+    # the tiny model in bf16: recorded, and the check runs end to end on it
+    bf16 = load_llm(f"hf:{tiny_dir}", BackendOptions(device="cpu", dtype="bfloat16", threads=1))
+    gap = compare_backends(tiny, bf16, requests)
+    assert gap["other"]["dtype"] == "bfloat16" and 0 <= gap["mean_tv"] < 1
+
+
+def test_distribution_gap_by_hand() -> None:
+    log = math.log
+    a = [OptionScores((log(0.5), log(0.5), float("-inf")))]
+    b = [OptionScores((log(0.25), log(0.5), log(0.25)))]
+    gap = distribution_gap(a, b)
+    assert gap["mean_tv"] == pytest.approx(0.25)  # renormalised: (0.5, 0.5, 0) vs (0.25, 0.5, 0.25)
+    assert gap["mean_abs_diff_expected"] == pytest.approx(0.5)  # 0.5 vs 1.0
+    assert not within_tolerance(gap) and within_tolerance(gap, tv=0.3, expected=0.6)
+
+
+@pytest.mark.embedded
+@pytest.mark.slow
+def test_embedded_bf16_survey_distributions_recorded(tmp_path: Path, record_property) -> None:
+    """fp32 vs bf16 on real survey prompts of the embedded model (from a short debate run). The
+    CPU default stays float32 unless bf16 agrees within tolerance (it did not when measured)."""
+    from debatelab.bench.workload import Recorder, bench_config, write_bank
+    from debatelab.experiment import run_experiment
+    from debatelab.llm.hf import resolve_device_dtype
+
+    fp32 = load_llm("embedded", BackendOptions(dtype="float32"))
+    recorder = Recorder(fp32)
+    config = bench_config(BenchSettings(debates=4, max_tokens=16), write_bank(tmp_path / "bank.jsonl", 4), 4)
+    run_experiment(config, tmp_path / "run", llm=recorder)
+    bf16 = load_llm("embedded", BackendOptions(dtype="bfloat16"))
+    gap = compare_backends(fp32, bf16, recorder.score_requests)
+    record_property("bf16_vs_fp32", {k: v for k, v in gap.items() if k not in ("reference", "other")})
+    print(f"bf16 vs fp32 on {gap['prompts']} survey prompts: mean TV {gap['mean_tv']:.4f} (max {gap['max_tv']:.4f}), "
+          f"mean |d expected| {gap['mean_abs_diff_expected']:.4f} (max {gap['max_abs_diff_expected']:.4f})")
+    assert gap["prompts"] == 4 * 6 and 0 <= gap["mean_tv"] < 1 and gap["argmax_agree"] > 0.5
+    if not gap["within_tolerance"]:
+        assert resolve_device_dtype(BackendOptions(device="cpu"))[1] == torch.float32
