@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
+from fakes.openai_server import FakeOpenAIServer
 
 from debatelab.personas import save_bank
 from debatelab.types import Persona
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach a model hub
 
 
 def make_bank(path: Path, per_party: int = 6) -> Path:
@@ -33,6 +36,22 @@ def write_config(path: Path, **values: object) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _hf_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never touch the network: huggingface_hub reads HF_HUB_OFFLINE once, at its import, so the
+    environment variable above comes too late if it was imported before."""
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:  # not imported yet: it will read the environment variable
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
 @pytest.fixture
 def bank(tmp_path: Path) -> Path:
     return make_bank(tmp_path / "bank.jsonl")
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAIServer]:
+    """A fault-free OpenAI-compatible server on 127.0.0.1 (tests add faults as they need)."""
+    with FakeOpenAIServer() as fake:
+        yield fake

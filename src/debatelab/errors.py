@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 
 class DebatelabError(Exception):
@@ -58,3 +60,21 @@ def read_yaml(path: Path, what: str) -> object:
         return yaml.safe_load(read_text(path, what))
     except yaml.YAMLError as exc:
         raise DebatelabError(f"{what} {path} is not valid YAML: {describe_yaml_error(exc)}") from None
+
+
+def read_jsonl(path: Path, what: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a user-supplied JSONL file; a line that is
+    not a JSON object becomes one clear line. Splits on "\n" only: U+2028 and friends may sit
+    inside JSON strings, where str.splitlines() would cut them."""
+    rows = []
+    for number, line in enumerate(read_text(path, what).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DebatelabError(f"{what} {path} line {number} is not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise DebatelabError(f"{what} {path} line {number} is not a JSON object")
+        rows.append((number, row))
+    return rows

@@ -83,11 +83,14 @@ class WaveRunner:
         queue = [s for s in reversed(specs) if self.store.status(s.debate_id) != "complete"]
         active: list[LiveDebate] = []
         while queue or active:
-            while queue and len(active) < self.config.max_in_flight:
+            admitted = []
+            while queue and len(active) + len(admitted) < self.config.max_in_flight:
                 spec = queue.pop()
                 turns, surveys = self.store.progress(spec.debate_id)
-                active.append(LiveDebate(spec, turns, surveys))
-            self.store.mark_running(d.spec.debate_id for d in active)
+                admitted.append(LiveDebate(spec, turns, surveys))
+            if admitted:  # each debate is marked once, when it enters, not on every wave
+                self.store.mark_running(d.spec.debate_id for d in admitted)
+                active += admitted
             active = self._wave(active)
             yield
 

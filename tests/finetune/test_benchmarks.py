@@ -179,7 +179,7 @@ def test_missing_adapter_and_empty_task_list(tiny: Path, data: dict[str, Path]) 
 # ---- data checks ----------------------------------------------------------------------------
 BAD = [
     ("mmlu", "{not json", "not valid JSON"),
-    ("mmlu", "[1, 2]", "expected a JSON object"),
+    ("mmlu", "[1, 2]", "is not a JSON object"),
     ("mmlu", json.dumps({**MMLU_ROWS[0], "choices": ["a", "b", "c"]}), "4 string 'choices'"),
     ("mmlu", json.dumps({**MMLU_ROWS[0], "answer": 4}), "'answer' must be an integer 0-3"),
     ("mmlu", json.dumps({**MMLU_ROWS[0], "answer": "B"}), "'answer' must be an integer 0-3"),
@@ -197,7 +197,7 @@ def test_malformed_rows_are_one_line_errors(task: str, line: str, message: str, 
     path.write_text(f"{good}\n\n{line}\n")
     with pytest.raises(DebatelabError, match=message) as err:
         check_data(task, path)
-    assert str(err.value).startswith(f"{path}:3:") and "\n" not in str(err.value)
+    assert str(err.value).startswith(f"{task} file {path} line 3") and "\n" not in str(err.value)
 
 
 def test_file_level_errors(data: dict[str, Path], tmp_path: Path) -> None:

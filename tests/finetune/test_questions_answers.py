@@ -201,7 +201,7 @@ def test_jsonl_round_trip_hash_and_malformed(tmp_path: Path) -> None:
     save_jsonl(rows[:1], path)
     assert dataset_hash(path) != before
     path.write_text(json.dumps(rows[0]) + "\n\n{broken\n")
-    with pytest.raises(DebatelabError, match="line 3 is malformed"):
+    with pytest.raises(DebatelabError, match="line 3 is not valid JSON"):
         load_jsonl(path)
     path.write_text("[1, 2]\n")
     with pytest.raises(DebatelabError, match="line 1 is not a JSON object"):

@@ -61,14 +61,6 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 # ---- fixtures -----------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread() -> Iterator[None]:
     # For a model this small torch's thread pool only adds contention on a busy machine.

@@ -6,16 +6,12 @@ import asyncio
 import math
 import sys
 import time
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
-
-
 from fakes.openai_server import FakeOpenAIServer
 
-from debatelab.errors import DebatelabError, RunFailed
+from debatelab.errors import DebatelabError
 from debatelab.llm.base import LLM, GenerateRequest, Message, Prompt, ScoreRequest
 from debatelab.llm.openai_compat import OpenAICompatLLM, load_openai, parse_option
 from debatelab.llm.options import BackendOptions
@@ -28,12 +24,6 @@ SCALE = tuple(str(i) for i in range(11))
 def _env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-
-
-@pytest.fixture
-def server() -> Iterator[FakeOpenAIServer]:
-    with FakeOpenAIServer() as fake:
-        yield fake
 
 
 def make_llm(server: FakeOpenAIServer, **options: Any) -> OpenAICompatLLM:

@@ -37,12 +37,6 @@ def _env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
 
 
-@pytest.fixture
-def server() -> Iterator[FakeOpenAIServer]:
-    with FakeOpenAIServer() as fake:
-        yield fake
-
-
 def make_llm(server: FakeOpenAIServer, **options: Any) -> OpenAICompatLLM:
     return load_openai("fake-model", BackendOptions(base_url=server.url, **{**FAST, **options}))
 

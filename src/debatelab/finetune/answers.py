@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..debate import derive_seed
-from ..errors import DebatelabError, RunFailed, read_text
+from ..errors import DebatelabError, RunFailed, read_jsonl
 from ..files import atomic_open
 from ..llm.base import LLM, GenerateRequest, Message, Prompt
 from ..types import Persona
@@ -157,18 +157,7 @@ def save_jsonl(rows: Iterable[Row], path: Path) -> None:
 
 
 def load_jsonl(path: Path) -> list[Row]:
-    rows = []
-    for number, line in enumerate(read_text(path, "dataset").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DebatelabError(f"dataset {path} line {number} is malformed: {exc.msg}") from None
-        if not isinstance(row, dict):
-            raise DebatelabError(f"dataset {path} line {number} is not a JSON object")
-        rows.append(row)
-    return rows
+    return [row for _, row in read_jsonl(path, "dataset")]
 
 
 def dataset_hash(path: Path) -> str:

@@ -21,7 +21,7 @@ from typing import Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..errors import DebatelabError, read_text
+from ..errors import DebatelabError, read_jsonl
 from ..files import atomic_open
 
 MANIFEST = "manifest.json"
@@ -127,15 +127,7 @@ def read_chat_jsonl(path: Path, keys: Sequence[str], what: str) -> list[dict[str
     line that is not JSON is reported with its line number.
     """
     rows: list[dict[str, Any]] = []
-    for number, line in enumerate(read_text(Path(path), what).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DebatelabError(f"{what} {path}, line {number}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise DebatelabError(f"{what} {path}, line {number}: expected a JSON object")
+    for number, row in read_jsonl(Path(path), what):
         for key in keys:
             if not _is_messages(row.get(key)):
                 raise DebatelabError(
@@ -292,6 +284,28 @@ def loss_curve(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if "loss" in entry and "step" in entry:
             curve.append({"step": int(entry["step"]), **{k: float(entry[k]) for k in LOG_KEYS if k in entry}})
     return curve
+
+
+def manifest_head(kind: str, base: str) -> dict[str, Any]:
+    """The fields that open every adapter manifest."""
+    return {"manifest_version": MANIFEST_VERSION, "kind": kind, "created": utc_now(), "base_model": base}
+
+
+def dataset_record(path: Path, rows: Sequence[Any]) -> dict[str, Any]:
+    return {"path": str(path.resolve()), "sha256": file_sha256(path), "rows": len(rows)}
+
+
+def train_and_record(trainer: Any, settings: Any, precision: Precision) -> dict[str, Any]:
+    """Run ``trainer``; return the manifest fields about the run itself (timing, loss, versions)."""
+    started = time.monotonic()
+    output = trainer.train()
+    runtime = time.monotonic() - started
+    return {
+        "seed": settings.seed, "device": precision.device, "dtype": precision.dtype,
+        "optimizer_steps": int(trainer.state.global_step), "train_loss": float(output.training_loss),
+        "loss_curve": loss_curve(trainer.state.log_history), "train_runtime_s": round(runtime, 3),
+        "versions": versions(),
+    }
 
 
 def versions() -> dict[str, str | None]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from string import Template
 from typing import Any, Iterable
 
-from ..errors import DebatelabError, read_text
+from ..errors import DebatelabError, read_jsonl
 from ..files import atomic_open
 from .base import resolve_base
 from .tasks import utils as row_checks
@@ -42,18 +42,13 @@ def check_data(task: str, path: Path) -> int:
     if task not in TASK_NAMES:
         raise DebatelabError(f"unknown benchmark {task!r}: choose from {', '.join(TASK_NAMES)}")
     problem = row_checks.mmlu_problem if task == "mmlu" else row_checks.hellaswag_problem
-    text = read_text(Path(path), f"{task} file")  # split on "\n" only: U+2028 etc. may sit inside strings
-    lines = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
-    for n, line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DebatelabError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-        if why := (problem(row) if isinstance(row, dict) else "expected a JSON object"):
-            raise DebatelabError(f"{path}:{n}: {why}")
-    if not lines:
+    rows = read_jsonl(Path(path), f"{task} file")
+    for n, row in rows:
+        if why := problem(row):
+            raise DebatelabError(f"{task} file {path} line {n}: {why}")
+    if not rows:
         raise DebatelabError(f"{task} file has no rows: {path}")
-    return len(lines)
+    return len(rows)
 
 
 def write_tasks(folder: Path, data: dict[str, Path], cache_dir: Path | None = None) -> list[str]:

@@ -25,32 +25,28 @@ SHA-256 of its manifest) as its parent.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from pydantic import Field
 
 from ..errors import DebatelabError, RunFailed
 from .base import (
-    TrainSettings,
     MANIFEST,
-    MANIFEST_VERSION,
     NO_PICKLES,
-    Device,
-    Quantization,
     TrainResult,
+    TrainSettings,
     base_identity,
     common_trainer_args,
+    dataset_record,
     file_sha256,
     load_base,
-    loss_curve,
+    manifest_head,
     prepare_out_dir,
     read_chat_jsonl,
     read_manifest,
     resolve_base,
     resolve_precision,
-    utc_now,
-    versions,
+    train_and_record,
     write_manifest,
 )
 
@@ -110,34 +106,22 @@ def fit_dpo(base: str, sft_adapter: Path, pairs_path: Path, out_dir: Path, setti
             "this TRL version did not set up the SFT adapter as DPO reference (no frozen 'ref' adapter); "
             "refusing to train against the bare base model"
         )
-    started = time.monotonic()
-    output = trainer.train()
-    runtime = time.monotonic() - started
+    record = train_and_record(trainer, settings, precision)
 
     peft_model.set_adapter("default")
     trained = peft_model.eval()
     trained.save_pretrained(str(out_dir), selected_adapters=["default"])
     tokenizer.save_pretrained(str(out_dir))
     manifest = {
-        "manifest_version": MANIFEST_VERSION,
-        "kind": "dpo",
-        "created": utc_now(),
-        "base_model": base,
+        **manifest_head("dpo", base),
         "base_identity": identity,
         "parent": {"path": str(sft_adapter.resolve()), "kind": parent.get("kind"),
                    "manifest_sha256": file_sha256(sft_adapter / MANIFEST)},
         "reference": "sft",
-        "dataset": {"path": str(pairs_path.resolve()), "sha256": file_sha256(pairs_path), "rows": len(rows)},
+        "dataset": dataset_record(pairs_path, rows),
         "settings": settings.model_dump(mode="json"),
         "lora": parent.get("lora"),
-        "seed": settings.seed,
-        "device": precision.device,
-        "dtype": precision.dtype,
-        "optimizer_steps": int(trainer.state.global_step),
-        "train_loss": float(output.training_loss),
-        "loss_curve": loss_curve(trainer.state.log_history),
-        "train_runtime_s": round(runtime, 3),
-        "versions": versions(),
+        **record,
     }
     write_manifest(out_dir, manifest)  # last: its presence marks the adapter complete
     return TrainResult(out_dir, manifest, trained, tokenizer)

@@ -13,28 +13,23 @@ dataset hash, settings, loss curve, library versions, runtime).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from pydantic import Field
 
 from .base import (
-    TrainSettings,
-    Device,
-    MANIFEST_VERSION,
-    Quantization,
     TrainResult,
+    TrainSettings,
     base_identity,
     common_trainer_args,
-    file_sha256,
+    dataset_record,
     load_base,
-    loss_curve,
+    manifest_head,
     prepare_out_dir,
     read_chat_jsonl,
     resolve_base,
     resolve_precision,
-    utc_now,
-    versions,
+    train_and_record,
     write_manifest,
 )
 
@@ -80,31 +75,19 @@ def fit_sft(base: str, dataset_path: Path, out_dir: Path, settings: SFTSettings 
         model=model, args=args, train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer, peft_config=lora,
     )
-    started = time.monotonic()
-    output = trainer.train()
-    runtime = time.monotonic() - started
+    record = train_and_record(trainer, settings, precision)
 
     trained = trainer.accelerator.unwrap_model(trainer.model).eval()
     trained.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     manifest = {
-        "manifest_version": MANIFEST_VERSION,
-        "kind": "sft",
-        "created": utc_now(),
-        "base_model": base,
+        **manifest_head("sft", base),
         "base_identity": base_identity(base, source),
-        "dataset": {"path": str(dataset_path.resolve()), "sha256": file_sha256(dataset_path), "rows": len(rows)},
+        "dataset": dataset_record(dataset_path, rows),
         "settings": settings.model_dump(mode="json"),
         "lora": {"r": settings.r, "alpha": settings.lora_alpha, "dropout": settings.dropout,
                  "target_modules": list(settings.target_modules)},
-        "seed": settings.seed,
-        "device": precision.device,
-        "dtype": precision.dtype,
-        "optimizer_steps": int(trainer.state.global_step),
-        "train_loss": float(output.training_loss),
-        "loss_curve": loss_curve(trainer.state.log_history),
-        "train_runtime_s": round(runtime, 3),
-        "versions": versions(),
+        **record,
     }
     write_manifest(out_dir, manifest)  # last: its presence marks the adapter complete
     return TrainResult(out_dir, manifest, trained, tokenizer)
