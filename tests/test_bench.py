@@ -71,6 +71,12 @@ def test_tiny_hf_model_modes_agree(tiny: HFLLM, tiny_dir: Path) -> None:
     assert check["survey_max_abs_diff_expected"] < 1e-3
     assert report["machine"]["dtype"] == "float32" and report["machine"]["torch_threads"] == 1
     assert report["modes"]["wave"]["completion_tokens"] > 0
+    # the baseline computes every prompt in full; waves reuse each agent's earlier prompt
+    assert report["modes"]["one_at_a_time"]["prefix_cache"] is None
+    cache = report["modes"]["wave"]["prefix_cache"]
+    assert cache["hits"] > 0 and 0.2 < cache["reused_share"] < 1
+    assert tiny.prefix_cache is not None  # switched back on after the baseline
+    assert "prompt-prefix cache: one at a time: off; wave: " in format_report(report)
 
 
 def test_one_at_a_time_sends_each_request_alone() -> None:
@@ -134,7 +140,7 @@ def test_embedded_bf16_survey_distributions_recorded(tmp_path: Path, record_prop
     CPU default stays float32 unless bf16 agrees within tolerance (it did not when measured)."""
     from debatelab.bench.workload import Recorder, bench_config, write_bank
     from debatelab.experiment import run_experiment
-    from debatelab.llm.hf import resolve_device_dtype
+    from debatelab.llm.hf_load import resolve_device_dtype
 
     fp32 = load_llm("embedded", BackendOptions(dtype="float32"))
     recorder = Recorder(fp32)

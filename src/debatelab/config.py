@@ -189,7 +189,8 @@ class ExperimentConfig(_Strict):
 
 # Backend options that change speed or credentials, not results; excluded from the run fingerprint.
 RUNTIME_BACKEND_FIELDS = frozenset({"batch_size", "threads", "concurrency", "timeout", "max_retries",
-                                    "retry_budget", "retry_backoff", "api_key_env", "api_key_file"})
+                                    "retry_budget", "retry_backoff", "api_key_env", "api_key_file",
+                                    "prefix_cache_mb"})
 
 
 _UNION_TAGS = {"str", "Topic", "Seat", "int", "float", "bool", "none"}

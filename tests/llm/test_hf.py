@@ -15,7 +15,8 @@ from tiny_model import build_tiny_model
 from debatelab.errors import DebatelabError
 from debatelab.llm import load_llm
 from debatelab.llm.base import GenerateRequest, Message, Prompt, ScoreRequest
-from debatelab.llm.hf import HFLLM, _dir_fingerprint
+from debatelab.llm.hf import HFLLM
+from debatelab.llm.weights import dir_fingerprint
 from debatelab.llm.options import BackendOptions
 
 SCALE = tuple(str(i) for i in range(11))
@@ -61,19 +62,19 @@ def test_load_identity_and_fingerprint(llm: HFLLM, model_dir: Path, tmp_path: Pa
     assert ident["model"] == str(model_dir.resolve())
     assert ident["dtype"] == "float32" and ident["quantization"] == "none"
     assert isinstance(ident["weights"], str) and len(ident["weights"]) == 16
-    assert ident["weights"] == _dir_fingerprint(model_dir)
+    assert ident["weights"] == dir_fingerprint(model_dir)
     # an unresolved spelling of the same dir gives the same identity
     again = load_llm(f"hf:{model_dir}/../{model_dir.name}", BackendOptions(device="cpu"))
     assert again.identity() == ident
     # a byte-identical copy shares the fingerprint; changed weights do not
     copy = tmp_path / "copy"
     shutil.copytree(model_dir, copy)
-    assert _dir_fingerprint(copy) == ident["weights"]
+    assert dir_fingerprint(copy) == ident["weights"]
     weights = copy / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    assert _dir_fingerprint(copy) != ident["weights"]
+    assert dir_fingerprint(copy) != ident["weights"]
 
 
 def test_import_debatelab_does_not_import_torch() -> None:
@@ -281,7 +282,7 @@ def test_end_of_turn_comes_from_the_chat_template(llm: HFLLM) -> None:
 
 # ---- CPU defaults (chosen with `debatelab bench`; see resolve_device_dtype) ---------------------
 def test_cpu_defaults_keep_float32_and_torch_threads() -> None:
-    from debatelab.llm.hf import resolve_device_dtype
+    from debatelab.llm.hf_load import resolve_device_dtype
 
     before = torch.get_num_threads()
     assert resolve_device_dtype(BackendOptions(device="cpu")) == ("cpu", torch.float32)

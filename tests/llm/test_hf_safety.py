@@ -108,7 +108,7 @@ def test_pickled_model_loads_with_opt_in(base: Path, pickled_model: Path) -> Non
     data = bytearray((changed / "pytorch_model.bin").read_bytes())
     data[-100] ^= 0xFF
     (changed / "pytorch_model.bin").write_bytes(bytes(data))
-    assert hf._dir_fingerprint(changed) != opted.identity()["weights"]
+    assert hf.dir_fingerprint(changed) != opted.identity()["weights"]
 
 
 # ---- pickled adapters ---------------------------------------------------------------------
@@ -146,13 +146,13 @@ def test_identity_has_revision_and_adapter_fingerprint(base: Path, adapters: tup
     safe, _ = adapters
     ident = load_llm(f"hf:{base}", BackendOptions(**CPU, adapter=str(safe))).identity()
     assert "revision" in ident and ident["revision"] is None
-    assert ident["adapter"]["weights"] == hf._dir_fingerprint(safe)
+    assert ident["adapter"]["weights"] == hf.dir_fingerprint(safe)
     changed = tmp_path / "adapter-changed"
     shutil.copytree(safe, changed)
     data = bytearray((changed / "adapter_model.safetensors").read_bytes())
     data[-1] ^= 0xFF
     (changed / "adapter_model.safetensors").write_bytes(bytes(data))
-    assert hf._dir_fingerprint(changed) != ident["adapter"]["weights"]
+    assert hf.dir_fingerprint(changed) != ident["adapter"]["weights"]
 
 
 # ---- code shipped with a model ------------------------------------------------------------

@@ -18,7 +18,8 @@ from ..prompts import SURVEY_OPTIONS
 from ..store import DB_NAME
 from ..survey import normalise, parse_rating
 from .agreement import compare_backends
-from .workload import ROSTER, BenchSettings, OneAtATime, PeakRss, Recorder, Stopwatch, bench_config, write_bank
+from .workload import (ROSTER, BenchSettings, OneAtATime, PeakRss, Recorder, Stopwatch, bench_config,
+                       clear_prefix_cache, prefix_cache_off, write_bank)
 
 @dataclass
 class ModeResult:
@@ -27,8 +28,10 @@ class ModeResult:
     surveys: int
     completion_tokens: int
     peak_rss_mb: float
+    prefix_cache: dict[str, float] | None = None
+    """Prompt tokens looked up, reused from earlier calls, and their share (None: not used)."""
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, Any]:
         s = max(self.seconds, 1e-9)
         return {**asdict(self), "tokens_per_s": self.completion_tokens / s, "turns_per_s": self.turns / s,
                 "surveys_per_s": self.surveys / s}
@@ -61,8 +64,25 @@ def _run_modes(settings: BenchSettings, llm: LLM, recorder: Recorder) -> tuple[d
         bank = write_bank(Path(tmp) / "bank.jsonl", settings.debates)
         for mode, wrapped, debates in (("one_at_a_time", OneAtATime(llm), serial), ("wave", recorder, settings.debates)):
             config = bench_config(settings, bank, debates)
+            clear_prefix_cache(llm)
+            before = _cache_stats(llm)
             results[mode], transcripts[mode] = _run_mode(wrapped, config, Path(tmp) / mode)
+            results[mode].prefix_cache = _cache_delta(before, _cache_stats(llm))
     return results, transcripts
+
+
+def _cache_stats(llm: LLM) -> dict[str, float]:
+    store = getattr(llm, "prefix_cache", None)
+    return store.stats.as_dict() if store is not None else {}
+
+
+def _cache_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float] | None:
+    """What the prompt-prefix cache did during one mode (None: it was off or absent)."""
+    delta = {k: after[k] - before.get(k, 0) for k in after if k != "reused_share"}
+    if not delta.get("lookups"):
+        return None
+    delta["reused_share"] = delta["reused_tokens"] / delta["prompt_tokens"] if delta["prompt_tokens"] else 0.0
+    return delta
 
 
 def summarise(results: dict[str, ModeResult]) -> dict[str, Any]:
@@ -134,9 +154,11 @@ def compare_transcripts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 def compare_survey_methods(llm: LLM, requests: list[ScoreRequest], max_tokens: int) -> dict[str, Any]:
     """The same survey prompts, one batched call each: greedy generation (parsed) vs option scoring."""
     as_text = [GenerateRequest(r.prompt, temperature=0.0, max_tokens=max_tokens, seed=r.seed) for r in requests]
-    with Stopwatch() as gen_clock:
+    # Both from whole prompts: with the prefix cache on, whichever ran second would find the
+    # other's prompts cached and compute almost nothing.
+    with prefix_cache_off(llm), Stopwatch() as gen_clock:
         answers = llm.generate(as_text)
-    with Stopwatch() as score_clock:
+    with prefix_cache_off(llm), Stopwatch() as score_clock:
         scores = llm.score_options(requests)
     parsed = [parse_rating(a.text) for a in answers]
     argmax = [_argmax(s.logprobs) for s in scores]

@@ -26,7 +26,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"{'wave / one':<15}{'':>9}{ratios['tokens_per_s']:>10.2f}x{ratios['turns_per_s']:>9.2f}x"
                  f"{ratios['surveys_per_s']:>10.2f}x{ratios['peak_rss_mb']:>12.2f}x")
     lines += ["", f"speedup (wave over one-at-a-time tokens/s): {report['speedup']:.2f}x",
-              _correctness(report["correctness"])]
+              _prefix_cache(report["modes"]), _correctness(report["correctness"])]
     if "survey_methods" in report:
         s = report["survey_methods"]
         agree = "n/a" if s["generate_agrees_with_argmax"] is None else f"{100 * s['generate_agrees_with_argmax']:.0f} %"
@@ -51,6 +51,17 @@ def _dtype_check(d: dict[str, Any]) -> str:
             f"(max {d['max_abs_diff_expected']:.4f}), same argmax {100 * d['argmax_agree']:.0f} % -> {verdict} "
             f"tolerance (mean TV < {tol['mean_tv']}, mean |delta expected| < {tol['mean_abs_diff_expected']}); "
             f"scoring {1000 * d['reference_s_per_survey']:.1f} vs {1000 * d['other_s_per_survey']:.1f} ms/survey")
+
+
+def _prefix_cache(modes: dict[str, Any]) -> str:
+    parts = []
+    for mode, label in _LABELS.items():
+        c = modes[mode].get("prefix_cache")
+        parts.append(f"{label}: off" if not c else
+                     f"{label}: {100 * c['reused_share']:.0f} % of {int(c['prompt_tokens'])} prompt tokens reused "
+                     f"({int(c['hits'])}/{int(c['lookups'])} prompts hit, {int(c['evictions'])} evicted, "
+                     f"{int(c['refused'])} not stored)")
+    return "prompt-prefix cache: " + "; ".join(parts)
 
 
 def _correctness(c: dict[str, Any]) -> str:

@@ -10,9 +10,10 @@ import os
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..config import ExperimentConfig
 from ..llm.base import LLM, Completion, GenerateRequest, OptionScores, ScoreRequest
@@ -76,18 +77,40 @@ def bench_config(settings: BenchSettings, bank: Path, debates: int) -> Experimen
     )
 
 
+@contextmanager
+def prefix_cache_off(llm: LLM) -> Iterator[None]:
+    """Runs without the backend's prompt-prefix cache (if it has one), and leaves it as it was."""
+    store = getattr(llm, "prefix_cache", None)
+    if store is not None:
+        llm.prefix_cache = None  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        if store is not None:
+            llm.prefix_cache = store  # type: ignore[attr-defined]
+
+
+def clear_prefix_cache(llm: LLM) -> None:
+    store = getattr(llm, "prefix_cache", None)
+    if store is not None:
+        store.clear()
+
+
 class OneAtATime:
-    """Sends every request alone, as peer tools and the paper's scripts call a model."""
+    """Sends every request alone and computes every prompt in full, as peer tools and the
+    paper's scripts call a model (no prompt-prefix reuse between calls)."""
 
     def __init__(self, inner: LLM):
         self.inner = inner
         self.usage = getattr(inner, "usage", None)
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
-        return [self.inner.generate([r])[0] for r in requests]
+        with prefix_cache_off(self.inner):
+            return [self.inner.generate([r])[0] for r in requests]
 
     def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
-        return [self.inner.score_options([r])[0] for r in requests]
+        with prefix_cache_off(self.inner):
+            return [self.inner.score_options([r])[0] for r in requests]
 
     def identity(self) -> dict[str, Any]:
         return self.inner.identity()

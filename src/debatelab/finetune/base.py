@@ -96,9 +96,9 @@ def base_identity(model: str, source: str) -> dict[str, Any]:
     folder, a content fingerprint (the same one the ``hf`` backend uses)."""
     ident: dict[str, Any] = {"model": model, "source": source}
     if Path(source).is_dir():
-        from ..llm.hf import _dir_fingerprint
+        from ..llm.weights import dir_fingerprint
 
-        ident["weights"] = _dir_fingerprint(Path(source))
+        ident["weights"] = dir_fingerprint(Path(source))
     return ident
 
 
@@ -193,7 +193,7 @@ def load_base(source: str, precision: Precision, quantization: Quantization) -> 
         kwargs["dtype"] = compute
         kwargs["device_map"] = {"": 0}
     if Path(source).is_dir():
-        from ..llm.hf import check_model_weights
+        from ..llm.weights import check_model_weights
 
         check_model_weights(Path(source), "base model folder", allow_pickle=False, opt_in=NO_PICKLES)
     # Training has no opt-ins: never custom code (None would ask on the terminal), never pickles.

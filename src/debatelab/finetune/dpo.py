@@ -74,7 +74,7 @@ def fit_dpo(base: str, sft_adapter: Path, pairs_path: Path, out_dir: Path, setti
     from peft import PeftModel
     from trl import DPOConfig, DPOTrainer
 
-    from ..llm.hf import check_adapter_weights
+    from ..llm.weights import check_adapter_weights
 
     settings = settings or DPOSettings()
     sft_adapter, pairs_path = Path(sft_adapter), Path(pairs_path)

@@ -72,7 +72,7 @@ def ensure_converted() -> Path:
 def load_embedded(name: str, options: BackendOptions):
     if name:
         raise DebatelabError(f"model 'embedded' takes no name (got 'embedded:{name}')")
-    from .hf import load_pretrained
+    from .hf_load import load_pretrained
 
     folder = ensure_converted()
     identity = {"backend": "hf", "model": "embedded:SmolLM2-135M-Instruct.Q4_1", "wheel": WHEEL}

@@ -10,13 +10,10 @@ from __future__ import annotations
 import inspect
 import math
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
@@ -24,9 +21,11 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from ..errors import DebatelabError
 from .base import Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest, Usage
+from .hf_kv import Layout, Row, layout, look_up, remember, supports_prefix_cache
+from .hf_options import option_tree, tree_logprobs
 from .options import BackendOptions
+from .prefix_cache import PrefixCache
 
 
 class _RowSampler(LogitsProcessor):
@@ -101,6 +100,8 @@ class HFLLM:
         # generation_config.json (repetition penalties, top-k...), which would silently change
         # "greedy" surveys and seeded replies.
         model.generation_config = GenerationConfig(eos_token_id=sorted(self.stop_ids), pad_token_id=tokenizer.pad_token_id)
+        budget = options.prefix_cache_mb * 2**20
+        self.prefix_cache = PrefixCache(budget) if budget and supports_prefix_cache(model) else None
 
     def _find_end_of_turn(self) -> int:
         """The token a chat template writes after an assistant message (<|im_end|>, <|eot_id|>,
@@ -142,43 +143,63 @@ class HFLLM:
         special = not self.uses_chat_template(prompt)
         return self.tokenizer(self.render(prompt), add_special_tokens=special).input_ids
 
-    def _batches(self, encoded: list[list[int]]) -> list[list[int]]:
-        """Indices grouped into micro-batches of similar length (less padding waste)."""
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
+    def _rows(self, encoded: list[list[int]]) -> list[Row]:
+        """Each prompt with the longest cached prefix it can reuse (none without a prefix cache)."""
+        if self.prefix_cache is None:
+            return [Row(seq) for seq in encoded]
+        self.prefix_cache.tick()
+        return look_up(self.prefix_cache, encoded)
+
+    def _batches(self, rows: list[Row]) -> list[list[int]]:
+        """Indices grouped into micro-batches by how many tokens each must compute (less padding)."""
+        order = sorted(range(len(rows)), key=lambda i: rows[i].new, reverse=True)
         size = self.options.batch_size
         return [order[i : i + size] for i in range(0, len(order), size)]
 
-    def _pad_left(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(s) for s in seqs)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=self.device)
-        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
-        return ids, mask
+    def _layout(self, rows: list[Row]) -> Layout:
+        if self.prefix_cache is not None:  # an earlier micro-batch of this call may have replaced an entry
+            for r in rows:
+                if r.entry is not None and r.entry not in self.prefix_cache.entries:
+                    r.entry, r.shared = None, 0
+        return layout(rows, self.prefix_cache, self.model, self.tokenizer.pad_token_id, self.device)
+
+    def _empty_cache(self, lay: Layout) -> Any:
+        """The batch's cache: the reused prefixes, or an empty one we keep a handle on."""
+        if lay.cache is not None or self.prefix_cache is None:
+            return lay.cache
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
 
     # ---- generation ---------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
-        encoded = [self.encode(r.prompt) for r in requests]
+        rows = self._rows([self.encode(r.prompt) for r in requests])
         results: list[Completion | None] = [None] * len(requests)
-        for batch in self._batches(encoded):
-            outs = self._generate_batch([requests[i] for i in batch], [encoded[i] for i in batch])
+        for batch in self._batches(rows):
+            outs = self._generate_batch([requests[i] for i in batch], [rows[i] for i in batch])
             for i, out in zip(batch, outs):
                 results[i] = out
         self.usage.calls += 1
         return [r for r in results if r is not None]
 
-    def _generate_batch(self, reqs: list[GenerateRequest], seqs: list[list[int]]) -> list[Completion]:
-        ids, mask = self._pad_left(seqs)
+    def _generate_batch(self, reqs: list[GenerateRequest], rows: list[Row]) -> list[Completion]:
+        lay = self._layout(rows)
+        cache = self._empty_cache(lay)
         config = GenerationConfig(
             max_new_tokens=max(r.max_tokens for r in reqs), do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.stop_ids),
         )
+        width = lay.ids.shape[1]
         out = self.model.generate(
-            input_ids=ids, attention_mask=mask, generation_config=config,
+            input_ids=lay.ids, attention_mask=lay.mask, generation_config=config,
             logits_processor=LogitsProcessorList([_RowSampler(reqs, self.device)]),
-            stopping_criteria=StoppingCriteriaList([_RowStop(reqs, ids.shape[1], self.tokenizer)]),
+            stopping_criteria=StoppingCriteriaList([_RowStop(reqs, width, self.tokenizer)]),
+            **({self._cache_kwarg: cache} if cache is not None else {}),
         )
-        return [self._finish(req, row[ids.shape[1] :].tolist(), len(seq)) for req, row, seq in zip(reqs, out, seqs)]
+        if self.prefix_cache is not None:
+            remember(self.prefix_cache, rows, lay, cache)
+        return [self._finish(req, row[width:].tolist(), len(r.tokens)) for req, row, r in zip(reqs, out, rows)]
 
     def _finish(self, req: GenerateRequest, new: list[int], prompt_tokens: int) -> Completion:
         # Cut to this row's own budget first: a row stopped early by _RowStop is then padded with
@@ -206,208 +227,33 @@ class HFLLM:
 
     @torch.inference_mode()
     def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
-        encoded = [self.encode(r.prompt) for r in requests]
+        rows = self._rows([self.encode(r.prompt) for r in requests])
         results: list[OptionScores | None] = [None] * len(requests)
-        for batch in self._batches(encoded):
-            scores = self._score_batch([requests[i] for i in batch], [encoded[i] for i in batch])
+        for batch in self._batches(rows):
+            scores = self._score_batch([requests[i] for i in batch], [rows[i] for i in batch])
             for i, s in zip(batch, scores):
                 results[i] = s
         self.usage.calls += 1
         return [r for r in results if r is not None]
 
-    def _score_batch(self, reqs: list[ScoreRequest], seqs: list[list[int]]) -> list[OptionScores]:
-        """One forward over the contexts, then one small forward per option on their KV cache.
-
-        The cache is cropped back to the contexts after each option instead of being copied once
-        per option: copies cost 11x the cache's memory (gigabytes for long debates) and time.
-        """
-        ids, mask = self._pad_left(seqs)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        ctx = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    def _score_batch(self, reqs: list[ScoreRequest], rows: list[Row]) -> list[OptionScores]:
+        """One forward over the new part of the contexts, then one forward over every row's
+        options at once, laid out as a token tree (options sharing a first token share its node)."""
+        lay = self._layout(rows)
+        cache = self._empty_cache(lay)
+        new = slice(lay.cached, None)
+        ctx = self.model(input_ids=lay.ids[:, new], attention_mask=lay.mask, position_ids=lay.positions[:, new],
+                         use_cache=True, logits_to_keep=1, **({self._cache_kwarg: cache} if cache is not None else {}))
         first = torch.log_softmax(ctx.logits[:, -1].float(), dim=-1)
         cache = ctx["cache"] if "cache" in ctx else ctx["past_key_values"]
-        scores = [[0.0] * len(r.options) for r in reqs]
-        for j in range(max(len(r.options) for r in reqs)):
-            suffixes = [self._suffix(r, j) for r in reqs]
-            later = self._suffix_logprobs(suffixes, mask, cache)
-            for row, suffix in enumerate(suffixes):
-                if suffix:
-                    rest = sum(later[row, k - 1, suffix[k]] for k in range(1, len(suffix)))
-                    scores[row][j] = float(first[row, suffix[0]] + rest)
-            cache.crop(-max(len(s) for s in suffixes))  # negative: drop the suffix tokens again
-        self.usage.prompt_tokens += sum(len(s) for s in seqs)
+        if self.prefix_cache is not None:
+            remember(self.prefix_cache, rows, lay, cache)
+        trees = [option_tree(self._suffixes(r)) for r in reqs]
+        scores = tree_logprobs(self.model, self._cache_kwarg, trees, first, lay.mask, cache, self.tokenizer.pad_token_id)
+        self.usage.prompt_tokens += sum(len(r.tokens) for r in rows)
         return [OptionScores(tuple(s)) for s in scores]
 
-    def _suffix(self, req: ScoreRequest, j: int) -> list[int]:
-        """Option j's tokens plus the terminator; empty when the request has fewer options."""
-        if j >= len(req.options):
-            return []
-        return self.tokenizer(req.options[j], add_special_tokens=False).input_ids + self._terminator(req.prompt)
-
-    def _suffix_logprobs(self, suffixes: list[list[int]], ctx_mask: torch.Tensor, cache: Any) -> torch.Tensor:
-        width = max(len(s) for s in suffixes)
-        pad = self.tokenizer.pad_token_id
-        suf = torch.tensor([s + [pad] * (width - len(s)) for s in suffixes], device=self.device)
-        suf_mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in suffixes], device=self.device)
-        positions = ctx_mask.sum(-1, keepdim=True) + torch.arange(width, device=self.device)
-        out = self.model(input_ids=suf, attention_mask=torch.cat([ctx_mask, suf_mask], dim=1),
-                         position_ids=positions, **{self._cache_kwarg: cache})
-        return torch.log_softmax(out.logits.float(), dim=-1)
-
-
-# ---- loading ----------------------------------------------------------------------------
-def resolve_device_dtype(options: BackendOptions) -> tuple[str, torch.dtype]:
-    """Device and dtype for ``options``; sets torch's CPU threads when ``options.threads`` is given.
-
-    CPU defaults, chosen with ``debatelab bench`` on the embedded model (2-core AMD EPYC with
-    avx512_bf16, 40 debates in flight; numbers in the bench JSON):
-
-    - ``threads=None`` keeps torch's default of one intra-op thread per physical core. On 2 cores,
-      2 threads gave 19.5 wave tokens/s against 11.3 with 1 (a wave's prompt processing is compute
-      bound); even one request at a time was not faster on 1 thread (5.3 vs 5.7 tokens/s).
-    - ``dtype=auto`` stays float32 on CPU. bfloat16 is about 1.75x faster, but its survey
-      distributions missed the tolerance (mean |delta expected score| 0.12 > 0.1, mean TV 0.033 <
-      0.05, over 120 survey prompts; ``debatelab.bench.agreement``), and its results depend on the
-      batch: only 2 of 10 debates had the same transcript one request at a time as in a wave, so
-      ``batch_size`` and ``max_in_flight`` would no longer be mere runtime knobs. float32 gave
-      identical transcripts in both modes. Ask for ``dtype: bfloat16`` where speed matters more.
-    """
-    cuda = torch.cuda.is_available()
-    if options.device == "cuda" and not cuda:
-        raise DebatelabError("device 'cuda' requested but torch sees no CUDA device")
-    device = "cuda" if options.device == "cuda" or (options.device == "auto" and cuda) else "cpu"
-    name = options.dtype if options.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
-    if options.threads and device == "cpu":
-        torch.set_num_threads(options.threads)
-    return device, getattr(torch, name)
-
-
-def _quantization_config(options: BackendOptions, device: str) -> Any:
-    if options.quantization == "none":
-        return None
-    if device != "cuda":
-        raise DebatelabError(f"quantization {options.quantization!r} needs CUDA (bitsandbytes); use 'none' on CPU")
-    from transformers import BitsAndBytesConfig
-
-    if options.quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
-
-
-def load_pretrained(source: str, options: BackendOptions, identity: dict[str, Any]) -> HFLLM:
-    device, dtype = resolve_device_dtype(options)
-    if Path(source).is_dir():
-        check_model_weights(Path(source), "model folder", options.allow_pickle)
-    # trust_remote_code is always the option's bool (transformers reads None as "ask on the
-    # terminal"); use_safetensors=None lets transformers fall back to pickles, so only the opt-in.
-    common = {"revision": options.revision, "trust_remote_code": options.trust_remote_code}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **common)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, use_safetensors=None if options.allow_pickle else True,
-            quantization_config=_quantization_config(options, device), **common,
-        )
-    except (OSError, ValueError) as exc:
-        raise _load_error(source, exc, options) from exc
-    if options.quantization == "none":
-        model = model.to(device)
-    ident = {**identity, "dtype": str(dtype).removeprefix("torch."), "quantization": options.quantization}
-    if options.adapter:
-        model, ident["adapter"] = _apply_adapter(model, Path(options.adapter).expanduser(), options.allow_pickle)
-    return HFLLM(model, tokenizer, ident, options)
-
-
-def _load_error(source: str, exc: Exception, options: BackendOptions) -> DebatelabError:
-    """One line for a failed load; where a safety default caused it, the line names the opt-in."""
-    first = _first_line(exc)
-    if "custom code" in first and not options.trust_remote_code:
-        first += f" It would run on load; only if you trust its author, set {_TRUST_CODE_OPT_IN}."
-    elif "safetensors" in first and not options.allow_pickle and not Path(source).is_dir():  # a hub id
-        first += f" Only safetensors weights load unless you set {_PICKLE_OPT_IN} (pickles can run code)."
-    return DebatelabError(f"cannot load model {source!r}: {first}")
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _apply_adapter(model: Any, adapter: Path, allow_pickle: bool) -> tuple[Any, dict[str, str]]:
-    """Base + LoRA adapter; the adapter's content fingerprint joins the model identity, so a
-    tuned model never shares run directories or debate ids with its base."""
-    if not (adapter / "adapter_config.json").is_file():
-        raise DebatelabError(f"not a PEFT adapter folder (no adapter_config.json): {adapter}")
-    check_adapter_weights(adapter, allow_pickle)
-    try:
-        from peft import PeftModel
-    except ImportError:
-        raise DebatelabError("adapters need peft: pip install 'debatelab[train]'") from None
-    try:
-        tuned = PeftModel.from_pretrained(model, str(adapter)).eval()
-    except (OSError, ValueError) as exc:
-        raise DebatelabError(f"cannot load adapter {adapter}: {_first_line(exc)}") from exc
-    return tuned, {"path": str(adapter.resolve()), "weights": _dir_fingerprint(adapter)}
-
-
-# ---- untrusted files ----------------------------------------------------------------------
-# Loading a pickle (``torch.load``) can run arbitrary code, so weights load from safetensors only
-# unless the user opts in. These are the pickled names transformers and PEFT fall back to.
-_PICKLED_WEIGHTS = ("pytorch_model*.bin", "adapter_model.bin")
-_PICKLE_OPT_IN = "`backend: {allow_pickle: true}`"
-_TRUST_CODE_OPT_IN = "`backend: {trust_remote_code: true}`"
-
-
-def _pickled_files(folder: Path) -> list[str]:
-    return sorted(f.name for pattern in _PICKLED_WEIGHTS for f in folder.glob(pattern))
-
-
-def check_model_weights(folder: Path, what: str, allow_pickle: bool, opt_in: str = "") -> None:
-    """Refuse a local model folder whose only weights are pickles, before transformers reads them."""
-    pickled = _pickled_files(folder)
-    if allow_pickle or not pickled or any(folder.glob("*.safetensors")):
-        return  # no pickles, or safetensors that transformers prefers; missing weights it reports
-    raise DebatelabError(
-        f"{what} {folder} has only pickled weights ({', '.join(pickled)}), which can run code when loaded; "
-        f"{opt_in or 'use safetensors weights, or if you trust the files set ' + _PICKLE_OPT_IN}"
-    )
-
-
-def check_adapter_weights(adapter: Path, allow_pickle: bool, opt_in: str = "") -> None:
-    """Refuse an adapter folder without adapter_model.safetensors: PEFT would unpickle the .bin."""
-    if allow_pickle or (adapter / "adapter_model.safetensors").is_file():
-        return
-    found = ", ".join(_pickled_files(adapter)) or "no weights"
-    raise DebatelabError(
-        f"adapter {adapter} has no adapter_model.safetensors ({found}); pickled weights can run code when "
-        f"loaded: {opt_in or 'use safetensors, or if you trust the files set ' + _PICKLE_OPT_IN}"
-    )
-
-
-def load_hf(name: str, options: BackendOptions) -> HFLLM:
-    local = Path(name).expanduser()
-    if not local.is_dir() and name.startswith(("/", ".", "~")):
-        # clearly a path, not a hub id: say so instead of the hub's "Repo id must be..." message
-        raise DebatelabError(f"cannot load model {name!r}: no such directory")
-    source = str(local.resolve()) if local.is_dir() else name
-    identity = {"backend": "hf", "model": source, "revision": options.revision}
-    if local.is_dir():
-        identity["weights"] = _dir_fingerprint(local)
-    return load_pretrained(source, options, identity)
-
-
-def _dir_fingerprint(path: Path) -> str:
-    """Content marker for a local model dir: config text plus size, head and tail of each weight file
-    (reading whole multi-GB files on every start would be too slow; mtimes change on a plain copy).
-    The weight files are the safetensors, or, in a folder without any, the pickles that only
-    ``allow_pickle`` loads (so folders that load safetensors keep their fingerprints)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    weights = sorted(path.glob("*.safetensors")) or [path / name for name in _pickled_files(path)]
-    for f in sorted(path.glob("*.json")) + weights:
-        size = f.stat().st_size
-        h.update(f"{f.name}:{size}".encode())
-        with f.open("rb") as fh:
-            h.update(fh.read(1 << 16))
-            fh.seek(max(0, size - (1 << 16)))
-            h.update(fh.read())
-    return h.hexdigest()[:16]
+    def _suffixes(self, req: ScoreRequest) -> list[list[int]]:
+        """Each option's tokens plus the terminator that makes it the whole answer."""
+        end = self._terminator(req.prompt)
+        return [self.tokenizer(o, add_special_tokens=False).input_ids + end for o in req.options]

@@ -12,7 +12,7 @@ from .options import BackendOptions
 # prefix -> "module:factory"; the factory takes (name_after_prefix, options)
 _BACKENDS: dict[str, str] = {
     "embedded": "debatelab.llm.embedded:load_embedded",
-    "hf": "debatelab.llm.hf:load_hf",
+    "hf": "debatelab.llm.hf_load:load_hf",
     "openai": "debatelab.llm.openai_compat:load_openai",
     "scripted": "debatelab.llm.scripted:load_scripted",
     "vllm": "debatelab.llm.vllm_backend:load_vllm",

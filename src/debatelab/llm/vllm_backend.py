@@ -102,12 +102,12 @@ class VLLMEngine:
         if rank > self.max_lora_rank:
             raise DebatelabError(f"adapter {folder} has rank {rank}, above this engine's max_lora_rank "
                                  f"{self.max_lora_rank}; list it in VLLMSettings(adapters=...) at load")
-        from .hf import _dir_fingerprint, check_adapter_weights
+        from .weights import check_adapter_weights, dir_fingerprint
 
         check_adapter_weights(folder, self.allow_pickle)
         lora_id = len(self._loras) + 1  # vLLM wants a distinct positive int per adapter
         return (self._lora_request(f"adapter-{lora_id}", lora_id, str(folder)),
-                {"path": str(folder), "weights": _dir_fingerprint(folder)})
+                {"path": str(folder), "weights": dir_fingerprint(folder)})
 
     def precheck(self, prompt_len: int, max_tokens: int) -> str | None:
         """Why vLLM would reject this one request (which would fail the whole call), or None."""
@@ -271,7 +271,7 @@ def check_device(options: BackendOptions) -> None:
 
 def resolve_source(name: str, options: BackendOptions) -> tuple[str, dict[str, Any]]:
     """(what vLLM loads, the identity before dtype) -- as ``hf:`` resolves local folders."""
-    from .hf import _dir_fingerprint, check_model_weights
+    from .weights import check_model_weights, dir_fingerprint
 
     local = Path(name).expanduser()
     if not local.is_dir() and name.startswith(("/", ".", "~")):
@@ -280,7 +280,7 @@ def resolve_source(name: str, options: BackendOptions) -> tuple[str, dict[str, A
     identity: dict[str, Any] = {"backend": "vllm", "model": source, "revision": options.revision}
     if local.is_dir():
         check_model_weights(local, "model folder", options.allow_pickle)
-        identity["weights"] = _dir_fingerprint(local)
+        identity["weights"] = dir_fingerprint(local)
     return source, identity
 
 

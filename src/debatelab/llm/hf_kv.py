@@ -1,0 +1,114 @@
+"""Batches whose rows start from cached prompt prefixes of different lengths.
+
+Row i reuses ``shared_i`` cached tokens and computes its ``new_i`` remaining ones. The batch is
+laid out as ``[pad | cached_i | pad | new_i]``: the cached parts end together at column C (the
+longest reuse), the new parts end together at the last column. Padding columns are masked, and
+positions come from the mask's running sum (HF ``generate`` derives them the same way), so every
+token keeps the position it had when its keys were computed. The holes between a row's cached and
+new tokens are masked like left padding is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from .prefix_cache import PrefixCache
+
+
+@dataclass
+class Row:
+    tokens: list[int]
+    entry: int | None = None
+    shared: int = 0
+
+    @property
+    def new(self) -> int:
+        return len(self.tokens) - self.shared
+
+
+@dataclass
+class Layout:
+    ids: torch.Tensor  # [B, C + N]: cached region then new region
+    mask: torch.Tensor
+    cached: int  # C
+    cache: Any  # a DynamicCache holding the cached region, or None when C == 0
+
+    @property
+    def positions(self) -> torch.Tensor:
+        return (self.mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def supports_prefix_cache(model: Any) -> bool:
+    """Plain full-attention layers only: sliding-window, chunked or linear-attention caches
+    (Mistral, Gemma 2/3, hybrids) store something other than every token's keys."""
+    try:
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:  # transformers without per-layer caches
+        return False
+    cache = DynamicCache(config=model.config)
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def look_up(store: PrefixCache, seqs: Sequence[list[int]]) -> list[Row]:
+    rows = []
+    for seq in seqs:
+        entry, shared = store.lookup(seq)
+        rows.append(Row(seq, entry, shared))
+    return rows
+
+
+def layout(rows: Sequence[Row], store: PrefixCache | None, model: Any, pad: int, device: Any) -> Layout:
+    cached = max((r.shared for r in rows), default=0)
+    width = max(r.new for r in rows)
+    ids, mask = [], []
+    for r in rows:
+        head, tail = cached - r.shared, width - r.new
+        ids.append([pad] * head + r.tokens[: r.shared] + [pad] * tail + r.tokens[r.shared :])
+        mask.append([0] * head + [1] * r.shared + [0] * tail + [1] * r.new)
+    ids_t = torch.tensor(ids, device=device)
+    mask_t = torch.tensor(mask, device=device)
+    cache = _build_cache(rows, store, model, cached, device) if cached else None
+    return Layout(ids_t, mask_t, cached, cache)
+
+
+def _build_cache(rows: Sequence[Row], store: PrefixCache, model: Any, cached: int, device: Any) -> Any:
+    from transformers import DynamicCache
+
+    sample = next(store.get(r.entry) for r in rows if r.entry is not None)
+    heads, _, dim = sample.keys[0].shape
+    dtype = sample.keys[0].dtype
+    cache = DynamicCache(config=model.config)
+    for layer in range(len(sample.keys)):
+        keys = torch.zeros(len(rows), heads, cached, dim, dtype=dtype, device=device)
+        values = torch.zeros_like(keys)
+        for i, r in enumerate(rows):
+            if r.shared:
+                entry = store.get(r.entry)
+                keys[i, :, cached - r.shared :] = entry.keys[layer][:, : r.shared]
+                values[i, :, cached - r.shared :] = entry.values[layer][:, : r.shared]
+        cache.update(keys, values, layer)
+    return cache
+
+
+def layer_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))  # transformers < 4.54
+
+
+def remember(store: PrefixCache, rows: Sequence[Row], lay: Layout, cache: Any) -> None:
+    """Store each row's whole prompt (cached part + new part) from the batch's cache, which may
+    hold generated tokens after the prompt columns; those are not part of any later prompt."""
+    tensors = layer_tensors(cache)
+    end = lay.ids.shape[1]
+    for i, r in enumerate(rows):
+        cols = torch.cat([torch.arange(lay.cached - r.shared, lay.cached), torch.arange(end - r.new, end)])
+        cols = cols.to(lay.ids.device)
+        keys = [k[i].index_select(1, cols) for k, _ in tensors]
+        values = [v[i].index_select(1, cols) for _, v in tensors]
+        store.insert(r.tokens, keys, values, source=r.entry, shared=r.shared)

@@ -1,0 +1,165 @@
+"""Prompt KV reuse across calls: an agent's next prompt starts with most of its last one.
+
+In a debate every prompt of one agent begins with the same background, topic and history, and
+each new prompt only adds the turns since the agent last spoke (or the survey question). The
+store keeps each prompt's key/value tensors and finds, for a new prompt, the stored prompt that
+shares the longest token prefix with it; only the rest is computed. A causal model's keys and
+values for a token prefix do not depend on what follows, so reuse changes nothing but float
+rounding (the tests compare against the uncached path).
+
+Lookup goes by chained hashes of fixed-size token blocks (as vLLM's automatic prefix caching
+does), then token by token inside the last block. Memory is bounded by ``budget_bytes``:
+
+- an entry that a new prompt extends (the same agent, one step later) is replaced by it, so an
+  active agent holds about one entry;
+- when full, the least recently used entries that no call has touched for ``idle_calls`` calls
+  are dropped (finished debates); entries still in use are never evicted for a newcomer, so a
+  wave larger than the budget keeps hitting for the agents it holds instead of thrashing.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+BLOCK = 16
+"""Tokens per hashed block."""
+
+
+@dataclass
+class Entry:
+    """One prompt's tokens and per-layer keys/values, each ``[kv_heads, len(tokens), head_dim]``."""
+
+    tokens: tuple[int, ...]
+    keys: list[Any]
+    values: list[Any]
+    last_used: int = 0
+    hashes: list[int] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+
+@dataclass
+class CacheStats:
+    lookups: int = 0
+    hits: int = 0
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    evictions: int = 0
+    refused: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        share = self.reused_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+        return {**self.__dict__, "reused_share": share}
+
+
+def block_hashes(tokens: Sequence[int], limit: int | None = None) -> list[int]:
+    """Chained hashes of the full blocks of ``tokens`` (hash k covers tokens[: (k+1)*BLOCK])."""
+    end = len(tokens) if limit is None else min(limit, len(tokens))
+    out, h = [], 0
+    for start in range(0, end - BLOCK + 1, BLOCK):
+        h = hash((h, tuple(tokens[start : start + BLOCK])))
+        out.append(h)
+    return out
+
+
+class PrefixCache:
+    def __init__(self, budget_bytes: int, idle_calls: int = 8, replace_share: float = 0.75):
+        self.budget = budget_bytes
+        self.idle_calls = idle_calls
+        self.replace_share = replace_share
+        self.entries: OrderedDict[int, Entry] = OrderedDict()  # LRU order, oldest first
+        self.index: dict[int, dict[int, None]] = {}  # block hash -> ids of entries holding it (ordered set)
+        self.used = 0
+        self.clock = 0
+        self.stats = CacheStats()
+        self._next_id = 0
+
+    def tick(self) -> None:
+        """One model call has begun (idleness is counted in calls)."""
+        self.clock += 1
+
+    def lookup(self, tokens: Sequence[int]) -> tuple[int | None, int]:
+        """(entry id, shared length) of the stored prompt sharing the longest prefix with
+        ``tokens``, leaving at least one token to compute (its logits are needed)."""
+        self.stats.lookups += 1
+        self.stats.prompt_tokens += len(tokens)
+        best, length = None, 0
+        for h in block_hashes(tokens, len(tokens) - 1):
+            holders = self.index.get(h)
+            if not holders:
+                break
+            best = next(reversed(holders))  # the newest holder of the deepest shared block
+        if best is not None:
+            length = _common_prefix(self.entries[best].tokens, tokens, len(tokens) - 1)
+            if length == 0:  # a hash collision
+                best = None
+        if best is not None:
+            self.entries.move_to_end(best)
+            self.entries[best].last_used = self.clock
+            self.stats.hits += 1
+            self.stats.reused_tokens += length
+        return best, length
+
+    def get(self, entry_id: int) -> Entry:
+        return self.entries[entry_id]
+
+    def insert(self, tokens: Sequence[int], keys: list[Any], values: list[Any],
+               source: int | None = None, shared: int = 0) -> int | None:
+        """Store one prompt; ``source``/``shared`` are what its lookup returned. Returns the new
+        entry's id, or None where the budget refused it."""
+        entry = Entry(tuple(tokens), keys, values, last_used=self.clock)
+        replaced = self.entries.get(source) if source is not None else None
+        if replaced is not None and shared < self.replace_share * len(replaced.tokens):
+            replaced = None  # only a short shared head (e.g. a common system prompt): keep both
+        freed = replaced.nbytes if replaced is not None else 0
+        if not self._make_room(entry.nbytes - freed, keep=source):
+            self.stats.refused += 1
+            return None
+        if replaced is not None:
+            self._remove(source)
+        return self._add(entry)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.index.clear()
+        self.used = 0
+
+    def _make_room(self, needed: int, keep: int | None) -> bool:
+        while self.used + needed > self.budget:
+            idle = next((k for k, e in self.entries.items()
+                         if k != keep and self.clock - e.last_used >= self.idle_calls), None)
+            if idle is None:
+                return False
+            self._remove(idle)
+            self.stats.evictions += 1
+        return True
+
+    def _add(self, entry: Entry) -> int:
+        entry_id, self._next_id = self._next_id, self._next_id + 1
+        entry.hashes = block_hashes(entry.tokens)
+        for h in entry.hashes:
+            self.index.setdefault(h, {})[entry_id] = None
+        self.entries[entry_id] = entry
+        self.used += entry.nbytes
+        return entry_id
+
+    def _remove(self, entry_id: int) -> None:
+        entry = self.entries.pop(entry_id)
+        self.used -= entry.nbytes
+        for h in entry.hashes:
+            holders = self.index[h]
+            holders.pop(entry_id, None)
+            if not holders:
+                del self.index[h]
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n

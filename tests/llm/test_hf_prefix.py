@@ -1,0 +1,117 @@
+"""Prompt-prefix reuse in the transformers backend gives what computing every prompt in full gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import torch
+from tiny_model import build_tiny_model
+
+from debatelab.llm import load_llm
+from debatelab.llm.base import GenerateRequest, Message, Prompt, ScoreRequest
+from debatelab.llm.hf import HFLLM
+from debatelab.llm.hf_kv import supports_prefix_cache
+from debatelab.llm.options import BackendOptions
+
+SCALE = tuple(str(i) for i in range(11))
+NAMES = ("Alice", "Bob", "Carol")
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HFLLM]:
+    threads = torch.get_num_threads()
+    folder = build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        llm = load_llm(f"hf:{folder}", BackendOptions(device="cpu", dtype="float32", threads=1))
+    assert isinstance(llm, HFLLM) and llm.prefix_cache is not None
+    yield llm
+    torch.set_num_threads(threads)
+
+
+def twin(llm: HFLLM, **options: object) -> HFLLM:
+    """The same weights behind other options (no reload)."""
+    return HFLLM(llm.model, llm.tokenizer, llm.identity(), BackendOptions(device="cpu", **options))
+
+
+def prompt(me: int, history: list[str], task: str, prefix: str) -> Prompt:
+    user = f"You are {NAMES[me]}, in a debate about climate change.\n" + "\n\n".join(history) + f"\n\n{task}"
+    background = f"You are {NAMES[me]}. " + "You care about your town and your family. " * (2 + me)
+    return Prompt(messages=(Message("system", background), Message("user", user)), assistant_prefix=prefix)
+
+
+def debate(llm: HFLLM, rounds: int = 2, max_tokens: int = 12) -> tuple[list[list[float]], list[str]]:
+    """Surveys of all three agents, then each speaks in turn; returns every score and reply."""
+    history: list[str] = []
+    scores, replies = [], []
+    for r in range(rounds):
+        surveys = [ScoreRequest(prompt(i, history, "Rate it from 0 to 10.", "Rating: "), SCALE) for i in range(3)]
+        scores += [list(s.logprobs) for s in llm.score_options(surveys)]
+        for me in range(3):
+            req = GenerateRequest(prompt(me, history, "Write your next reply.", f"{NAMES[me]}:"),
+                                  temperature=0.0 if me == 2 else 1.0, max_tokens=max_tokens, seed=10 * r + me)
+            reply = llm.generate([req])[0]
+            replies.append(reply.text)
+            history.append(f"{NAMES[me]}: {reply.text}")
+    return scores, replies
+
+
+def test_a_debate_with_prefix_reuse_equals_one_without(cached: HFLLM) -> None:
+    cached.prefix_cache.clear()
+    stats = cached.prefix_cache.stats
+    reused, seen = stats.reused_tokens, stats.prompt_tokens
+    scores, replies = debate(cached)
+    plain_scores, plain_replies = debate(twin(cached, prefix_cache_mb=0))
+    assert replies == plain_replies
+    for a, b in zip(scores, plain_scores):
+        assert a == pytest.approx(b, abs=1e-4)
+    # and the cache was really used: a good part of the prompts came from it
+    assert (stats.reused_tokens - reused) > 0.3 * (stats.prompt_tokens - seen)
+
+
+def test_one_batch_mixing_hits_of_different_lengths_and_misses(cached: HFLLM) -> None:
+    history = ["Alice: We must act.", "Bob: It costs too much.", "Carol: Both of you have a point."]
+    warm = [GenerateRequest(prompt(i, history[:i], "Write your next reply.", "x:"), temperature=0.0, max_tokens=4)
+            for i in range(3)]
+    cached.prefix_cache.clear()
+    cached.generate(warm)  # three entries with different lengths
+    later = [GenerateRequest(prompt(i, history, "Write your next reply.", "x:"), temperature=1.0, max_tokens=10, seed=i)
+             for i in range(3)]
+    fresh = GenerateRequest(Prompt(text="Dave: In 2024 the report said"), temperature=0.0, max_tokens=10)
+    requests = [later[0], fresh, later[1], later[2]]
+    hits = cached.prefix_cache.stats.hits
+    for size in (4, 2):
+        got = twin(cached, batch_size=size)
+        got.prefix_cache = cached.prefix_cache  # share the warm entries
+        assert got.generate(requests) == twin(cached, prefix_cache_mb=0).generate(requests)
+    assert cached.prefix_cache.stats.hits >= hits + 2 * 3
+
+
+def test_scores_with_reuse_match_scores_without(cached: HFLLM) -> None:
+    history = ["Alice: Carbon tax now.", "Bob: No new taxes."]
+    cached.prefix_cache.clear()
+    first = [ScoreRequest(prompt(i, history[:1], "Rate it from 0 to 10.", "Rating: "), SCALE) for i in range(3)]
+    cached.score_options(first)
+    then = [ScoreRequest(prompt(i, history, "Rate it from 0 to 10.", "Rating: "), SCALE) for i in range(3)]
+    plain = twin(cached, prefix_cache_mb=0).score_options(then)
+    reused = cached.prefix_cache.stats.reused_tokens
+    for a, b in zip(cached.score_options(then), plain):
+        assert list(a.logprobs) == pytest.approx(list(b.logprobs), abs=1e-4)
+    assert cached.prefix_cache.stats.reused_tokens > reused
+
+
+def test_a_zero_budget_turns_reuse_off(cached: HFLLM) -> None:
+    assert twin(cached, prefix_cache_mb=0).prefix_cache is None
+    assert twin(cached).prefix_cache is not None
+
+
+def test_sliding_window_models_never_reuse(tmp_path: Path) -> None:
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, sliding_window=8)
+    assert not supports_prefix_cache(MistralForCausalLM(config))
+    config.sliding_window = None
+    assert supports_prefix_cache(MistralForCausalLM(config))

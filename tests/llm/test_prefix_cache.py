@@ -1,0 +1,101 @@
+"""The prompt-prefix store: longest-prefix lookup, replacement along an agent's chain, memory bound."""
+
+from __future__ import annotations
+
+import torch
+
+from debatelab.llm.prefix_cache import BLOCK, PrefixCache
+
+LAYERS, HEADS, DIM = 2, 1, 4
+BYTES_PER_TOKEN = LAYERS * 2 * HEADS * DIM * 4  # keys and values, float32
+
+
+def kv(tokens: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Keys/values whose content names the token and position, so a test can check what it got."""
+    base = torch.tensor(tokens, dtype=torch.float32)[None, :, None].expand(HEADS, -1, DIM)
+    return [base + layer for layer in range(LAYERS)], [-base - layer for layer in range(LAYERS)]
+
+
+def store(cache: PrefixCache, tokens: list[int], source: int | None = None, shared: int = 0) -> int | None:
+    return cache.insert(tokens, *kv(tokens), source=source, shared=shared)
+
+
+def seq(start: int, n: int) -> list[int]:
+    return list(range(start, start + n))
+
+
+def test_longest_prefix_found_across_blocks_and_inside_the_last_one() -> None:
+    cache = PrefixCache(budget_bytes=10**9)
+    a = seq(0, 3 * BLOCK + 5)
+    store(cache, a)
+    store(cache, seq(1000, 3 * BLOCK))  # unrelated
+    query = a[: 2 * BLOCK + 7] + [9999] * 20  # shares 2 whole blocks and 7 more tokens
+    entry, shared = cache.lookup(query)
+    assert shared == 2 * BLOCK + 7
+    assert cache.get(entry).tokens[:shared] == tuple(query[:shared])
+    assert cache.lookup([9999] * 40) == (None, 0)
+    assert cache.lookup(a[: BLOCK - 1] + [7] * 30) == (None, 0)  # less than a block: not worth a lookup
+
+
+def test_lookup_leaves_one_token_to_compute() -> None:
+    cache = PrefixCache(budget_bytes=10**9)
+    a = seq(0, 2 * BLOCK)
+    store(cache, a)
+    assert cache.lookup(a)[1] == len(a) - 1
+    assert cache.lookup(a + [5, 6])[1] == len(a)
+
+
+def test_an_extended_prompt_replaces_its_source_but_a_short_shared_head_does_not() -> None:
+    cache = PrefixCache(budget_bytes=10**9)
+    first = seq(0, 4 * BLOCK)
+    src = store(cache, first)
+    nxt = first[: 4 * BLOCK - 4] + seq(500, 30)  # the same agent one step later
+    entry, shared = cache.lookup(nxt)
+    assert entry == src
+    new = store(cache, nxt, entry, shared)
+    assert set(cache.entries) == {new}
+    assert cache.used == len(nxt) * BYTES_PER_TOKEN
+    other = first[:BLOCK] + seq(800, 3 * BLOCK)  # shares only a common head (e.g. a system prompt)
+    entry, shared = cache.lookup(other)
+    store(cache, other, entry, shared)
+    assert len(cache.entries) == 2
+
+
+def test_removing_one_holder_keeps_a_shared_block_findable() -> None:
+    cache = PrefixCache(budget_bytes=10**9)
+    head = seq(0, BLOCK)
+    a = store(cache, head + seq(100, BLOCK))
+    b = store(cache, head + seq(200, BLOCK))
+    cache._remove(b)  # the newer holder of the shared head
+    entry, shared = cache.lookup(head + [7] * 10)
+    assert entry == a and shared == BLOCK
+
+
+def test_budget_evicts_idle_entries_and_refuses_rather_than_evicting_active_ones() -> None:
+    size = 2 * BLOCK * BYTES_PER_TOKEN
+    cache = PrefixCache(budget_bytes=2 * size, idle_calls=2)
+    old = store(cache, seq(0, 2 * BLOCK))
+    cache.tick()
+    active = store(cache, seq(100, 2 * BLOCK))
+    refused = store(cache, seq(200, 2 * BLOCK))  # full, and nothing idle yet
+    assert refused is None and cache.stats.refused == 1 and set(cache.entries) == {old, active}
+    cache.tick()
+    cache.lookup(seq(100, 2 * BLOCK) + [1])  # keeps `active` in use
+    newcomer = store(cache, seq(300, 2 * BLOCK))  # `old` is now idle for 2 calls: evicted
+    assert set(cache.entries) == {active, newcomer}
+    assert cache.stats.evictions == 1 and cache.used <= cache.budget
+
+
+def test_stats_count_reused_tokens() -> None:
+    cache = PrefixCache(budget_bytes=10**9)
+    a = seq(0, 3 * BLOCK)
+    store(cache, a)
+    cache.lookup(a + [1, 2, 3])
+    cache.lookup([5] * 10)
+    stats = cache.stats.as_dict()
+    assert stats["lookups"] == 2 and stats["hits"] == 1
+    assert stats["prompt_tokens"] == len(a) + 3 + 10
+    assert stats["reused_tokens"] == len(a)
+    assert stats["reused_share"] == len(a) / (len(a) + 13)
+    cache.clear()
+    assert cache.lookup(a + [1]) == (None, 0) and cache.used == 0
