@@ -12,7 +12,7 @@ from tiny_model import build_tiny_model
 from debatelab.llm import load_llm
 from debatelab.llm.base import GenerateRequest, Message, Prompt, ScoreRequest
 from debatelab.llm.hf import HFLLM
-from debatelab.llm.hf_kv import supports_prefix_cache
+from debatelab.llm.hf_kv import prefix_cache_budget, supports_prefix_cache
 from debatelab.llm.options import BackendOptions
 
 SCALE = tuple(str(i) for i in range(11))
@@ -102,9 +102,13 @@ def test_scores_with_reuse_match_scores_without(cached: HFLLM) -> None:
     assert cached.prefix_cache.stats.reused_tokens > reused
 
 
-def test_a_zero_budget_turns_reuse_off(cached: HFLLM) -> None:
+def test_budget_is_the_option_or_a_third_of_available_memory(cached: HFLLM) -> None:
     assert twin(cached, prefix_cache_mb=0).prefix_cache is None
-    assert twin(cached).prefix_cache is not None
+    assert twin(cached, prefix_cache_mb=3).prefix_cache.budget == 3 * 2**20
+    auto = prefix_cache_budget(BackendOptions(), torch.device("cpu"))
+    with open("/proc/meminfo") as fh:
+        total = int(next(line for line in fh if line.startswith("MemTotal")).split()[1]) * 1024
+    assert 0 < auto < total / 3
 
 
 def test_sliding_window_models_never_reuse(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from .base import Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest, Usage
-from .hf_kv import Layout, Row, layout, look_up, remember, supports_prefix_cache
+from .hf_kv import Layout, Row, layout, look_up, prefix_cache_budget, remember, supports_prefix_cache
 from .hf_options import option_tree, tree_logprobs
 from .options import BackendOptions
 from .prefix_cache import PrefixCache
@@ -100,7 +100,7 @@ class HFLLM:
         # generation_config.json (repetition penalties, top-k...), which would silently change
         # "greedy" surveys and seeded replies.
         model.generation_config = GenerationConfig(eos_token_id=sorted(self.stop_ids), pad_token_id=tokenizer.pad_token_id)
-        budget = options.prefix_cache_mb * 2**20
+        budget = prefix_cache_budget(options, self.device)
         self.prefix_cache = PrefixCache(budget) if budget and supports_prefix_cache(model) else None
 
     def _find_end_of_turn(self) -> int:

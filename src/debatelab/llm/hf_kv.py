@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .options import BackendOptions
 from .prefix_cache import PrefixCache
 
 
@@ -52,6 +53,24 @@ def supports_prefix_cache(model: Any) -> bool:
     cache = DynamicCache(config=model.config)
     layers = getattr(cache, "layers", None)
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def prefix_cache_budget(options: BackendOptions, device: torch.device) -> int:
+    """Bytes for the prefix store: the option, or a third of the memory available now."""
+    if options.prefix_cache_mb is not None:
+        return options.prefix_cache_mb * 2**20
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 3
+    return _available_ram() // 3
+
+
+def _available_ram() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            fields = dict(line.split(":", 1) for line in fh)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):  # no procfs (macOS): assume 6 GiB, so a 2 GiB store
+        return 6 * 2**30
 
 
 def look_up(store: PrefixCache, seqs: Sequence[list[int]]) -> list[Row]:

@@ -28,10 +28,12 @@ class BackendOptions(BaseModel):
     allow_pickle: bool = False
     """Accept pickled weights (``*.bin``/``*.pt``), which can run arbitrary code when loaded. Off:
     only safetensors are loaded, for the model and for adapters."""
-    prefix_cache_mb: int = Field(4096, ge=0)
+    prefix_cache_mb: int | None = Field(None, ge=0)
     """Memory for reusing prompt keys/values across calls (each agent's next prompt repeats its
-    last one's background, topic and history); 0 turns it off. Results are the same either way
-    up to float rounding. Models with sliding-window or linear-attention layers never use it."""
+    last one's background, topic and history); 0 turns it off, None (default) takes a third of
+    the memory available once the model is loaded (RAM on CPU, free GPU memory on CUDA). Results
+    are the same either way up to float rounding. Models with sliding-window or linear-attention
+    layers never use it."""
     adapter: str | None = None
     """A PEFT (LoRA) adapter folder applied on top of the model, e.g. from ``debatelab finetune``."""
 
