@@ -154,7 +154,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     settings = BenchSettings(
         **given("model", "debates", "one_at_a_time_debates", "rounds", "max_tokens", "survey_prompts", "compare_dtype"),
-        backend=BackendOptions(**given("dtype", "threads", "batch_size")),
+        backend=BackendOptions(**given("dtype", "threads", "batch_size", "prefix_cache_mb")),
     )
     report = run_bench(settings)
     print(format_report(report))
@@ -242,13 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--debates", type=_positive, help="debates in flight in wave mode (default 40)")
     bench.add_argument("--one-at-a-time-debates", type=_positive,
                        help="how many of them the one-at-a-time mode runs (default 5; its rates do not depend on it)")
-    bench.add_argument("--rounds", type=_positive, help="round-robin cycles of the 3 agents (default 1)")
+    bench.add_argument("--rounds", type=_positive, help="round-robin cycles of the 3 agents (default 3, as in the paper)")
     bench.add_argument("--max-tokens", type=_positive, help="longest reply in tokens (default 32)")
     bench.add_argument("--survey-prompts", type=_count,
                        help="survey prompts for generate-vs-logprobs (default 24; 0 skips)")
     bench.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     bench.add_argument("--threads", type=_positive, help="torch intra-op threads on CPU")
     bench.add_argument("--batch-size", type=_positive, help="most sequences in one forward pass")
+    bench.add_argument("--prefix-cache-mb", type=_count,
+                       help="memory for prompt-prefix reuse in wave mode (0: off; default: a third of free memory)")
     bench.add_argument("--compare-dtype", choices=["float32", "bfloat16", "float16"],
                        help="also load the model in this dtype and compare survey distributions on the same prompts")
     bench.set_defaults(func=_cmd_bench)

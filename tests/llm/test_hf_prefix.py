@@ -119,3 +119,16 @@ def test_sliding_window_models_never_reuse(tmp_path: Path) -> None:
     assert not supports_prefix_cache(MistralForCausalLM(config))
     config.sliding_window = None
     assert supports_prefix_cache(MistralForCausalLM(config))
+
+
+def test_tree_scoring_with_eager_attention_equals_sdpa(cached: HFLLM) -> None:
+    requests = [ScoreRequest(prompt(i, ["Alice: We must act."], "Rate it from 0 to 10.", "Rating: "), SCALE)
+                for i in range(3)] + [ScoreRequest(Prompt(text="Bob:"), ("10", "1", "0", " yes"))]
+    sdpa = twin(cached, prefix_cache_mb=0).score_options(requests)
+    cached.model.set_attn_implementation("eager")
+    try:
+        eager = twin(cached, prefix_cache_mb=0).score_options(requests)
+    finally:
+        cached.model.set_attn_implementation("sdpa")
+    for a, b in zip(eager, sdpa):
+        assert list(a.logprobs) == pytest.approx(list(b.logprobs), abs=1e-4)

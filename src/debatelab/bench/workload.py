@@ -34,7 +34,8 @@ class BenchSettings:
     one_at_a_time_debates: int = 5
     """How many of those debates the one-at-a-time mode runs (the first ones, identical to the
     wave run's): its requests go one by one, so its rates do not depend on how many it runs."""
-    rounds: int = 1
+    rounds: int = 3
+    """Round-robin cycles, as in the paper (more rounds: longer prompts, more of them reused)."""
     max_tokens: int = 32
     """Longest reply in tokens."""
     temperature: float = 0.7

@@ -47,8 +47,9 @@ def _node(tree: OptionTree, nodes: dict[tuple[int, ...], int], prefix: tuple[int
     return nodes[prefix]
 
 
-def tree_mask(trees: Sequence[OptionTree], ctx_mask: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
-    """Additive [B, 1, width, ctx + width] mask: 0 where a node may attend, the dtype's minimum elsewhere."""
+def tree_mask(trees: Sequence[OptionTree], ctx_mask: torch.Tensor, width: int, dtype: torch.dtype | None) -> torch.Tensor:
+    """[B, 1, width, ctx + width] mask of where each node may attend: boolean (sdpa takes it
+    whatever the compute dtype, e.g. under 4-bit quantisation), or additive in ``dtype`` (eager)."""
     allowed = torch.zeros(len(trees), width, width, dtype=torch.bool)
     for row, tree in enumerate(trees):
         for q in range(width):
@@ -59,6 +60,8 @@ def tree_mask(trees: Sequence[OptionTree], ctx_mask: torch.Tensor, width: int, d
                 node = tree.parents[node]
     ctx = ctx_mask.bool().cpu()[:, None, :].expand(-1, width, -1)
     keep = torch.cat([ctx, allowed], dim=-1)[:, None]
+    if dtype is None:
+        return keep.to(ctx_mask.device)
     mask = torch.zeros(keep.shape, dtype=dtype)
     return mask.masked_fill(~keep, torch.finfo(dtype).min).to(ctx_mask.device)
 
@@ -74,7 +77,8 @@ def tree_logprobs(model: Any, cache_kwarg: str, trees: Sequence[OptionTree], fir
         ids = torch.tensor([t.tokens + [pad] * (width - len(t.tokens)) for t in trees], device=device)
         depth = torch.tensor([t.depths + [0] * (width - len(t.depths)) for t in trees], device=device)
         positions = ctx_mask.sum(-1, keepdim=True) + depth
-        mask = tree_mask(trees, ctx_mask, width, model.dtype)
+        sdpa = getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
+        mask = tree_mask(trees, ctx_mask, width, None if sdpa else model.get_input_embeddings().weight.dtype)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, **{cache_kwarg: cache})
         later = torch.log_softmax(out.logits.float(), dim=-1)
         cache.crop(-width)
