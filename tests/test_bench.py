@@ -144,7 +144,7 @@ def test_embedded_bf16_survey_distributions_recorded(tmp_path: Path, record_prop
 
     fp32 = load_llm("embedded", BackendOptions(dtype="float32"))
     recorder = Recorder(fp32)
-    config = bench_config(BenchSettings(debates=4, max_tokens=16), write_bank(tmp_path / "bank.jsonl", 4), 4)
+    config = bench_config(BenchSettings(debates=4, rounds=1, max_tokens=16), write_bank(tmp_path / "bank.jsonl", 4), 4)
     run_experiment(config, tmp_path / "run", llm=recorder)
     bf16 = load_llm("embedded", BackendOptions(dtype="bfloat16"))
     gap = compare_backends(fp32, bf16, recorder.score_requests)

@@ -21,7 +21,7 @@ from tiny_model import build_tiny_model
 from transformers import AutoModelForCausalLM
 
 from debatelab.errors import DebatelabError
-from debatelab.llm import hf, load_llm
+from debatelab.llm import hf_load, load_llm, weights
 from debatelab.llm.base import Message, Prompt, ScoreRequest
 from debatelab.llm.options import BackendOptions
 
@@ -108,7 +108,7 @@ def test_pickled_model_loads_with_opt_in(base: Path, pickled_model: Path) -> Non
     data = bytearray((changed / "pytorch_model.bin").read_bytes())
     data[-100] ^= 0xFF
     (changed / "pytorch_model.bin").write_bytes(bytes(data))
-    assert hf.dir_fingerprint(changed) != opted.identity()["weights"]
+    assert weights.dir_fingerprint(changed) != opted.identity()["weights"]
 
 
 # ---- pickled adapters ---------------------------------------------------------------------
@@ -146,13 +146,13 @@ def test_identity_has_revision_and_adapter_fingerprint(base: Path, adapters: tup
     safe, _ = adapters
     ident = load_llm(f"hf:{base}", BackendOptions(**CPU, adapter=str(safe))).identity()
     assert "revision" in ident and ident["revision"] is None
-    assert ident["adapter"]["weights"] == hf.dir_fingerprint(safe)
+    assert ident["adapter"]["weights"] == weights.dir_fingerprint(safe)
     changed = tmp_path / "adapter-changed"
     shutil.copytree(safe, changed)
     data = bytearray((changed / "adapter_model.safetensors").read_bytes())
     data[-1] ^= 0xFF
     (changed / "adapter_model.safetensors").write_bytes(bytes(data))
-    assert hf.dir_fingerprint(changed) != ident["adapter"]["weights"]
+    assert weights.dir_fingerprint(changed) != ident["adapter"]["weights"]
 
 
 # ---- code shipped with a model ------------------------------------------------------------
@@ -212,9 +212,9 @@ def test_loader_passes_exactly_the_options(base: Path, monkeypatch: pytest.Monke
             return real(source, **kwargs)
         return load
 
-    monkeypatch.setattr(hf.AutoTokenizer, "from_pretrained", spy("tokenizer", hf.AutoTokenizer.from_pretrained))
-    monkeypatch.setattr(hf.AutoModelForCausalLM, "from_pretrained",
-                        spy("model", hf.AutoModelForCausalLM.from_pretrained))
+    monkeypatch.setattr(hf_load.AutoTokenizer, "from_pretrained", spy("tokenizer", hf_load.AutoTokenizer.from_pretrained))
+    monkeypatch.setattr(hf_load.AutoModelForCausalLM, "from_pretrained",
+                        spy("model", hf_load.AutoModelForCausalLM.from_pretrained))
     load_llm(f"hf:{base}", BackendOptions(**CPU, trust_remote_code=trust, allow_pickle=pickles))
     assert seen["tokenizer"]["trust_remote_code"] is trust and seen["model"]["trust_remote_code"] is trust
     assert seen["model"]["use_safetensors"] is (None if pickles else True)

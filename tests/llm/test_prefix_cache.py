@@ -73,17 +73,34 @@ def test_removing_one_holder_keeps_a_shared_block_findable() -> None:
 
 def test_budget_evicts_idle_entries_and_refuses_rather_than_evicting_active_ones() -> None:
     size = 2 * BLOCK * BYTES_PER_TOKEN
-    cache = PrefixCache(budget_bytes=2 * size, idle_calls=2)
+    cache = PrefixCache(budget_bytes=2 * size)
     old = store(cache, seq(0, 2 * BLOCK))
     cache.tick()
     active = store(cache, seq(100, 2 * BLOCK))
-    refused = store(cache, seq(200, 2 * BLOCK))  # full, and nothing idle yet
+    refused = store(cache, seq(200, 2 * BLOCK))  # full, and `old` idle for 1 call only (not > 1)
     assert refused is None and cache.stats.refused == 1 and set(cache.entries) == {old, active}
     cache.tick()
     cache.lookup(seq(100, 2 * BLOCK) + [1])  # keeps `active` in use
     newcomer = store(cache, seq(300, 2 * BLOCK))  # `old` is now idle for 2 calls: evicted
     assert set(cache.entries) == {active, newcomer}
     assert cache.stats.evictions == 1 and cache.used <= cache.budget
+
+
+def test_idleness_is_judged_against_the_longest_gap_seen_between_uses() -> None:
+    size = 2 * BLOCK * BYTES_PER_TOKEN
+    cache = PrefixCache(budget_bytes=2 * size)
+    slow = store(cache, seq(0, 2 * BLOCK))
+    for _ in range(3):
+        cache.tick()
+    cache.lookup(seq(0, 2 * BLOCK) + [1])  # an agent that speaks every 3 calls
+    assert cache.longest_gap == 3
+    other = store(cache, seq(100, 2 * BLOCK))
+    for _ in range(3):
+        cache.tick()
+    assert store(cache, seq(200, 2 * BLOCK)) is None  # both idle 3 calls: maybe still in use
+    cache.tick()
+    newcomer = store(cache, seq(300, 2 * BLOCK))  # idle 4 > 3: the oldest goes
+    assert newcomer is not None and set(cache.entries) == {other, newcomer} and slow not in cache.entries
 
 
 def test_stats_count_reused_tokens() -> None:
