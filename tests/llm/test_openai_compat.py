@@ -101,9 +101,11 @@ def test_chat_assistant_prefix_becomes_instruction_and_is_stripped(server: FakeO
         GenerateRequest(chat("Agree?", prefix="Verdict:")),
     ])
     assert [o.text for o in outs] == [" yes, indeed", "yes, indeed", "Answer: yes, indeed"]
-    last = server.bodies[0]["messages"][-1]
-    assert last["role"] == "user"
-    assert last["content"] == 'Agree?\n\nBegin your answer with: "Answer:"'
+    # requests go out concurrently, so the server may have seen them in any order
+    last = [b["messages"][-1] for b in server.bodies]
+    assert {m["role"] for m in last} == {"user"}
+    assert sorted(m["content"] for m in last) == sorted(
+        f'Agree?\n\nBegin your answer with: "{p}"' for p in ("Answer:", "Answer:", "Verdict:"))  # stripped
 
 
 def test_stop_strings_cut_text_and_at_most_four_are_sent(server: FakeOpenAIServer) -> None:
