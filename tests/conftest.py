@@ -36,6 +36,14 @@ def write_config(path: Path, **values: object) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny random Llama for the whole session; tests only read it (copy it to change it)."""
+    from tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
 @pytest.fixture(autouse=True)
 def _hf_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """Never touch the network: huggingface_hub reads HF_HUB_OFFLINE once, at its import, so the

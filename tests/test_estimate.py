@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tiny_model import build_tiny_model
 
 from debatelab.cli import main
 from debatelab.config import load_config
@@ -50,8 +49,8 @@ def test_counts_equal_what_a_scripted_run_issues(tmp_path, bank, case):
     assert est.completion_tokens >= replies_and_stories and est.prompt_tokens > est.completion_tokens
 
 
-def test_token_estimate_within_a_sane_factor_of_a_real_run(tmp_path, bank):
-    model = build_tiny_model(tmp_path / "tiny")
+def test_token_estimate_within_a_sane_factor_of_a_real_run(tmp_path, bank, tiny_model_dir):
+    model = tiny_model_dir
     config = _config(tmp_path, bank, model=f"hf:{model}", rounds=2, reply={"max_tokens": 12},
                      backend={"threads": 1, "dtype": "float32"})
     est = estimate_run(config)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from fakes.openai_server import FakeOpenAIServer
-from tiny_model import build_tiny_model
 
 from debatelab.config import load_config
 from debatelab.experiment import run_experiment
@@ -35,8 +34,8 @@ def test_experiment_over_openai_compatible_http(tmp_path, bank, monkeypatch, api
     assert len(rows) == 3 * 3 * 3 and all(r["score"] == "7" and r["valid"] == "True" for r in rows)
 
 
-def test_experiment_on_tiny_local_hf_model(tmp_path, bank):
-    model = build_tiny_model(tmp_path / "tiny")
+def test_experiment_on_tiny_local_hf_model(tmp_path, bank, tiny_model_dir):
+    model = tiny_model_dir
     cfg = load_config(write_config(tmp_path / "c.yaml", model=f"hf:{model}", personas=str(bank),
                                    agents=["republican", "democrat", "default", "democrat"], rounds=1,
                                    reply={"max_tokens": 8}, backend={"threads": 1}))

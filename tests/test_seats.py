@@ -7,7 +7,6 @@ import json
 import sqlite3
 
 import pytest
-from tiny_model import build_tiny_model
 
 from debatelab.cli import main
 from debatelab.config import Seat, load_config
@@ -73,8 +72,8 @@ def test_each_agent_is_served_by_its_own_model_in_grouped_waves(tmp_path, bank):
 
 
 @pytest.mark.embedded
-def test_embedded_and_a_tiny_hf_model_debate_in_one_experiment(tmp_path, bank):
-    tiny = build_tiny_model(tmp_path / "tiny")
+def test_embedded_and_a_tiny_hf_model_debate_in_one_experiment(tmp_path, bank, tiny_model_dir):
+    tiny = tiny_model_dir
     cfg = load_config(write_config(
         tmp_path / "c.yaml", model="embedded", personas=str(bank), repetitions=1, rounds=1,
         reply={"max_tokens": 12}, backend={"threads": 2},

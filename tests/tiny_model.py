@@ -42,6 +42,14 @@ What is your opinion on the topic? Please explain your reasoning in two sentence
 """
 
 
+def same_weights(llm, **options):  # (HFLLM, BackendOptions fields) -> HFLLM
+    """The same loaded weights behind other backend options (no reload), on CPU."""
+    from debatelab.llm.hf import HFLLM
+    from debatelab.llm.options import BackendOptions
+
+    return HFLLM(llm.model, llm.tokenizer, llm.identity(), BackendOptions(device="cpu", **options))
+
+
 def build_tiny_model(path: Path, *, vocab_size: int = 1000, seed: int = 0) -> Path:
     """Write a tiny random ``LlamaForCausalLM`` plus its tokenizer into ``path`` and return it."""
     import torch

@@ -14,7 +14,6 @@ from typing import Any, Iterator
 import pytest
 import torch
 from peft import PeftModel
-from tiny_model import build_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from debatelab.errors import DebatelabError
@@ -76,8 +75,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def base_dir(workdir: Path) -> Path:
-    return build_tiny_model(workdir / "tiny")
+def base_dir(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 import torch
-from tiny_model import build_tiny_model
+from tiny_model import same_weights
 
 from debatelab.errors import DebatelabError
 from debatelab.llm import load_llm
@@ -23,8 +23,8 @@ SCALE = tuple(str(i) for i in range(11))
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+def model_dir(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +42,7 @@ def llm(model_dir: Path) -> Iterator[HFLLM]:
 
 
 def with_batch_size(llm: HFLLM, size: int) -> HFLLM:
-    """The same weights behind another batch size (no reload)."""
-    return HFLLM(llm.model, llm.tokenizer, llm.identity(), BackendOptions(device="cpu", batch_size=size))
+    return same_weights(llm, batch_size=size)
 
 
 def chat(*turns: str, prefix: str = "") -> Prompt:

@@ -7,7 +7,7 @@ from typing import Iterator
 
 import pytest
 import torch
-from tiny_model import build_tiny_model
+from tiny_model import same_weights as twin
 
 from debatelab.llm import load_llm
 from debatelab.llm.base import GenerateRequest, Message, Prompt, ScoreRequest
@@ -20,20 +20,14 @@ NAMES = ("Alice", "Bob", "Carol")
 
 
 @pytest.fixture(scope="module")
-def cached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HFLLM]:
+def cached(tiny_model_dir: Path) -> Iterator[HFLLM]:
     threads = torch.get_num_threads()
-    folder = build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
-        llm = load_llm(f"hf:{folder}", BackendOptions(device="cpu", dtype="float32", threads=1))
+        llm = load_llm(f"hf:{tiny_model_dir}", BackendOptions(device="cpu", dtype="float32", threads=1))
     assert isinstance(llm, HFLLM) and llm.prefix_cache is not None
     yield llm
     torch.set_num_threads(threads)
-
-
-def twin(llm: HFLLM, **options: object) -> HFLLM:
-    """The same weights behind other options (no reload)."""
-    return HFLLM(llm.model, llm.tokenizer, llm.identity(), BackendOptions(device="cpu", **options))
 
 
 def prompt(me: int, history: list[str], task: str, prefix: str) -> Prompt:

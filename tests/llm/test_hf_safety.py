@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from tiny_model import build_tiny_model
 from transformers import AutoModelForCausalLM
 
 from debatelab.errors import DebatelabError
@@ -35,8 +34,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def base(root: Path) -> Path:
-    return build_tiny_model(root / "base")
+def base(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")

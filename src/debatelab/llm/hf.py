@@ -23,7 +23,7 @@ from transformers import (
 
 from .base import Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest, Usage
 from .hf_kv import Layout, Row, layout, look_up, prefix_cache_budget, remember, supports_prefix_cache
-from .hf_options import option_tree, tree_logprobs
+from .hf_options import OptionTree, option_tree, tree_logprobs
 from .options import BackendOptions
 from .prefix_cache import PrefixCache
 
@@ -100,6 +100,7 @@ class HFLLM:
         # generation_config.json (repetition penalties, top-k...), which would silently change
         # "greedy" surveys and seeded replies.
         model.generation_config = GenerationConfig(eos_token_id=sorted(self.stop_ids), pad_token_id=tokenizer.pad_token_id)
+        self._trees: dict[tuple[tuple[str, ...], tuple[int, ...]], OptionTree] = {}
         budget = prefix_cache_budget(options, self.device)
         self.prefix_cache = PrefixCache(budget) if budget and supports_prefix_cache(model) else None
 
@@ -163,14 +164,6 @@ class HFLLM:
                     r.entry, r.shared = None, 0
         return layout(rows, self.prefix_cache, self.model, self.tokenizer.pad_token_id, self.device)
 
-    def _empty_cache(self, lay: Layout) -> Any:
-        """The batch's cache: the reused prefixes, or an empty one we keep a handle on."""
-        if lay.cache is not None or self.prefix_cache is None:
-            return lay.cache
-        from transformers import DynamicCache
-
-        return DynamicCache(config=self.model.config)
-
     # ---- generation ---------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
@@ -185,7 +178,7 @@ class HFLLM:
 
     def _generate_batch(self, reqs: list[GenerateRequest], rows: list[Row]) -> list[Completion]:
         lay = self._layout(rows)
-        cache = self._empty_cache(lay)
+        cache = lay.cache
         config = GenerationConfig(
             max_new_tokens=max(r.max_tokens for r in reqs), do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.stop_ids),
@@ -240,7 +233,7 @@ class HFLLM:
         """One forward over the new part of the contexts, then one forward over every row's
         options at once, laid out as a token tree (options sharing a first token share its node)."""
         lay = self._layout(rows)
-        cache = self._empty_cache(lay)
+        cache = lay.cache
         new = slice(lay.cached, None)
         ctx = self.model(input_ids=lay.ids[:, new], attention_mask=lay.mask, position_ids=lay.positions[:, new],
                          use_cache=True, logits_to_keep=1, **({self._cache_kwarg: cache} if cache is not None else {}))
@@ -248,12 +241,17 @@ class HFLLM:
         cache = ctx["cache"] if "cache" in ctx else ctx["past_key_values"]
         if self.prefix_cache is not None:
             remember(self.prefix_cache, rows, lay, cache)
-        trees = [option_tree(self._suffixes(r)) for r in reqs]
+        trees = [self._option_tree(r) for r in reqs]
         scores = tree_logprobs(self.model, self._cache_kwarg, trees, first, lay.mask, cache, self.tokenizer.pad_token_id)
         self.usage.prompt_tokens += sum(len(r.tokens) for r in rows)
         return [OptionScores(tuple(s)) for s in scores]
 
-    def _suffixes(self, req: ScoreRequest) -> list[list[int]]:
-        """Each option's tokens plus the terminator that makes it the whole answer."""
-        end = self._terminator(req.prompt)
-        return [self.tokenizer(o, add_special_tokens=False).input_ids + end for o in req.options]
+    def _option_tree(self, req: ScoreRequest) -> OptionTree:
+        """The tree of each option's tokens plus the terminator that makes it the whole answer;
+        built once per option set and terminator (every survey of a run asks the same 11)."""
+        end = tuple(self._terminator(req.prompt))
+        key = (req.options, end)
+        if key not in self._trees:
+            self._trees[key] = option_tree([self.tokenizer(o, add_special_tokens=False).input_ids + list(end)
+                                            for o in req.options])
+        return self._trees[key]

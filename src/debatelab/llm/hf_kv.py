@@ -35,7 +35,7 @@ class Layout:
     ids: torch.Tensor  # [B, C + N]: cached region then new region
     mask: torch.Tensor
     cached: int  # C
-    cache: Any  # a DynamicCache holding the cached region, or None when C == 0
+    cache: Any  # a DynamicCache holding the cached region (empty when C == 0); None without a store
 
     @property
     def positions(self) -> torch.Tensor:
@@ -91,17 +91,20 @@ def layout(rows: Sequence[Row], store: PrefixCache | None, model: Any, pad: int,
         mask.append([0] * head + [1] * r.shared + [0] * tail + [1] * r.new)
     ids_t = torch.tensor(ids, device=device)
     mask_t = torch.tensor(mask, device=device)
-    cache = _build_cache(rows, store, model, cached, device) if cached else None
-    return Layout(ids_t, mask_t, cached, cache)
+    return Layout(ids_t, mask_t, cached, _build_cache(rows, store, model, cached, device) if store else None)
 
 
 def _build_cache(rows: Sequence[Row], store: PrefixCache, model: Any, cached: int, device: Any) -> Any:
+    """The reused prefixes as one cache; an empty one (a handle on what the call computes) when
+    no row reuses anything."""
     from transformers import DynamicCache
 
+    cache = DynamicCache(config=model.config)
+    if not cached:
+        return cache
     sample = next(store.get(r.entry) for r in rows if r.entry is not None)
     heads, _, dim = sample.keys[0].shape
     dtype = sample.keys[0].dtype
-    cache = DynamicCache(config=model.config)
     for layer in range(len(sample.keys)):
         keys = torch.zeros(len(rows), heads, cached, dim, dtype=dtype, device=device)
         values = torch.zeros_like(keys)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 BLOCK = 16
 """Tokens per hashed block."""
@@ -60,14 +60,14 @@ class CacheStats:
         return {**self.__dict__, "reused_share": share}
 
 
-def block_hashes(tokens: Sequence[int], limit: int | None = None) -> list[int]:
-    """Chained hashes of the full blocks of ``tokens`` (hash k covers tokens[: (k+1)*BLOCK])."""
+def block_hashes(tokens: Sequence[int], limit: int | None = None) -> Iterator[int]:
+    """Chained hashes of the full blocks of ``tokens`` (hash k covers tokens[: (k+1)*BLOCK]),
+    lazily: a lookup stops hashing at its first miss."""
     end = len(tokens) if limit is None else min(limit, len(tokens))
-    out, h = [], 0
+    h = 0
     for start in range(0, end - BLOCK + 1, BLOCK):
         h = hash((h, tuple(tokens[start : start + BLOCK])))
-        out.append(h)
-    return out
+        yield h
 
 
 class PrefixCache:
@@ -147,7 +147,7 @@ class PrefixCache:
 
     def _add(self, entry: Entry) -> int:
         entry_id, self._next_id = self._next_id, self._next_id + 1
-        entry.hashes = block_hashes(entry.tokens)
+        entry.hashes = list(block_hashes(entry.tokens))
         for h in entry.hashes:
             self.index.setdefault(h, {})[entry_id] = None
         self.entries[entry_id] = entry
