@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
-# Fresh machine -> set up -> run the quickstart experiment on the embedded model.
+# Fresh machine -> set up -> run the quickstart experiment on the embedded model -> results table
+# (mean ± SE per topic, role and iteration; invalid answers) and an HTML report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/debatelab run experiments/quickstart.yaml --out runs/quickstart "$@"
+OUT=runs/quickstart
+.venv/bin/debatelab run experiments/quickstart.yaml --out "$OUT" "$@"
+.venv/bin/debatelab report "$OUT" --out "$OUT/report"
+echo
+.venv/bin/debatelab show "$OUT"
+echo
+echo "report: $(pwd)/$OUT/report/report.html"

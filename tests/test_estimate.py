@@ -19,6 +19,7 @@ CASES = {
     "bank": {},
     "fewer in flight than debates": {"max_in_flight": 2, "repetitions": 5},
     "generate surveys": {"survey": {"method": "generate"}, "rounds": 1},
+    "distribution-only surveys": {"survey": {"method": "logprobs"}, "rounds": 1},
     "two agents, three topics": {"agents": ["democrat", "default"], "topics": ["climate_change", "racism", "gun_violence"]},
     "generated bank": {"personas": None, "repetitions": 2},
 }
@@ -68,8 +69,9 @@ def test_token_estimate_within_a_sane_factor_of_a_real_run(tmp_path, bank, tiny_
 def test_history_growth_assumes_every_reply_uses_max_tokens(tmp_path, bank):
     short = estimate_run(_config(tmp_path, bank, reply={"max_tokens": 10}))
     long = estimate_run(_config(tmp_path, bank, reply={"max_tokens": 110}))
-    # every reply prompt sees (iteration - 1) earlier replies and every survey sees `iteration` of them
-    per_debate = sum(range(6)) + 3 * (0 + 3 + 6)
+    # every reply prompt sees (iteration - 1) earlier replies and every survey sees `iteration` of
+    # them, twice: the default "both" method sends each survey prompt to generate and to score
+    per_debate = sum(range(6)) + 2 * 3 * (0 + 3 + 6)
     assert long.prompt_tokens - short.prompt_tokens == 100 * per_debate * short.debates
     assert long.completion_tokens - short.completion_tokens == 100 * short.reply_requests
 
@@ -84,7 +86,7 @@ def test_dry_run_creates_no_run_directory_and_loads_no_model(tmp_path, bank, cap
     out = capsys.readouterr().out
     assert code == 0
     assert not (tmp_path / "run").exists()
-    assert "debates: 3" in out and "6 generate calls with 18 requests" in out and "3 score calls with 27 requests" in out
+    assert "debates: 3" in out and "9 generate calls with 45 requests" in out and "3 score calls with 27 requests" in out
     assert "cost: no price known" in out
 
 
@@ -98,7 +100,8 @@ def test_cost_for_a_priced_api_model(tmp_path, bank, capsys, monkeypatch):
     low, high = PRICES["gpt-4o-mini"]
     assert est.price == (low, high)
     assert est.cost_usd == pytest.approx((est.prompt_tokens * low + est.completion_tokens * high) / 1e6)
-    assert est.completion_tokens == est.reply_requests * 96 + est.survey_requests  # 1 logprob token per survey
+    # per survey: the greedy answer (survey.max_tokens = 8) and 1 logprob token
+    assert est.completion_tokens == est.reply_requests * 96 + est.survey_requests * (8 + 1)
     assert f"cost: about ${est.cost_usd:,.2f}" in out and "as of" in out
     assert not (tmp_path / "run").exists()
 

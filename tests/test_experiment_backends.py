@@ -11,6 +11,7 @@ from fakes.openai_server import FakeOpenAIServer
 
 from debatelab.config import load_config
 from debatelab.experiment import run_experiment
+from debatelab.survey import parse_rating
 
 from conftest import write_config
 
@@ -23,7 +24,10 @@ def _attitudes(run: Path) -> list[dict[str, str]]:
 @pytest.mark.parametrize("api", ["chat", "completions"])
 def test_experiment_over_openai_compatible_http(tmp_path, bank, monkeypatch, api):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    with FakeOpenAIServer(reply="I see it differently, and here is why.") as server:
+    def reply(body: dict) -> str:  # a greedy survey answer of 7; prose otherwise
+        return "7" if "Reply with the number only" in str(body) else "I see it differently, and here is why."
+
+    with FakeOpenAIServer(reply=reply) as server:
         cfg = load_config(write_config(tmp_path / "c.yaml", model="openai:fake-model", personas=str(bank),
                                        backend={"base_url": server.url, "api": api, "concurrency": 4}))
         summary = run_experiment(cfg, tmp_path / "run", llm=None)
@@ -32,6 +36,8 @@ def test_experiment_over_openai_compatible_http(tmp_path, bank, monkeypatch, api
     assert paths == {"/v1/chat/completions" if api == "chat" else "/v1/completions"}
     rows = _attitudes(tmp_path / "run")
     assert len(rows) == 3 * 3 * 3 and all(r["score"] == "7" and r["valid"] == "True" for r in rows)
+    # the same survey also holds the server's distribution, from true logprobs
+    assert all(r["source"] == "logprobs" and 0 <= float(r["expected_score"]) <= 10 for r in rows)
 
 
 def test_experiment_on_tiny_local_hf_model(tmp_path, bank, tiny_model_dir):
@@ -42,5 +48,8 @@ def test_experiment_on_tiny_local_hf_model(tmp_path, bank, tiny_model_dir):
     summary = run_experiment(cfg, tmp_path / "run")
     assert summary.complete == 3
     rows = _attitudes(tmp_path / "run")
-    assert len(rows) == 3 * 4 * 2 and all(r["valid"] == "True" for r in rows)
+    assert len(rows) == 3 * 4 * 2
+    # a random model's greedy answers are mostly not numbers: recorded as invalid, never guessed
+    assert all(r["valid"] == str(parse_rating(r["raw"]) is not None) for r in rows)
+    assert all(r["source"] == "logprobs" and r["expected_score"] != "" for r in rows)
     assert all(abs(sum(float(r[f"p{i}"]) for i in range(11)) - 1) < 1e-6 for r in rows)

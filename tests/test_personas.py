@@ -71,3 +71,22 @@ def test_run_without_bank_generates_and_resumes_personas(tmp_path):
     again = ScriptedLLM()
     run_experiment(cfg, tmp_path / "run", llm=again)
     assert again.generate_calls == []  # personas come from the database, not regenerated
+
+
+def test_a_request_that_failed_for_good_is_reported_as_such_not_as_malformed():
+    from debatelab.llm.base import Completion
+
+    class HalfFailing(ScriptedLLM):
+        def generate(self, requests):
+            outs = super().generate(requests)
+            return [Completion("", error="gave up after 3 attempt(s) in 1.0s: InternalServerError: 503")
+                    if i == 1 else o for i, o in enumerate(outs)]
+
+    committed = []
+    llm = HalfFailing()
+    with pytest.raises(RunFailed) as info:
+        generate_personas(llm, "m", {"republican": 2, "democrat": 1}, seed=0, on_batch=committed.extend)
+    message = str(info.value)
+    assert "malformed" not in message and "1 request(s)" in message and "gave up after 3 attempt(s)" in message
+    assert len(committed) == 2  # the wave's good personas were kept for the resume
+    assert len(llm.generate_calls) == 1  # the backend already retried: no second wave

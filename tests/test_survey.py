@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from debatelab.llm.base import Completion, OptionScores
-from debatelab.survey import from_generation, from_option_scores, normalise, parse_rating
+from debatelab.survey import from_both, from_generation, from_option_scores, normalise, parse_rating
 
 
 # Every answer form the survey parser has an opinion on, with the outcome the rules in
@@ -76,3 +76,24 @@ def test_option_scores_all_missing_is_invalid():
 def test_normalise_ignores_missing_options():
     assert normalise([0.0, -math.inf, 0.0]) == [0.5, 0.0, 0.5]
     assert normalise([-math.inf]) is None
+
+
+def test_both_keeps_the_greedy_answer_as_score_and_the_distribution_beside_it():
+    logits = np.log(np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 20, 1], dtype=float) / 30)
+    answer = from_both(2, 1, Completion("6"), OptionScores(tuple(logits)))
+    probs = np.exp(logits) / np.exp(logits).sum()
+    assert answer.method == "both" and answer.score == 6 and answer.valid and answer.raw == "6"
+    assert answer.expected_score == pytest.approx(float((np.arange(11) * probs).sum()))  # not 6: the two differ
+    assert answer.source == "logprobs" and answer.option_mass == pytest.approx(1.0)
+
+
+def test_both_records_an_unparseable_greedy_answer_as_invalid_but_keeps_the_distribution():
+    answer = from_both(0, 0, Completion("I would say six or seven"), OptionScores((0.0,) + (-math.inf,) * 10))
+    assert not answer.valid and answer.score is None and answer.raw == "I would say six or seven"
+    assert answer.expected_score == 0.0 and answer.probs[0] == 1.0
+
+
+def test_both_marks_a_distribution_parsed_from_text_as_a_fallback():
+    scores = OptionScores((-math.inf,) * 7 + (0.0,) + (-math.inf,) * 3, source="generated", text="7")
+    answer = from_both(0, 0, Completion("7"), scores)
+    assert answer.source == "generated" and answer.option_mass is None and answer.score == 7

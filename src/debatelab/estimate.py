@@ -24,7 +24,7 @@ from .llm.base import Prompt
 from .llm.registry import split_model
 from .personas import draw_names, load_bank, persona_topics
 from .planning import check_feasible, personas_needed, plan_debates
-from .prompts import persona_prompt, reply_prompt, survey_prompt
+from .prompts import SURVEY_OPTIONS, persona_prompt, reply_prompt, survey_prompt
 from .types import DebateSpec, Persona, Turn
 
 PRICES_AS_OF = "2025-06-01"
@@ -100,16 +100,17 @@ def count_calls(config: ExperimentConfig, specs: list[DebateSpec], personas: int
     groups = math.ceil(len(specs) / config.max_in_flight)
     replies = len(specs) * reply_steps
     surveys = len(specs) * survey_steps * agents
-    by_generation = config.survey.method == "generate"
+    greedy = config.survey.method in ("both", "generate")  # the paper's T=0 answer is generated
+    scored = config.survey.method in ("both", "logprobs")
     models = len(set(config.seat_models()))  # a wave calls each model of the roster once
     return {
         "models": models,
         "debates": len(specs), "agents": agents, "rounds": config.rounds, "reply_requests": replies,
         "survey_requests": surveys, "survey_method": config.survey.method,
-        "generate_calls": groups * (reply_steps + (survey_steps if by_generation else 0)) * models + (personas > 0),
-        "generate_requests": replies + (surveys if by_generation else 0) + personas,
-        "score_calls": 0 if by_generation else groups * survey_steps * models,
-        "score_requests": 0 if by_generation else surveys,
+        "generate_calls": groups * (reply_steps + (survey_steps if greedy else 0)) * models + (personas > 0),
+        "generate_requests": replies + (surveys if greedy else 0) + personas,
+        "score_calls": groups * survey_steps * models if scored else 0,
+        "score_requests": surveys if scored else 0,
     }
 
 
@@ -129,10 +130,16 @@ def _debate_tokens(config: ExperimentConfig, specs: list[DebateSpec], count: Cou
                 completion += reply_len
             elif isinstance(step, Survey):
                 turns = _empty_turns(step.iteration)
+                method = config.survey.method
+                greedy, scored = method in ("both", "generate"), method in ("both", "logprobs")
+                # Completions with echo score every option as its own prompt (plus the bare one).
+                echo = api and config.backend.api == "completions" and config.backend.score_echo
+                sends = int(greedy) + (len(SURVEY_OPTIONS) + 1 if echo else 1) * int(scored)
                 for agent in step.agents:
-                    prompt += count(survey_prompt(spec.agents, agent, spec.topic, turns)) + extra[agent]
-                    prompt += len(turns) * reply_len
-                    completion += config.survey.max_tokens if config.survey.method == "generate" else int(api)
+                    one = count(survey_prompt(spec.agents, agent, spec.topic, turns)) + extra[agent]
+                    prompt += sends * (one + len(turns) * reply_len)
+                    completion += config.survey.max_tokens if greedy else 0
+                    completion += int(api and scored and not echo)  # one logprob token per scored survey
     return prompt, completion
 
 
@@ -213,7 +220,8 @@ def price_for(config: ExperimentConfig) -> tuple[tuple[float, float] | None, str
 
 
 def format_estimate(est: RunEstimate, max_tokens: int) -> str:
-    survey_via = "option scoring" if est.survey_method == "logprobs" else "generate-and-parse"
+    survey_via = {"logprobs": "option scoring", "generate": "generate-and-parse",
+                  "both": "a greedy answer and option scoring"}[est.survey_method]
     lines = [
         f"debates: {est.debates} ({est.agents} agents, {est.rounds} rounds)",
         f"requests: {est.reply_requests} replies, {est.survey_requests} surveys ({survey_via}), "

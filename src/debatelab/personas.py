@@ -1,13 +1,20 @@
 """Persona bank: generate partisan background stories with a model, store and load them (JSONL).
 
 Each persona gets a distinct name drawn from a built-in list of common US first names. Outputs
-that are empty or malformed are regenerated with a new seed a bounded number of times.
+that are empty or malformed are regenerated with a new seed a bounded number of times; a request
+the backend gave up on stops generation at once with the backend's error (after the wave's good
+personas were handed to ``on_batch``), rather than being mistaken for a malformed story.
+
+The bank is JSON Lines split on "\n" only. Any other character that ``str.splitlines`` splits on
+(U+0085, U+2028, U+2029; the C0 ones JSON escapes anyway) is written escaped, so a bank this
+module wrote always reads back identical, and banks written raw by older versions still load.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
@@ -82,8 +89,11 @@ def generate_personas(
         outs = llm.generate([
             GenerateRequest(p, temperature=temperature, max_tokens=max_tokens, seed=s) for p, s in zip(prompts, seeds)
         ])
-        accepted = []
+        accepted, failed = [], []
         for (party, i, name), prompt, s, out in zip(todo, prompts, seeds, outs):
+            if out.error is not None:
+                failed.append(out.error)
+                continue
             story = clean_background(out.text, min_words)
             if story:
                 accepted.append(Persona(
@@ -93,6 +103,9 @@ def generate_personas(
         done.update({p.id: p for p in accepted})
         if on_batch and accepted:
             on_batch(accepted)
+        if failed:  # the backend already retried these as far as its policy allows
+            raise RunFailed(f"persona generation failed: {len(failed)} request(s) to model {model!r} failed "
+                            f"for good: {failed[0]}")
     missing = [s for s in slots if _persona_id(seed, s[0], s[1]) not in done]
     if missing:
         raise RunFailed(f"persona generation failed for {len(missing)} persona(s) after {max_attempts} attempts "
@@ -104,18 +117,30 @@ def _persona_id(seed: int, party: str, index: int) -> str:
     return f"{party[0]}{index:03d}-s{seed}"
 
 
+# Line breaks for str.splitlines() that JSON may leave raw inside strings (the C0 ones, \x0b, \x0c
+# and \x1c-\x1e, JSON must escape): escaped on writing, so no reader can cut a record in two.
+_RAW_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_RAW_BREAK = re.compile("[\x85\u2028\u2029]")
+
+
+def bank_line(persona: Persona) -> str:
+    """One persona as one JSON line that no line splitter can break."""
+    return _RAW_BREAK.sub(lambda m: _RAW_BREAKS[m.group()], persona.model_dump_json())
+
+
 def save_bank(personas: Sequence[Persona], path: Path) -> None:
     """Write the bank atomically: a reader never sees a half-written file."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(path) as fh:
-            fh.writelines(p.model_dump_json() + "\n" for p in personas)
+        with atomic_open(path, newline="\n") as fh:
+            fh.writelines(bank_line(p) + "\n" for p in personas)
     except OSError as exc:
         raise DebatelabError(f"cannot write persona bank {path}: {exc.strerror}") from None
 
 
 def load_bank(path: Path) -> list[Persona]:
-    lines = read_text(path, "persona bank").splitlines()
+    # "\n" only: str.splitlines() would also cut at U+2028 and friends inside a story.
+    lines = read_text(path, "persona bank").split("\n")
     personas = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequenc
 from . import prompts, survey
 from .config import ExperimentConfig
 from .debate import Reply, Step, Survey, derive_seed, next_step, schedule
-from .llm.base import LLM, GenerateRequest, ScoreRequest
+from .llm.base import LLM, Completion, GenerateRequest, OptionScores, ScoreRequest
 from .types import DebateSpec, SurveyAnswer, Turn
 
 
@@ -43,11 +43,32 @@ class _Pending:
     score_requests: list[ScoreRequest] = field(default_factory=list)
 
 
+SurveyKey = tuple[str, int, int]  # debate_id, iteration, agent_index
+
+
 @dataclass
 class _WaveResult:
     turns: list[tuple[str, Turn]] = field(default_factory=list)
-    surveys: list[tuple[str, SurveyAnswer]] = field(default_factory=list)
+    greedy: dict[SurveyKey, Completion] = field(default_factory=dict)
+    dists: dict[SurveyKey, OptionScores] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # debate_id -> first error
+
+    def surveys(self, method: str) -> list[tuple[str, SurveyAnswer]]:
+        """The wave's survey answers, each from its greedy answer and/or distribution; none for
+        a debate with a failed request (its whole step is dropped, so no survey is half-stored)."""
+        out = []
+        for key in dict.fromkeys([*self.greedy, *self.dists]):
+            debate_id, iteration, agent = key
+            if debate_id in self.failed:
+                continue
+            if method == "both":
+                answer = survey.from_both(iteration, agent, self.greedy[key], self.dists[key])
+            elif method == "generate":
+                answer = survey.from_generation(iteration, agent, self.greedy[key])
+            else:
+                answer = survey.from_option_scores(iteration, agent, self.dists[key])
+            out.append((debate_id, answer))
+        return out
 
 
 class ResultSink(Protocol):
@@ -107,7 +128,7 @@ class WaveRunner:
             self._call(llm, requests, wave)
         # A debate with a failed request drops its whole step, so a survey is never half-stored.
         turns = [(d, t) for d, t in wave.turns if d not in wave.failed]
-        surveys = [(d, s) for d, s in wave.surveys if d not in wave.failed]
+        surveys = wave.surveys(self.config.survey.method)
         by_id = {d.spec.debate_id: d for d in active}
         for debate_id, turn in turns:
             by_id[debate_id].turns.append(turn)
@@ -137,10 +158,11 @@ class WaveRunner:
             prompt = prompts.survey_prompt(spec.agents, agent, spec.topic, debate.turns)
             seed = derive_seed(spec.seed, "survey", step.iteration, agent)
             bucket = pending.setdefault(spec.agents[agent].model, _Pending())
-            if self.config.survey.method == "logprobs":
+            method = self.config.survey.method
+            if method in ("both", "logprobs"):
                 bucket.score.append((debate, step.iteration, agent))
                 bucket.score_requests.append(ScoreRequest(prompt, prompts.SURVEY_OPTIONS, seed=seed))
-            else:
+            if method in ("both", "generate"):  # the paper's measure: the answer at T=0
                 bucket.generate.append((debate, step.iteration, agent, "survey"))
                 bucket.gen_requests.append(GenerateRequest(
                     prompt, temperature=0.0, max_tokens=self.config.survey.max_tokens, seed=seed))
@@ -159,14 +181,14 @@ class WaveRunner:
                         iteration=iteration, agent_index=agent, text=text, prompt_tokens=out.prompt_tokens,
                         completion_tokens=out.completion_tokens, finish_reason=out.finish_reason)))
                 else:
-                    wave.surveys.append((debate_id, survey.from_generation(iteration, agent, out)))
+                    wave.greedy[(debate_id, iteration, agent)] = out
         if pending.score_requests:
             scores = llm.score_options(pending.score_requests)
             for (debate, iteration, agent), sc in zip(pending.score, scores):
                 if sc.error is not None:
                     wave.failed.setdefault(debate.spec.debate_id, sc.error)
                 else:
-                    wave.surveys.append((debate.spec.debate_id, survey.from_option_scores(iteration, agent, sc)))
+                    wave.dists[(debate.spec.debate_id, iteration, agent)] = sc
 
 
 class _Mixed:

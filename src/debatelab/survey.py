@@ -95,14 +95,23 @@ def from_option_scores(iteration: int, agent: int, scores: OptionScores) -> Surv
     probs = normalise(scores.logprobs)
     if probs is None:
         return SurveyAnswer(iteration=iteration, agent_index=agent, method="logprobs",
-                            score=None, valid=False, raw=scores.text)
+                            score=None, valid=False, raw=scores.text, source=scores.source)
     return SurveyAnswer(
         iteration=iteration, agent_index=agent, method="logprobs",
         score=max(range(len(probs)), key=probs.__getitem__), valid=True,
         expected_score=sum(i * p for i, p in enumerate(probs)), probs=tuple(probs),
         option_mass=sum(math.exp(lp) for lp in scores.logprobs) if scores.source == "logprobs" else None,
-        raw=scores.text,
+        raw=scores.text, source=scores.source,
     )
+
+
+def from_both(iteration: int, agent: int, completion: Completion, scores: OptionScores) -> SurveyAnswer:
+    """One survey measured both ways on the same prompt: the greedy answer, parsed, is the score
+    (the paper's measure); the distribution's expectation, mass and source ride along."""
+    greedy = from_generation(iteration, agent, completion)
+    dist = from_option_scores(iteration, agent, scores)
+    return dist.model_copy(update={"method": "both", "score": greedy.score, "valid": greedy.valid,
+                                   "raw": greedy.raw})
 
 
 def normalise(logprobs: Sequence[float]) -> list[float] | None:

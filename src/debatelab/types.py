@@ -68,16 +68,24 @@ class Turn(BaseModel):
 
 
 class SurveyAnswer(BaseModel):
-    """One attitude measurement. ``score`` is None when the answer could not be parsed."""
+    """One attitude measurement: the greedy T=0 answer and/or the 0..10 distribution.
+
+    ``score``/``valid``/``raw`` are the parsed greedy answer (the paper's measure; ``score`` is
+    None and ``valid`` False when it is not an integer 0..10) for the ``both`` and ``generate``
+    methods; for ``logprobs`` alone they are the distribution's argmax and whether one exists.
+    ``source`` says how the distribution was obtained (``logprobs``, or ``generated`` when the
+    backend could only parse a greedy answer into a one-hot); None when none was asked for.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     iteration: int
     agent_index: int
-    method: Literal["generate", "logprobs"]
+    method: Literal["both", "generate", "logprobs"]
     score: int | None
     valid: bool
     expected_score: float | None = None
     probs: tuple[float, ...] | None = None
     option_mass: float | None = None
     raw: str | None = None
+    source: Literal["logprobs", "generated"] | None = None

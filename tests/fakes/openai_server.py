@@ -12,11 +12,27 @@ function of the request body) or, by default, an echo of the prompt. When logpro
 alternatives come back. ``delay`` (seconds, or a function of the body) slows every answer. Every
 request is recorded, with the number in flight when it arrived.
 
+Limits as OpenAI documents (and enforces with a 400): at most 4 stop strings, chat
+``top_logprobs`` <= 20 and only with ``logprobs: true``, legacy completions ``logprobs`` <= 5.
+
+Legacy completions take a list of prompts (one choice per prompt, in ``index`` order) and
+``echo``: with ``max_tokens=0`` the answer is the prompt itself with a log-probability per token.
+The fake tokenises text into words (leading whitespace attached; numbers apart from punctuation;
+``split_numbers`` makes every digit its own token, as Llama's tokenizer does). A number that ends
+an echoed prompt is the answer: its tokens get log-probabilities consistent with ``distribution``
+(so "1" then "0" is P("10") in all), every other token -1.0. ``echo="refuse"`` answers 400 to echo
+with logprobs, as OpenAI's gpt-3.5-turbo-instruct does; ``echo="ignore"`` acts as if echo were
+unset, as llama.cpp's server does.
+
 Faults (see ``FAULT_KINDS``) come from three places, checked in this order: :meth:`fail_next`
 queues them for the next requests; ``fail_when(body)`` returns one for chosen requests every time;
 ``fault_rate`` injects one of ``fault_kinds`` at random (seeded). ``faults`` counts each kind
 injected. Error bodies echo the request's Authorization header, as a careless server might, so
-that key redaction is tested for real. With ``api_key`` set, any other key gets a 401.
+that key redaction is tested for real. With ``api_key`` set, any other key gets a 401 that also
+quotes the key masked as OpenAI does ("sk-abc****...wxyz").
+
+:class:`SilentServer` accepts connections and never answers; :func:`unused_port` is a port nobody
+listens on (connection refused).
 """
 
 from __future__ import annotations
@@ -24,6 +40,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import select
 import socket
 import struct
@@ -36,6 +53,9 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 Body = dict[str, Any]
 MAX_STOP = 4
+MAX_TOP_LOGPROBS = {"chat": 20, "completions": 5}  # OpenAI's documented caps
+OTHER_TOKEN_LOGPROB = -1.0  # every echoed token that is not part of the answer
+ECHO_REFUSED = "Setting 'echo' and 'logprobs' at the same time is not supported for this model."
 # Statuses as text, then faults below HTTP: "reset" closes the socket with an RST and no answer,
 # "timeout" answers nothing until the client gives up, "malformed" is a 200 whose body is not
 # JSON, "truncated" a 200 that closes before the promised Content-Length.
@@ -105,6 +125,8 @@ class FakeOpenAIServer:
         api_key: str | None = None,
         retry_after: str = "0",
         hang: float = 30.0,
+        echo: Literal["exact", "refuse", "ignore"] = "exact",
+        split_numbers: bool = False,
     ):
         self.reply = reply
         self.distribution = dict(distribution or peaked_distribution())
@@ -116,6 +138,8 @@ class FakeOpenAIServer:
         self.api_key = api_key
         self.retry_after = retry_after  # for random 429s
         self.hang = hang  # the longest a "timeout" fault waits for the client to give up
+        self.echo = echo
+        self.split_numbers = split_numbers
         self.faults: Counter[str] = Counter()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -239,7 +263,10 @@ class FakeOpenAIServer:
         if delay:
             time.sleep(delay)
         if denied:
-            return _json(401, _error(401, "Incorrect API key provided", authorization))
+            given = (authorization or "").removeprefix("Bearer ")
+            message = (f"Incorrect API key provided: {_masked(given)}. You can find your API key at "
+                       "https://platform.openai.com/account/api-keys.")
+            return _json(401, _error(401, message, authorization))
         if fault is not None:
             return self._fault_answer(fault, body, serial, authorization)
         return self._route(path, body, serial, authorization)
@@ -265,35 +292,145 @@ class FakeOpenAIServer:
         route = path.split("?", 1)[0]
         if route not in ("/v1/chat/completions", "/v1/completions"):
             return _json(404, _error(404, f"no route {route}", authorization))
-        if len(_stops(body)) > MAX_STOP:
-            return _json(400, _error(400, "too many stop sequences", authorization))
-        return _json(200, self._answer(body, route == "/v1/chat/completions", serial))
+        problem = self._invalid(body, route == "/v1/chat/completions")
+        if problem:
+            return _json(400, _error(400, problem, authorization))
+        if route == "/v1/chat/completions":
+            return _json(200, self._chat_answer(body, serial))
+        return _json(200, self._completions_answer(body, serial))
 
-    def _answer(self, body: Body, chat: bool, serial: int) -> Body:
-        prompt = _prompt_text(body, chat)
-        k = int(body.get("top_logprobs") or 0) if chat and body.get("logprobs") else int(body.get("logprobs") or 0)
-        top = self._top(k) if k > 0 and self.logprobs else []
+    def _invalid(self, body: Body, chat: bool) -> str | None:
+        """Why OpenAI would refuse ``body`` with a 400, or None."""
+        if len(_stops(body)) > MAX_STOP:
+            return "too many stop sequences"
+        if chat:
+            k = body.get("top_logprobs")
+            if k is not None and not body.get("logprobs"):
+                return "Invalid value for 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is used."
+            if k is not None and not 0 <= int(k) <= MAX_TOP_LOGPROBS["chat"]:
+                return (f"Invalid 'top_logprobs': integer above maximum value. Expected a value <= "
+                        f"{MAX_TOP_LOGPROBS['chat']}, but got {k} instead.")
+            return None
+        k = body.get("logprobs")
+        if k is not None and not 0 <= int(k) <= MAX_TOP_LOGPROBS["completions"]:
+            return f"Invalid value for 'logprobs': the maximum value for logprobs is {MAX_TOP_LOGPROBS['completions']}."
+        if body.get("echo") and k is not None and self.echo == "refuse":
+            return ECHO_REFUSED
+        return None
+
+    def _chat_answer(self, body: Body, serial: int) -> Body:
+        prompt = _prompt_text(body, True)
+        k = int(body.get("top_logprobs") or 0) if body.get("logprobs") else 0
+        top = self._first_tokens(prompt, k) if k > 0 and self.logprobs else []
+        text, finish = self._generated(body, prompt, top)
+        choice: Body = {"index": 0, "finish_reason": finish, "logprobs": _chat_logprobs(top) if top else None,
+                        "message": {"role": "assistant", "content": text}}
+        return self._envelope(body, serial, "chat.completion", [choice], len(prompt.split()), len(text.split()))
+
+    def _completions_answer(self, body: Body, serial: int) -> Body:
+        prompts = body.get("prompt", "")
+        prompts = [prompts] if isinstance(prompts, str) else [str(p) for p in prompts]
+        k = int(body.get("logprobs") or 0) if body.get("logprobs") is not None else None
+        echo = bool(body.get("echo")) and self.echo != "ignore"
+        choices, prompt_tokens, completion_tokens = [], 0, 0
+        for index, prompt in enumerate(prompts):
+            top = self._first_tokens(prompt, k) if k and self.logprobs else []
+            text, finish = self._generated({**body, "prompt": prompt}, prompt, top)
+            if body.get("max_tokens") == 0:  # nothing generated (with echo: just the prompt back)
+                text, finish, top = "", "length", []
+            logprobs = _completion_logprobs(top) if top else None
+            if echo:
+                tokens = self._tokens(prompt)
+                logprobs = self._echo_logprobs(tokens, max(k or 0, 1), logprobs) if k is not None and self.logprobs else None
+                text = prompt + text
+            choices.append({"index": index, "finish_reason": finish, "logprobs": logprobs, "text": text})
+            prompt_tokens += len(self._tokens(prompt))
+            completion_tokens += len(text.split()) if not echo else 0
+        return self._envelope(body, serial, "text_completion", choices, prompt_tokens, completion_tokens)
+
+    def _generated(self, body: Body, prompt: str, top: list[tuple[str, float]]) -> tuple[str, str]:
         words = ([top[0][0]] if top else []) + self._reply_text(body, prompt).split()
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
         text, finish = " ".join(words[:max_tokens]), "length" if len(words) > max_tokens else "stop"
         cuts = [text.find(s) for s in _stops(body) if s and s in text]
         if cuts:
             text, finish = text[: min(cuts)], "stop"
-        usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split())}
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        choice: Body = {"index": 0, "finish_reason": finish, "logprobs": _logprobs(top, chat) if top else None}
-        if chat:
-            choice["message"] = {"role": "assistant", "content": text}
-        else:
-            choice["text"] = text
-        return {
-            "id": f"fake-{serial}",
-            "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()),
-            "model": body.get("model", "fake"),
-            "choices": [choice],
-            "usage": usage,
-        }
+        return text, finish
+
+    @staticmethod
+    def _envelope(body: Body, serial: int, kind: str, choices: list[Body], prompt_tokens: int,
+                  completion_tokens: int) -> Body:
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}
+        return {"id": f"fake-{serial}", "object": kind, "created": int(time.time()),
+                "model": body.get("model", "fake"), "choices": choices, "usage": usage}
+
+    # --- the fake's "model": tokens and the log-probabilities of an echoed answer ----------------
+    def _tokens(self, text: str) -> list[str]:
+        digits = r"\s*\d" if self.split_numbers else r"\s*\d+"
+        return re.findall(digits + r"|\s*[^\s\d]+|\s+", text)
+
+    def _answer_mass(self, text: str, whole: bool) -> float:
+        """Probability that the answer is ``text`` (``whole``) or starts with it."""
+        total = sum(self.distribution.values())
+        return sum(p for answer, p in self.distribution.items()
+                   if (answer.strip() == text if whole else answer.strip().startswith(text))) / total
+
+    def _answer_start(self, tokens: list[str]) -> int:
+        """Index of the first token of the number that ends ``tokens`` (len(tokens) if none)."""
+        start = len(tokens)
+        while start > 0 and tokens[start - 1].strip().isdigit():
+            start -= 1
+            if not self.split_numbers or tokens[start] != tokens[start].lstrip() or start == 0:
+                break
+        return start
+
+    def _echo_logprobs(self, tokens: list[str], k: int, generated: Body | None) -> Body:
+        """Log-probabilities of the prompt's own tokens; a number at the very end is the answer."""
+        start = self._answer_start(tokens)
+        lps: list[float | None] = []
+        tops: list[dict[str, float] | None] = []
+        answer = ""
+        for i, token in enumerate(tokens):
+            if i < start:
+                alternatives = {token: OTHER_TOKEN_LOGPROB}
+            else:
+                before = self._answer_mass(answer, False) if answer else 1.0
+                space = token[: len(token) - len(token.lstrip())]
+                alternatives = self._next_tokens(answer, space, before)
+                whole = not self.split_numbers
+                alternatives[token] = _log(self._answer_mass(answer + token.strip(), whole) / before)
+                answer += token.strip()
+            lps.append(None if i == 0 else alternatives[token])
+            ranked = sorted(alternatives.items(), key=lambda kv: -kv[1])[:k]
+            tops.append(None if i == 0 else dict(ranked))
+        offsets, at = [], 0
+        for token in tokens:
+            offsets.append(at)
+            at += len(token)
+        out: Body = {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
+        if generated:
+            for key in ("tokens", "token_logprobs", "top_logprobs"):
+                out[key] = out[key] + generated[key]
+            out["text_offset"] = offsets + [at + o for o in generated["text_offset"]]
+        return out
+
+    def _next_tokens(self, answer: str, space: str, before: float) -> dict[str, float]:
+        """The alternatives for the next token of an answer that so far reads ``answer``."""
+        options: dict[str, float] = {}
+        if not answer:  # the answer's first token: a whole number, or its first digit
+            for text in {a.strip() if not self.split_numbers else a.strip()[:1] for a in self.distribution}:
+                mass = self._answer_mass(text, whole=not self.split_numbers)
+                if text and mass > 0:
+                    options[space + text] = _log(mass)
+            return options
+        if self._answer_mass(answer, True) > 0:  # the answer ends here
+            options["."] = _log(self._answer_mass(answer, True) / before)
+        for a in self.distribution:
+            head = a.strip()[len(answer):][:1] if a.strip().startswith(answer) else ""
+            if head:
+                options[head] = _log(self._answer_mass(answer + head, False) / before)
+        return options
 
     def _reply_text(self, body: Body, prompt: str) -> str:
         if callable(self.reply):
@@ -302,6 +439,19 @@ class FakeOpenAIServer:
             return self.reply
         last = body["messages"][-1]["content"] if "messages" in body else prompt
         return f"echo: {last}"
+
+    def _first_tokens(self, prompt: str, k: int) -> list[tuple[str, float]]:
+        """The top ``k`` alternatives for the first generated token. With ``split_numbers`` they
+        follow the tokenizer: first digits (mass pooled over the numbers they start), or, after a
+        prompt that ends in the start of a number, its next digit or the end (".")."""
+        if not self.split_numbers:
+            return self._top(k)
+        answer = re.search(r"\d*$", prompt).group()  # type: ignore[union-attr]
+        before = self._answer_mass(answer, False) if answer else 1.0
+        if before <= 0:
+            return []
+        ranked = sorted(self._next_tokens(answer, "", before).items(), key=lambda kv: -kv[1])
+        return [(token, lp) for token, lp in ranked[:k] if lp > _log(0.0)]
 
     def _top(self, k: int) -> list[tuple[str, float]]:
         total = sum(self.distribution.values())
@@ -321,13 +471,69 @@ def _prompt_text(body: Body, chat: bool) -> str:
     return prompt if isinstance(prompt, str) else "\n".join(map(str, prompt))
 
 
-def _logprobs(top: list[tuple[str, float]], chat: bool) -> Body:
+def _log(p: float) -> float:
+    return math.log(p) if p > 0 else -9999.0  # JSON has no -inf; servers send a very low number
+
+
+def _masked(key: str) -> str:
+    """A key as OpenAI's 401 quotes it: a few characters each end, asterisks between."""
+    return key[:3] + "*" * max(len(key) - 7, 0) + key[-4:] if len(key) > 8 else "*" * len(key)
+
+
+def _completion_logprobs(top: list[tuple[str, float]]) -> Body:
     token, logprob = top[0]
-    if not chat:
-        return {"tokens": [token], "token_logprobs": [logprob], "top_logprobs": [dict(top)], "text_offset": [0]}
+    return {"tokens": [token], "token_logprobs": [logprob], "top_logprobs": [dict(top)], "text_offset": [0]}
+
+
+def _chat_logprobs(top: list[tuple[str, float]]) -> Body:
+    token, logprob = top[0]
     alternatives = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top]
     first = {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": alternatives}
     return {"content": [first], "refusal": None}
+
+
+def unused_port() -> int:
+    """A port on 127.0.0.1 that nobody listens on (connecting to it is refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class SilentServer:
+    """Accepts connections on 127.0.0.1, reads what arrives, and never answers."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(128)
+        self._sock.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/v1"
+        self._stopping = threading.Event()
+        self._held: list[socket.socket] = []
+        self.connections = 0
+        self._thread = threading.Thread(target=self._serve, name="silent-server", daemon=True)
+
+    def _serve(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            conn.setblocking(False)
+            self._held.append(conn)
+            self.connections += 1
+
+    def __enter__(self) -> SilentServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
+        for conn in self._held:
+            conn.close()
+        self._sock.close()
 
 
 class _Server(ThreadingHTTPServer):

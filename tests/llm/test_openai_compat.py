@@ -146,7 +146,9 @@ def test_sampling_parameters_are_passed_through(server: FakeOpenAIServer) -> Non
 @pytest.mark.parametrize("api", ["chat", "completions"])
 def test_score_options_maps_server_logprobs(server: FakeOpenAIServer, api: str) -> None:
     server.distribution = {"3": 0.5, "7": 0.2, " 7": 0.1, "10": 0.15, "yes": 0.05}
-    llm = make_llm(server, api=api, top_logprobs=5)
+    # completions without echo: the first token's top alternatives (exact echo scoring is tested
+    # in test_openai_logprobs.py)
+    llm = make_llm(server, api=api, top_logprobs=5, score_echo=False)
     [scores] = llm.score_options([ScoreRequest(chat("Rate 0-10."), options=("3", "5", "7", "10"), seed=9)])
     assert scores.source == "logprobs" and scores.text == "3"
     assert scores.logprobs[0] == pytest.approx(math.log(0.5))
@@ -158,8 +160,9 @@ def test_score_options_maps_server_logprobs(server: FakeOpenAIServer, api: str) 
     if api == "chat":
         assert (body["logprobs"], body["top_logprobs"]) == (True, 5)
     else:
-        assert body["logprobs"] == 5
+        assert body["logprobs"] == 5 and "echo" not in body
     assert len(server.received) == 1
+    assert (llm.usage.extra["survey_top_k"], llm.usage.extra["survey_fallbacks"]) == (1, 0)
 
 
 def test_score_options_only_sees_top_alternatives(server: FakeOpenAIServer) -> None:
@@ -182,6 +185,7 @@ def test_score_falls_back_to_generation_without_logprobs(
     llm = make_llm(server)
     [scores] = llm.score_options([ScoreRequest(chat("Rate 0-10."), options=SCALE)])
     assert scores.source == "generated" and scores.text == reply
+    assert llm.usage.extra["survey_fallbacks"] == 1 and llm.usage.extra["survey_top_k"] == 0
     want = tuple(0.0 if option == expected else -math.inf for option in SCALE)
     assert scores.logprobs == want
     first, second = server.bodies
@@ -195,6 +199,7 @@ def test_top_logprobs_zero_goes_straight_to_generation(server: FakeOpenAIServer)
     [scores] = llm.score_options([ScoreRequest(chat("Rate."), options=SCALE)])
     assert scores.source == "generated" and scores.logprobs[4] == 0.0
     assert len(server.bodies) == 1 and "logprobs" not in server.bodies[0]
+    assert llm.usage.extra["survey_fallbacks"] == 1  # chosen or not, never log-probabilities
 
 
 def test_score_falls_back_when_server_rejects_logprobs(server: FakeOpenAIServer) -> None:
@@ -205,6 +210,7 @@ def test_score_falls_back_when_server_rejects_logprobs(server: FakeOpenAIServer)
     [second] = llm.score_options([ScoreRequest(chat("Rate."), options=SCALE)])
     assert first.source == second.source == "generated" and first.logprobs[2] == 0.0
     assert ["logprobs" in b for b in server.bodies] == [True, False, False]  # it stops asking
+    assert llm.usage.extra["survey_fallbacks"] == 2
 
 
 def test_score_prefix_instruction_asks_for_the_continuation(server: FakeOpenAIServer) -> None:
@@ -240,8 +246,10 @@ def test_retry_after_header_is_honoured(server: FakeOpenAIServer) -> None:
 
 
 def test_request_timeout_fails_that_request_visibly_without_hanging(server: FakeOpenAIServer) -> None:
-    server.delay = 1.5
     llm = make_llm(server, max_retries=1, timeout=0.2, retry_backoff=0.05)
+    llm.generate([GenerateRequest(chat("first"))])  # the server has answered (see test_openai_unreachable.py)
+    server.reset_stats()
+    server.delay = 1.5
     started = time.monotonic()
     [out] = llm.generate([GenerateRequest(chat("hi"))])
     assert out.text == "" and out.error is not None and "timed out" in out.error

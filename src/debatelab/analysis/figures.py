@@ -82,10 +82,19 @@ def attitude_figure(runs: RunData | Sequence[RunData], labels: Sequence[str] | N
         if index + cols >= len(topics):  # lowest in its column; a supxlabel would collide with the legend
             ax.set_xlabel("Iteration")
     _legend(fig, roles_seen, reference_drawn, labels if len(runs) > 1 else [])
-    fig.supylabel("Attitude (0-10)")
+    fig.supylabel(y_label(runs))
     if title:
         fig.suptitle(title)
     return fig
+
+
+Y_LABELS = {"greedy": "Attitude (0-10), greedy T=0 answer", "expected": "Attitude (0-10), expected score"}
+
+
+def y_label(runs: Sequence[RunData]) -> str:
+    """Names the survey measure plotted, so a figure is never read as the other one."""
+    measures = {r.measure for r in runs}
+    return Y_LABELS[measures.pop()] if len(measures) == 1 else "Attitude (0-10)"
 
 
 def save_figure(fig: Figure, stem: str | Path) -> list[Path]:

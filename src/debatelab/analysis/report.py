@@ -25,6 +25,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from ..errors import DebatelabError
 from ..files import atomic_open
 from .frames import RunData, load
+from .show import LOW_MASS, survey_diagnostics
 from .stats import aggregate
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -34,14 +35,15 @@ AGGREGATE_COLUMNS = ["topic", "role", "iteration", "n", "mean", "sd", "se", "ci_
 
 
 def build_report(run_dirs: Sequence[Path], out_dir: Path, reference: Path | None = None,
-                 overlay: bool = False) -> Path:
+                 overlay: bool = False, measure: str | None = None) -> Path:
     """Load every run's complete debates (and the optional reference run) and write the report;
     returns report.html. ``overlay`` draws the first two runs in one figure (solid vs dotted), for
-    before/after comparisons of the same setting."""
+    before/after comparisons of the same setting. ``measure`` overrides each run's survey measure
+    (default: the paper's greedy T=0 answer where recorded)."""
     if not run_dirs:
         raise DebatelabError("build_report needs at least one run directory")
-    runs = [load(d, complete_only=True) for d in run_dirs]
-    ref = load(reference, complete_only=True) if reference is not None else None
+    runs = [load(d, complete_only=True, measure=measure) for d in run_dirs]
+    ref = load(reference, complete_only=True, measure=measure) if reference is not None else None
     for run in runs:
         if run.surveys.empty:
             raise DebatelabError(f"run {run.run_dir} has no complete debate to report yet")
@@ -60,7 +62,7 @@ def _write_report(runs: list[RunData], ref: RunData | None, out_dir: Path, overl
     sections = [_run_section(run, label, i, ref, out_dir) for i, (run, label) in enumerate(zip(runs, labels))]
     both = _overlay(runs, labels, ref, out_dir) if overlay else None
     html = render(runs=sections, overlay=both, reference=ref.name if ref is not None else None,
-                  generated=_now(), survey_label=SURVEY_LABEL)
+                  generated=_now(), survey_label=SURVEY_LABEL, low_mass=LOW_MASS)
     _atomic_write(out_dir / "summary.csv", summary_table(runs, labels).to_csv(index=False))
     path = out_dir / "report.html"
     _atomic_write(path, html)
@@ -93,6 +95,7 @@ def _run_section(run: RunData, label: str, index: int, ref: RunData | None, out_
     stem = out_dir / "figures" / f"{index + 1:02d}-{_slug(label)}-attitudes"
     figure = _figure(attitude_figure(run, labels=[label], reference=ref), stem)
     return {"label": label, "anchor": f"run-{index + 1}", "provenance": provenance(run),
+            "survey": survey_diagnostics(run),
             "figure": figure, "metrics": metric_groups(metric_table(run, reference=ref)),
             "aggregates": aggregate(run.surveys).to_dict("records"), "debates": transcripts(run)}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class BackendOptions(BaseModel):
@@ -58,5 +58,34 @@ class BackendOptions(BaseModel):
     it only its debate (recorded, and retried on resume)."""
     retry_backoff: float = Field(1.0, gt=0)
     """First back-off wait in seconds; it doubles per retry (with jitter), unless Retry-After says more."""
-    top_logprobs: int = Field(20, ge=0, le=20)
-    """Alternatives requested per token for option scoring; 0 disables logprob scoring."""
+    top_logprobs: int | None = Field(None, ge=0)
+    """Alternatives requested per token for option scoring, within the chosen API's documented cap
+    (``TOP_LOGPROBS_CAP``: 20 for chat ``top_logprobs``, 5 for legacy completions ``logprobs``; a
+    value over it is a config error). None (default) means the cap; 0 turns log-probability
+    scoring off, so every survey is a parsed greedy answer (``source = generated``)."""
+    score_echo: bool = True
+    """Legacy completions only: score each option exactly, as the log-probability of the prompt
+    followed by that option (``echo=True, max_tokens=0``, the prompt and its options in one batched
+    request), which also scores options of several tokens (a "10" split into "1" + "0"). vLLM
+    supports this; OpenAI's gpt-3.5-turbo-instruct and llama.cpp do not. A server that refuses it
+    (or ignores ``echo``) is detected on the first survey, logged once, and the backend scores
+    from the first answer token's top log-probabilities instead. False skips the attempt (echo is
+    billed as ``len(options) + 1`` prompts per survey)."""
+
+    @model_validator(mode="after")
+    def _top_logprobs_within_cap(self) -> "BackendOptions":
+        cap = TOP_LOGPROBS_CAP[self.api]
+        if self.top_logprobs is not None and self.top_logprobs > cap:
+            raise ValueError(top_logprobs_error(self.top_logprobs, self.api))
+        return self
+
+
+# What each OpenAI API documents as the most alternatives per token it returns (and OpenAI answers
+# 400 above it): chat completions' ``top_logprobs`` and legacy completions' ``logprobs``.
+TOP_LOGPROBS_CAP = {"chat": 20, "completions": 5}
+
+
+def top_logprobs_error(value: int, api: str) -> str:
+    name = "top_logprobs" if api == "chat" else "logprobs"
+    return (f"top_logprobs {value} is over the {api} API's limit of {TOP_LOGPROBS_CAP[api]} (its {name!r} "
+            f"parameter; chat allows 20, legacy completions 5); leave it unset to use the limit")
