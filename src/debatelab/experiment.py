@@ -18,6 +18,7 @@ from . import stopping
 from .config import ExperimentConfig
 from .errors import DebatelabError, RunInterrupted
 from .export import export_run
+from .files import disk_full_error, is_disk_full
 from .llm.base import LLM
 from .llm.registry import load_llm, split_model
 from .personas import generate_personas, load_bank, persona_topics, save_bank
@@ -25,7 +26,7 @@ from .planning import check_feasible, personas_needed, plan_debates
 from .prompts import TEMPLATE_VERSION
 from .ray_executor import RayPool
 from .runner import WaveRunner
-from .store import RunStore, open_store
+from .store import RunLock, RunStore, lock_run_dir, open_store
 from .types import DebateSpec, Persona
 
 
@@ -39,24 +40,39 @@ class RunSummary:
     """Debates whose backend request failed for good in this run (see debates.csv; resumable)."""
     invalid_surveys: int = 0
     surveys: int = 0
+    distributions: int = 0
+    """Surveys that recorded a 0..10 distribution."""
+    fallbacks: int = 0
+    """Of those, distributions the backend could only parse from generated text (no logprobs)."""
+    option_mass: float | None = None
+    """Mean probability the model put on answering one of 0..10 (true-logprob surveys only)."""
 
 
 def run_experiment(config: ExperimentConfig, run_dir: Path, llm: LLM | None = None,
-                   progress: bool = False, seat_llms: Mapping[str, LLM] | None = None) -> RunSummary:
+                   progress: bool = False, seat_llms: Mapping[str, LLM] | None = None,
+                   lock: RunLock | None = None) -> RunSummary:
     """Run or resume ``config`` into ``run_dir``. SIGINT/SIGTERM stop it between commits and
-    raise :class:`RunInterrupted`; everything committed stays, and running again resumes.
+    raise :class:`RunInterrupted`; everything committed stays, and running again resumes. A full
+    disk raises :class:`RunFailed` (one line, exit 1); the database keeps every committed wave.
 
     ``llm`` and ``seat_llms`` (per-agent model key -> backend, see ``config.seat_models()``) are
-    loaded from the config when not given."""
+    loaded from the config when not given, after the run directory is locked. A caller that loads
+    a model itself should lock first too: ``lock_run_dir(run_dir)``, passed as ``lock`` (and
+    released by that caller)."""
     with stopping.handle_signals():
         try:
-            return _run(config, run_dir, llm, progress, seat_llms)
+            return _run(config, run_dir, llm, progress, seat_llms, lock)
         except stopping.StopRequested as stop:
             raise RunInterrupted(stop.signum, run_dir) from None
+        except Exception as exc:
+            full = disk_full_error(exc, run_dir)  # wherever it struck: the same line, the same fix
+            if full is None:
+                raise
+            raise full from None
 
 
 def _run(config: ExperimentConfig, run_dir: Path, llm: LLM | None, progress: bool,
-         seat_llms: Mapping[str, LLM] | None) -> RunSummary:
+         seat_llms: Mapping[str, LLM] | None, held: RunLock | None) -> RunSummary:
     # Everything that can be checked is checked before the run directory is touched, so a
     # fixable input error never leaves a directory claimed by the config about to be corrected.
     split_model(config.model)
@@ -65,20 +81,38 @@ def _run(config: ExperimentConfig, run_dir: Path, llm: LLM | None, progress: boo
     if not _writable(run_dir):
         raise DebatelabError(f"run directory {run_dir} is not writable")
     start = time.monotonic()
+    # The lock comes before the model: a second writer is refused at once, not after a load that
+    # may take minutes (and GPU memory the first writer needs).
+    if held is not None and held.run_dir.resolve() != run_dir.resolve():
+        raise ValueError(f"the lock given is for {held.run_dir}, not {run_dir}")
+    lock = held or lock_run_dir(run_dir)
+    undo = False
+    try:
+        return _run_locked(config, run_dir, llm, bank, progress, seat_llms, start, lock)
+    except BaseException as exc:
+        undo = isinstance(exc, DebatelabError) and exc.exit_code == 2 and not is_disk_full(exc)
+        raise
+    finally:
+        if held is None:
+            lock.release(undo=undo)  # bad input leaves no lock file or run directory that it created
+
+
+def _run_locked(config: ExperimentConfig, run_dir: Path, llm: LLM | None, bank: list[Persona] | None,
+                progress: bool, seat_llms: Mapping[str, LLM] | None, start: float, lock: RunLock) -> RunSummary:
     pool = RayPool(config) if llm is None and config.executor.kind == "ray" else None
     try:
         return _run_with(config, run_dir, pool or llm or load_llm(config.model, config.backend,
                                                                   adapters=_seat_adapters(config)),
-                         bank, progress, seat_llms, start)
+                         bank, progress, seat_llms, start, lock)
     finally:
         if pool is not None:
             pool.close()
 
 
 def _run_with(config: ExperimentConfig, run_dir: Path, llm: LLM, bank: list[Persona] | None, progress: bool,
-              seat_llms: Mapping[str, LLM] | None, start: float) -> RunSummary:
+              seat_llms: Mapping[str, LLM] | None, start: float, lock: RunLock) -> RunSummary:
     seats = llm.seats if isinstance(llm, RayPool) else load_seat_llms(config, llm, seat_llms)
-    store = open_store(run_dir)
+    store = open_store(run_dir, lock)
     try:
         store.claim(run_fingerprint(config, bank), _provenance(config))
         _check_identity(store, llm, seats)
@@ -87,17 +121,22 @@ def _run_with(config: ExperimentConfig, run_dir: Path, llm: LLM, bank: list[Pers
         except stopping.StopRequested as stop:
             _record_state(store, "interrupted", stop.name)
             raise
-        except DebatelabError as exc:
-            if exc.exit_code != 2:  # bad input leaves the run directory as it was
-                _record_state(store, "failed", str(exc))
-            raise
         except Exception as exc:
-            _record_state(store, "failed", f"{type(exc).__name__}: {exc}".splitlines()[0])
-            raise
+            error = disk_full_error(exc, run_dir) or exc
+            if not (isinstance(error, DebatelabError) and error.exit_code == 2):  # bad input leaves the run as it was
+                _record_state(store, "failed", _one_line(error))
+            if error is exc:
+                raise
+            raise error from None
         summary.seconds = time.monotonic() - start
         return summary
     finally:
         store.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, DebatelabError) else f"{type(exc).__name__}: {exc}"
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _debate(config: ExperimentConfig, llm: LLM, seats: dict[str, LLM], store: RunStore, run_dir: Path,
@@ -119,7 +158,7 @@ def _debate(config: ExperimentConfig, llm: LLM, seats: dict[str, LLM], store: Ru
     store.set_state("complete" if complete == len(specs) else "incomplete",
                     f"{len(specs) - complete} debate(s) failed; run again to retry" if complete < len(specs) else "")
     surveys, invalid = store.survey_counts()
-    return RunSummary(run_dir, len(specs), complete, 0.0, failed, invalid, surveys)
+    return RunSummary(run_dir, len(specs), complete, 0.0, failed, invalid, surveys, *store.distribution_counts())
 
 
 def _run_on_ray(pool: RayPool, store: RunStore, specs: list[DebateSpec], bar: "_Progress") -> int:

@@ -1,4 +1,6 @@
-"""Stable CSV exports of a run, rewritten atomically from the database after every run or resume."""
+"""Stable CSV exports of a run, rewritten atomically from the database after every run or resume:
+all three files are written in full (and fsynced) before any of them replaces the old one, so a
+failed export (a full disk) leaves the previous, mutually consistent set in place."""
 
 from __future__ import annotations
 
@@ -7,12 +9,12 @@ import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .files import atomic_open
+from .files import AtomicFiles, atomic_files
 from .store import RunStore
 
 ATTITUDE_COLUMNS = (
     "debate_id", "topic", "repetition", "agent", "agent_index", "role", "iteration", "method",
-    "score", "valid", "expected_score", "option_mass", "raw", *(f"p{i}" for i in range(11)),
+    "score", "valid", "expected_score", "option_mass", "source", "raw", *(f"p{i}" for i in range(11)),
 )
 TURN_COLUMNS = (
     "debate_id", "topic", "repetition", "iteration", "agent", "agent_index", "role", "text",
@@ -25,7 +27,7 @@ DEBATE_COLUMNS = (
 
 _ATTITUDES_SQL = """
 SELECT s.debate_id, d.topic_id, d.repetition, a.name, s.agent_index, a.role, s.iteration, s.method,
-       s.score, s.valid, s.expected_score, s.option_mass, s.raw, s.probs_json
+       s.score, s.valid, s.expected_score, s.option_mass, s.source, s.raw, s.probs_json
 FROM surveys s JOIN debates d USING (debate_id)
 JOIN agents a ON a.debate_id = s.debate_id AND a.agent_index = s.agent_index
 ORDER BY d.topic_id, d.repetition, s.debate_id, s.iteration, s.agent_index
@@ -58,8 +60,14 @@ def _attitude_rows(store: RunStore) -> Iterable[Sequence[object]]:
         yield (*head, *probs)
 
 
-def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
-    with atomic_open(path, newline="") as fh:
+def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]],
+              files: AtomicFiles | None = None) -> None:
+    """Write one CSV atomically, on its own or as part of ``files`` (replaced together)."""
+    if files is None:
+        with atomic_files() as files:
+            write_csv(path, columns, rows, files)
+        return
+    with files.open(path, newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns)
         writer.writerows(rows)
@@ -67,6 +75,7 @@ def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object
 
 def export_run(store: RunStore, run_dir: Path) -> None:
     """debates.csv (status, failures and invalid surveys per debate), attitudes.csv, turns.csv."""
-    write_csv(run_dir / "debates.csv", DEBATE_COLUMNS, store.db.execute(_DEBATES_SQL))
-    write_csv(run_dir / "attitudes.csv", ATTITUDE_COLUMNS, _attitude_rows(store))
-    write_csv(run_dir / "turns.csv", TURN_COLUMNS, store.db.execute(_TURNS_SQL))
+    with atomic_files() as files:
+        write_csv(run_dir / "debates.csv", DEBATE_COLUMNS, store.db.execute(_DEBATES_SQL), files)
+        write_csv(run_dir / "attitudes.csv", ATTITUDE_COLUMNS, _attitude_rows(store), files)
+        write_csv(run_dir / "turns.csv", TURN_COLUMNS, store.db.execute(_TURNS_SQL), files)

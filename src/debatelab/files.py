@@ -1,12 +1,19 @@
-"""Atomic file output: readers see the old file or the complete new one, never half of one."""
+"""Atomic file output: readers see the old file or the complete new one, never half of one.
+Also: recognising a full disk, wherever in a run it shows up, so it becomes one clear line."""
 
 from __future__ import annotations
 
+import errno
 import os
+import sqlite3
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Iterator
+
+from .errors import RunFailed
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # a quota is as full as a disk, and freed the same way
 
 
 def _umask() -> int:
@@ -15,15 +22,102 @@ def _umask() -> int:
     return mask
 
 
+class AtomicFiles:
+    """Files written to temp files beside their targets; :func:`atomic_files` renames them all
+    into place only once every one of them is complete."""
+
+    def __init__(self) -> None:
+        self._ready: list[tuple[str, Path]] = []
+
+    @contextmanager
+    def open(self, path: Path, newline: str | None = None) -> Iterator[IO[str]]:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as fh:
+                yield fh
+                fh.flush()
+                # Some filesystems report a full disk only at fsync (delayed allocation, NFS):
+                # it must fail here, before the good file is replaced, and a rename after a
+                # power cut must not expose a file whose data never reached the disk.
+                os.fsync(fh.fileno())
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self._ready.append((tmp, path))
+
+    def _commit(self) -> None:
+        mode = 0o666 & ~_umask()  # mkstemp makes 0600; results are meant to be shared
+        while self._ready:
+            tmp, path = self._ready[0]
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
+            self._ready.pop(0)
+            _fsync_dir(path.parent)
+
+    def _discard(self) -> None:
+        for tmp, _ in self._ready:
+            Path(tmp).unlink(missing_ok=True)
+        self._ready.clear()
+
+
+@contextmanager
+def atomic_files() -> Iterator[AtomicFiles]:
+    """Replace several files together (e.g. a run's CSV exports): if writing any of them fails,
+    none is replaced, so the set on disk never mixes old and new files."""
+    files = AtomicFiles()
+    try:
+        yield files
+        files._commit()
+    finally:
+        files._discard()  # what a failure left unrenamed
+
+
 @contextmanager
 def atomic_open(path: Path, newline: str | None = None) -> Iterator[IO[str]]:
     """Write text to a temp file beside ``path`` and rename it over ``path`` on success."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as fh:
-            yield fh
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_files() as files, files.open(path, newline) as fh:
+        yield fh
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; some filesystems refuse fsync on a directory, which is fine.
+    with suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _full_cause(exc: BaseException) -> BaseException | None:
+    """The ENOSPC/EDQUOT OSError or SQLITE_FULL error behind ``exc``, also when wrapped in
+    another error (code that turns an OSError into a one-line error keeps it as ``__context__``)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _FULL_ERRNOS:
+            return current
+        if isinstance(current, sqlite3.Error) and (
+                getattr(current, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+                or "database or disk is full" in str(current)):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return _full_cause(exc) is not None
+
+
+def disk_full_error(exc: BaseException, run_dir: Path) -> RunFailed | None:
+    """The one line for a full disk (exit 1: nothing is wrong with the input), or None."""
+    cause = _full_cause(exc)
+    if cause is None:
+        return None
+    if isinstance(cause, OSError):
+        detail = os.strerror(cause.errno or errno.ENOSPC) + (f" ({cause.filename})" if cause.filename else "")
+    else:
+        detail = "database or disk is full"
+    return RunFailed(f"disk full while writing run directory {run_dir}: {detail}; "
+                     "free space and run the same command again to resume")

@@ -1,7 +1,11 @@
 """Read a run directory into pandas DataFrames with join keys (``debate_id``, ``agent_index``).
 
-``surveys.value`` is the attitude used by every statistic: the expected score of a ``logprobs``
-survey, the parsed integer of a ``generate`` survey, and NaN where the answer was invalid.
+``surveys.value`` is the attitude used by every statistic, by the run's **measure**:
+``greedy`` (the paper's: the parsed T=0 answer, NaN where it was not an integer 0..10) or
+``expected`` (the expected score of the renormalised 0..10 distribution, NaN where there was
+none). The measure comes from the run's ``survey.measure`` (default: ``greedy`` whenever the
+survey method records it) unless ``load(..., measure=...)`` says otherwise; ``RunData.measure``
+names the one in use.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..config import measures_of
 from ..errors import DebatelabError
-from ..store import DB_NAME
+from ..store import DB_NAME, read_run_database
 
 _DEBATES = """SELECT debate_id, topic_id AS topic, json_extract(spec_json, '$.topic.name') AS topic_name,
   repetition, seed, first_speaker, rounds, n_agents, status, error FROM debates"""
@@ -26,7 +31,7 @@ _TURNS = """SELECT t.debate_id, d.topic_id AS topic, d.repetition, t.iteration, 
   FROM turns t JOIN debates d USING (debate_id)
   JOIN agents a ON a.debate_id = t.debate_id AND a.agent_index = t.agent_index"""
 _SURVEYS = """SELECT s.debate_id, d.topic_id AS topic, d.repetition, s.iteration, s.agent_index, a.name AS agent,
-  a.role, s.method, s.score, s.valid, s.expected_score, s.option_mass, s.raw, s.probs_json
+  a.role, s.method, s.score, s.valid, s.expected_score, s.option_mass, s.source, s.raw, s.probs_json
   FROM surveys s JOIN debates d USING (debate_id)
   JOIN agents a ON a.debate_id = s.debate_id AND a.agent_index = s.agent_index"""
 
@@ -43,6 +48,8 @@ class RunData:
     meta: dict[str, Any] = field(default_factory=dict)
     left_out: pd.DataFrame | None = None
     """With ``complete_only``: the debates left out (failed or unfinished), with status and error."""
+    measure: str = "greedy"
+    """Which survey measure ``surveys.value`` holds: ``greedy`` (the paper's) or ``expected``."""
 
     @property
     def name(self) -> str:
@@ -53,15 +60,15 @@ class RunData:
         return dict(self.meta.get("config", {}))
 
 
-def load(run_dir: str | Path, complete_only: bool = False) -> RunData:
+def load(run_dir: str | Path, complete_only: bool = False, measure: str | None = None) -> RunData:
     """All debates of a run, or with ``complete_only`` just the finished ones (a run that is still
-    going, or was interrupted, otherwise averages later iterations over fewer debates)."""
+    going, or was interrupted, otherwise averages later iterations over fewer debates).
+    ``measure`` (``greedy`` | ``expected``) overrides the run's own survey measure."""
     run_dir = Path(run_dir)
     path = run_dir / DB_NAME
-    if not path.is_file():
-        raise DebatelabError(f"no run database in {run_dir} (expected {DB_NAME})")
-    # Read-only: analysis must never change (or lock) a run that may still be going.
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    # Read-only (analysis must never change or lock a run that may still be going), verified
+    # (a damaged database is refused, not shown with rows silently missing), one snapshot.
+    db = read_run_database(path)
     try:
         frames = {name: pd.read_sql_query(sql, db) for name, sql in
                   (("debates", _DEBATES), ("agents", _AGENTS), ("turns", _TURNS), ("surveys", _SURVEYS))}
@@ -76,19 +83,36 @@ def load(run_dir: str | Path, complete_only: bool = False) -> RunData:
         done = set(debates.loc[debates["status"] == "complete", "debate_id"])
         left_out = debates[~debates["debate_id"].isin(done)].reset_index(drop=True)
         frames = {name: df[df["debate_id"].isin(done)].reset_index(drop=True) for name, df in frames.items()}
-    frames["surveys"] = _with_values(frames["surveys"])
+    chosen = resolve_measure(meta.get("config", {}), measure, path)
+    frames["surveys"] = _with_values(frames["surveys"], chosen)
     for name in ("turns", "surveys"):
         frames[name] = frames[name].sort_values(["topic", "repetition", "debate_id", "iteration", "agent_index"],
                                                 ignore_index=True)
-    return RunData(run_dir=run_dir, meta=meta, left_out=left_out, **frames)
+    return RunData(run_dir=run_dir, meta=meta, left_out=left_out, measure=chosen, **frames)
 
 
-def _with_values(surveys: pd.DataFrame) -> pd.DataFrame:
+def resolve_measure(config: Any, override: str | None, where: Path) -> str:
+    """The measure to analyse: ``override``, else the run's ``survey.measure``, else the paper's
+    greedy answer whenever the survey method recorded it."""
+    survey = (config.get("survey") or {}) if isinstance(config, dict) else {}
+    method = survey.get("method", "logprobs")  # runs before the greedy answer was recorded
+    recorded = measures_of(method) if method in ("both", "generate", "logprobs") else ()
+    chosen = override or survey.get("measure") or (recorded[0] if recorded else "greedy")
+    if chosen not in ("greedy", "expected"):
+        raise DebatelabError(f"unknown survey measure {chosen!r} (choose greedy or expected)")
+    if chosen not in recorded:
+        raise DebatelabError(f"run {where.parent} has no {chosen!r} survey measure (its survey method "
+                             f"{method!r} records {', '.join(recorded) or 'none'})")
+    return chosen
+
+
+def _with_values(surveys: pd.DataFrame, measure: str) -> pd.DataFrame:
     surveys = surveys.copy()
     surveys["valid"] = surveys["valid"].astype(bool)
-    logprob = surveys["method"] == "logprobs"
-    value = np.where(logprob, surveys["expected_score"], surveys["score"]).astype(float)
-    surveys["value"] = np.where(surveys["valid"], value, np.nan)
+    if measure == "greedy":
+        surveys["value"] = np.where(surveys["valid"], surveys["score"].astype(float), np.nan)
+    else:
+        surveys["value"] = surveys["expected_score"].astype(float)
     surveys["probs"] = surveys.pop("probs_json").map(lambda s: json.loads(s) if isinstance(s, str) else None)
     return surveys
 

@@ -2,89 +2,65 @@
 
 Primary keys make duplicates impossible: (debate_id, iteration) for turns and
 (debate_id, iteration, agent_index) for surveys. Resume reads what is committed and continues.
+Before anything is written, the file is checked read-only (:mod:`.schema`): another program's
+database, one from a newer debatelab, or a damaged one is refused and left exactly as it was.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import sqlite3
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
-from . import stopping
-from .errors import DebatelabError
-from .types import DebateSpec, Persona, SurveyAnswer, Turn
+from .. import stopping
+from ..errors import DebatelabError
+from ..files import disk_full_error
+from ..types import DebateSpec, Persona, SurveyAnswer, Turn
+from .lock import LOCK_NAME, RunLock, lock_run_dir
+from .schema import APPLICATION_ID, MIGRATIONS, check_before_writing, read_run_database, verify
+
+__all__ = ["APPLICATION_ID", "DB_NAME", "LOCK_NAME", "MIGRATIONS", "RunLock", "RunStore", "lock_run_dir",
+           "open_store", "read_run_database", "verify"]
 
 DB_NAME = "run.sqlite"
 
 
-def _m001_initial(db: sqlite3.Connection) -> None:
-    _execute_all(db, """
-        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        CREATE TABLE personas (
-            persona_id TEXT PRIMARY KEY, party TEXT NOT NULL, name TEXT NOT NULL,
-            background TEXT NOT NULL, model TEXT, seed INTEGER, prompt TEXT, template_version TEXT,
-            created_at REAL NOT NULL);
-        CREATE TABLE debates (
-            debate_id TEXT PRIMARY KEY, topic_id TEXT NOT NULL, repetition INTEGER NOT NULL,
-            seed INTEGER NOT NULL, first_speaker INTEGER NOT NULL, rounds INTEGER NOT NULL,
-            n_agents INTEGER NOT NULL, spec_json TEXT NOT NULL,
-            status TEXT NOT NULL DEFAULT 'pending', error TEXT,
-            created_at REAL NOT NULL, finished_at REAL);
-        CREATE TABLE agents (
-            debate_id TEXT NOT NULL REFERENCES debates, agent_index INTEGER NOT NULL,
-            name TEXT NOT NULL, role TEXT NOT NULL, persona_id TEXT,
-            PRIMARY KEY (debate_id, agent_index));
-        CREATE TABLE turns (
-            debate_id TEXT NOT NULL REFERENCES debates, iteration INTEGER NOT NULL,
-            agent_index INTEGER NOT NULL, text TEXT NOT NULL, prompt_tokens INTEGER,
-            completion_tokens INTEGER, finish_reason TEXT, created_at REAL NOT NULL,
-            PRIMARY KEY (debate_id, iteration));
-        CREATE TABLE surveys (
-            debate_id TEXT NOT NULL REFERENCES debates, iteration INTEGER NOT NULL,
-            agent_index INTEGER NOT NULL, method TEXT NOT NULL, score INTEGER, valid INTEGER NOT NULL,
-            expected_score REAL, probs_json TEXT, option_mass REAL, raw TEXT, created_at REAL NOT NULL,
-            PRIMARY KEY (debate_id, iteration, agent_index));
-        """)
-
-
-def _execute_all(db: sqlite3.Connection, script: str) -> None:
-    # executescript() would COMMIT the migration's transaction early, so run statements one by one.
-    for statement in script.split(";"):
-        if statement.strip():
-            db.execute(statement)
-
-
-def _m002_failures(db: sqlite3.Connection) -> None:
-    # Every failed attempt is kept (debates.error only holds the latest), so flaky backends show.
-    db.execute("""
-        CREATE TABLE failures (
-            debate_id TEXT NOT NULL REFERENCES debates, iteration INTEGER NOT NULL,
-            error TEXT NOT NULL, created_at REAL NOT NULL)""")
-
-
-# Append only: never edit or reorder an applied migration.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_initial, _m002_failures]
-
-
 class RunStore:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, lock: RunLock | None = None):
+        """Open (creating if needed) the run database at ``path``. ``lock`` is the run
+        directory's lock when the caller already holds it; otherwise it is taken here."""
         self.path = path
-        self._lock = _lock_run_dir(path.parent)
+        self._own_lock = lock is None
+        self._lock = lock or lock_run_dir(path.parent)
         try:
+            check_before_writing(path)  # refuse a foreign, newer or damaged file before touching it
             self.db = sqlite3.connect(path, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")  # a committed wave survives power loss too
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            self._lock.close()
-            raise DebatelabError(f"corrupt or unreadable run database {path}: {exc}") from None
+            try:
+                self._configure()
+            except BaseException:
+                self.db.close()
+                raise
+        except BaseException as exc:
+            if self._own_lock:
+                self._lock.release(undo=isinstance(exc, DebatelabError) and exc.exit_code == 2)
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise disk_full_error(exc, path.parent) or DebatelabError(
+                    f"cannot read run database {path}: it is corrupt or unreadable ({exc})") from None
+            raise
+
+    def _configure(self) -> None:
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")  # a committed wave survives power loss too
+        self._migrate()
 
     def _migrate(self) -> None:
-        self.db.execute("CREATE TABLE IF NOT EXISTS _migrations (id INTEGER PRIMARY KEY, name TEXT, applied_at REAL)")
+        with self.transaction() as db:  # the marker and the migrations table appear together
+            db.execute("CREATE TABLE IF NOT EXISTS _migrations (id INTEGER PRIMARY KEY, name TEXT, applied_at REAL)")
+            if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         done = {row[0] for row in self.db.execute("SELECT id FROM _migrations")}
         for number, migration in enumerate(MIGRATIONS, start=1):
             if number in done:
@@ -92,23 +68,30 @@ class RunStore:
             with self.transaction():
                 migration(self.db)
                 self.db.execute("INSERT INTO _migrations VALUES (?, ?, ?)", (number, migration.__name__, time.time()))
+                self.db.execute(f"PRAGMA user_version = {number}")  # the schema, for tools that read only the header
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception; a stop signal that arrives
-        meanwhile waits until the commit is done (see :mod:`debatelab.stopping`)."""
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (a failed COMMIT included,
+        e.g. on a full disk); a stop signal that arrives meanwhile waits until the commit is done
+        (see :mod:`debatelab.stopping`)."""
         with stopping.critical():
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield self.db
+                self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                # SQLite may already have rolled back (it does on SQLITE_FULL); a failing ROLLBACK
+                # must not hide the error that caused it.
+                if self.db.in_transaction:
+                    with suppress(sqlite3.Error):
+                        self.db.execute("ROLLBACK")
                 raise
-            self.db.execute("COMMIT")
 
     def close(self) -> None:
         self.db.close()
-        self._lock.close()  # releases the flock
+        if self._own_lock:
+            self._lock.release()  # after the close: no other writer may start before our checkpoint
 
     # ---- run identity -------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -199,9 +182,10 @@ class RunStore:
                  for d, t in turns],
             )
             self.db.executemany(
-                "INSERT INTO surveys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO surveys (debate_id, iteration, agent_index, method, score, valid, expected_score,"
+                " probs_json, option_mass, raw, created_at, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(d, s.iteration, s.agent_index, s.method, s.score, int(s.valid), s.expected_score,
-                  json.dumps(s.probs) if s.probs is not None else None, s.option_mass, s.raw, now)
+                  json.dumps(s.probs) if s.probs is not None else None, s.option_mass, s.raw, now, s.source)
                  for d, s in surveys],
             )
             self.db.executemany(
@@ -222,24 +206,17 @@ class RunStore:
         total, invalid = self.db.execute("SELECT COUNT(*), COALESCE(SUM(1 - valid), 0) FROM surveys").fetchone()
         return total, invalid
 
+    def distribution_counts(self) -> tuple[int, int, float | None]:
+        """(surveys with a distribution, of them parsed from generated text (fallbacks), mean
+        option mass of the true-logprob ones)."""
+        row = self.db.execute("SELECT COUNT(source), COALESCE(SUM(source = 'generated'), 0), AVG(option_mass)"
+                              " FROM surveys").fetchone()
+        return row[0], row[1], row[2]
+
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT status, COUNT(*) FROM debates GROUP BY status").fetchall())
 
 
-def _lock_run_dir(run_dir: Path) -> IO[str]:
-    """One writer per run directory: a second process is refused instead of racing the first."""
-    handle = (run_dir / ".lock").open("w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise DebatelabError(f"run directory {run_dir} is in use by another debatelab process") from None
-    return handle
-
-
-def open_store(run_dir: Path) -> RunStore:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DebatelabError(f"cannot create run directory {run_dir}: {exc.strerror}") from None
-    return RunStore(run_dir / DB_NAME)
+def open_store(run_dir: Path, lock: RunLock | None = None) -> RunStore:
+    """The store of ``run_dir`` (created if needed), under ``lock`` or a lock taken here."""
+    return RunStore(run_dir / DB_NAME, lock)
