@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from debatelab.cli import main
+from debatelab.config import load_config
 
 from conftest import make_bank, write_config
 
@@ -178,3 +180,144 @@ def test_report_on_a_run_without_complete_debates(tmp_path, capsys, bank):
     store.close()
     code, err = _run(capsys, "report", str(tmp_path / "empty"), "--out", str(tmp_path / "r"))
     assert code == 2 and "no complete debate" in err and not (tmp_path / "r").exists()
+
+
+# --- no traceback for any input: the last-resort handlers in cli.main -------------------------
+
+def _raising(monkeypatch, exc: BaseException) -> None:
+    """Make `debatelab topics` raise ``exc`` (main builds its parser anew, so this takes effect)."""
+    import debatelab.cli as cli
+
+    def boom(args):
+        raise exc
+
+    monkeypatch.setattr(cli, "_cmd_topics", boom)
+
+
+def test_a_bug_is_one_line_and_debug_shows_the_traceback(capsys, monkeypatch):
+    monkeypatch.delenv("DEBATELAB_DEBUG", raising=False)
+    _raising(monkeypatch, RuntimeError("boom\nsecond line"))
+    code, err = _run(capsys, "topics")
+    assert code == 1 and len(err.splitlines()) == 1
+    assert err.startswith("internal error: RuntimeError: boom second line (please report it")
+    monkeypatch.setenv("DEBATELAB_DEBUG", "1")  # a genuine bug is never swallowed for good
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["topics"])
+
+
+@pytest.mark.parametrize("exc, code, needle", [
+    (PermissionError(13, "Permission denied", "/srv/results/x.csv"), 2, "error: Permission denied: /srv/results/x.csv"),
+    (IsADirectoryError(21, "Is a directory", "/tmp"), 2, "error: Is a directory: /tmp"),
+    (OSError(28, "No space left on device", "/data/run.sqlite"), 1, "error: No space left on device: /data/run.sqlite"),
+    (OSError(5, "Input/output error"), 1, "error: Input/output error"),
+    (FileExistsError(17, "File exists", "a", None, "b"), 2, "error: File exists: a -> b"),
+])
+def test_unanticipated_os_errors_are_one_line(capsys, monkeypatch, exc, code, needle):
+    _raising(monkeypatch, exc)
+    got, err = _run(capsys, "topics")
+    assert got == code and err == needle
+
+
+def test_database_and_memory_errors_are_one_line(capsys, monkeypatch):
+    import sqlite3
+
+    _raising(monkeypatch, sqlite3.OperationalError("database is locked"))
+    assert _run(capsys, "topics") == (1, "error: database error: database is locked")
+    _raising(monkeypatch, MemoryError())
+    assert _run(capsys, "topics") == (1, "error: out of memory")
+
+
+def test_user_text_in_a_message_cannot_break_the_line(capsys, monkeypatch):
+    from debatelab.cli import MAX_MESSAGE, one_line
+    from debatelab.errors import DebatelabError
+
+    assert one_line("a\nb\r\nc\u2028d\x85e\x0bf\x1b[31mg\th") == "a b  c d e f\\x1b[31mg\th"
+    assert len(one_line("x" * 10_000)) == MAX_MESSAGE and one_line("x" * 10_000).endswith("...")
+    _raising(monkeypatch, DebatelabError("unknown topic 'a\nb' \u2029 \x00"))
+    code, err = _run(capsys, "topics")
+    assert code == 2 and err == "error: unknown topic 'a b'   \\x00"
+
+
+def test_closed_stdout_is_quiet():
+    script = Path(sys.executable).parent / "debatelab"
+    proc = subprocess.Popen([str(script), "topics"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # like `debatelab topics | head -0`
+    err = proc.stderr.read()
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    assert err == b"" and proc.returncode == 141
+
+
+# --- YAML: one reader for configs, topic files and study files -------------------------------
+
+def test_duplicate_keys_refused_in_every_yaml_file(tmp_path):
+    from debatelab.errors import DebatelabError
+    from debatelab.finetune.study import load_study
+    from debatelab.topics import load_topic_file
+
+    (tmp_path / "c.yaml").write_text("model: scripted\nagents: [democrat, republican]\nmodel: embedded\n")
+    (tmp_path / "t.yaml").write_text("- id: a\n  name: A\n  question: Why?\n- id: b\n  name: B\n  name: C\n")
+    (tmp_path / "s.yaml").write_text("model: embedded\nexperiment: x.yaml\nseeds: [1]\nseeds: [2]\n")
+    for path, load, needle in ((tmp_path / "c.yaml", load_config, "duplicate key 'model' on line 3 (first on line 1)"),
+                               (tmp_path / "t.yaml", load_topic_file, "duplicate key 'name' on line 6 (first on line 5)"),
+                               (tmp_path / "s.yaml", load_study, "duplicate key 'seeds' on line 4 (first on line 3)")):
+        with pytest.raises(DebatelabError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+            load(path)
+
+
+def test_anchors_and_merge_keys_still_work(tmp_path, bank):
+    """Refusing duplicates and alias bombs leaves ordinary YAML alone: a merge may override."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f"model: scripted\npersonas: {bank}\ntopics: [climate_change]\n"
+                    "agents: &roster [republican, democrat, default]\n"
+                    "reply: &r {max_tokens: 40, temperature: 0.5}\n"
+                    "persona_generation:\n  <<: *r\n  max_tokens: 300\n")
+    config = load_config(path)
+    assert config.roles == ["republican", "democrat", "default"] and config.reply.max_tokens == 40
+    assert config.persona_generation.max_tokens == 300 and config.persona_generation.temperature == 0.5
+
+
+def test_largest_legitimate_inputs_are_accepted(tmp_path, bank):
+    """The bounds leave room: every size at its maximum loads (nothing runs)."""
+    topics = [{"id": f"t{i}", "name": "N" * 200, "question": "Q" * 1999 + "?", "low_label": "l" * 200,
+               "positions": {"republican": "r" * 500}} for i in range(1000)]
+    (tmp_path / "topics.yaml").write_text(json.dumps(topics, indent=1))  # JSON is YAML, and fast to write
+    assert (tmp_path / "topics.yaml").stat().st_size < 4 * 2**20
+    cfg = write_config(tmp_path / "c.yaml", personas=str(bank), topic_files=["topics.yaml"],
+                       topics=[f"t{i}" for i in range(1000)], agents=["default"] * 64, rounds=15, repetitions=1,
+                       seed=2**63 - 1, max_in_flight=4096, reply={"max_tokens": 8192},
+                       persona_generation={"per_party": 10_000, "max_tokens": 8192, "max_attempts": 100},
+                       survey={"max_tokens": 64}, executor={"workers": 1024})
+    config = load_config(cfg)
+    assert len(config.resolved_topics()) == 1000 and config.rounds * len(config.agents) == 960
+    inline = [{"id": f"t{i}", "name": f"T{i}", "question": "Why?"} for i in range(10)]
+    many = load_config(write_config(tmp_path / "d.yaml", personas=str(bank), topics=inline, rounds=100,
+                                    agents=["republican", "democrat"], repetitions=5_000, seed=-2**63))
+    assert many.repetitions * len(many.topics) == 50_000  # 10 million replies: the most one run may plan
+
+
+def test_jsonl_and_text_readers_are_bounded(tmp_path):
+    from debatelab.errors import DebatelabError, read_jsonl, read_text
+
+    (tmp_path / "deep.jsonl").write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    with pytest.raises(DebatelabError, match="line 1 cannot be read"):
+        read_jsonl(tmp_path / "deep.jsonl", "dataset")
+    (tmp_path / "big.jsonl").write_text('{"a": ' + "9" * 5000 + "}\n")
+    with pytest.raises(DebatelabError, match="line 1 cannot be read"):
+        read_jsonl(tmp_path / "big.jsonl", "dataset")
+    (tmp_path / "t.txt").write_text("x" * 101)
+    with pytest.raises(DebatelabError, match="larger than 100 bytes"):
+        read_text(tmp_path / "t.txt", "text", limit=100)
+    with pytest.raises(DebatelabError, match="contains a NUL byte"):
+        read_text(Path("a\x00b"), "text")
+    assert read_text(tmp_path / "t.txt", "text", limit=101) == "x" * 101
+
+
+def test_personas_takes_model_and_backend_options_from_a_config(tmp_path, server, monkeypatch, capsys):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    cfg = write_config(tmp_path / "c.yaml", model="openai:fake-model", backend={"base_url": server.url})
+    out = tmp_path / "bank.jsonl"
+    assert main(["personas", "--config", str(cfg), "--per-party", "2", "--out", str(out)]) == 0
+    assert "4 personas" in capsys.readouterr().out
+    assert server.paths and all(p == "/v1/chat/completions" for p in server.paths)
+    assert {json.loads(line)["model"] for line in out.read_text().splitlines()} == {"openai:fake-model"}

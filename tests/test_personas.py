@@ -90,3 +90,10 @@ def test_a_request_that_failed_for_good_is_reported_as_such_not_as_malformed():
     assert "malformed" not in message and "1 request(s)" in message and "gave up after 3 attempt(s)" in message
     assert len(committed) == 2  # the wave's good personas were kept for the resume
     assert len(llm.generate_calls) == 1  # the backend already retried: no second wave
+
+
+def test_a_bank_line_nested_too_deeply_is_one_clear_error(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(DebatelabError, match="line 1 is malformed: nested too deeply"):
+        load_bank(path)

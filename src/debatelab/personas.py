@@ -149,6 +149,9 @@ def load_bank(path: Path) -> list[Persona]:
             personas.append(Persona.model_validate(json.loads(line)))
         except (json.JSONDecodeError, ValidationError) as exc:
             raise DebatelabError(f"persona bank {path} line {number} is malformed: {str(exc).splitlines()[0]}") from None
+        except (RecursionError, ValueError):  # nested too deeply; an integer of over 4,300 digits
+            raise DebatelabError(f"persona bank {path} line {number} is malformed: nested too deeply "
+                                 "or a number too long") from None
     _check_bank(personas, path)
     return personas
 

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import DebatelabError, read_yaml
+
+MAX_NAME = 200
+"""Longest topic name or scale label."""
+MAX_QUESTION = 2_000
+"""Longest survey question or party position."""
+MAX_FILE_TOPICS = 1_000
+"""Most topics in one topic file (as many as a config may list)."""
 
 
 class Topic(BaseModel):
@@ -14,18 +22,20 @@ class Topic(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str = Field(pattern=r"^[a-z0-9_]+$")
-    """Short identifier used in exports (lowercase letters, digits, underscores)."""
-    name: str = Field(min_length=1)
-    """Human name, e.g. "Climate change"."""
-    question: str = Field(min_length=1)
-    """The survey question asked before the debate and after every round."""
-    low_label: str = "not a problem at all"
-    """Meaning of 0 on the scale."""
-    high_label: str = "a very big problem"
-    """Meaning of 10 on the scale."""
-    positions: dict[str, str] = Field(default_factory=dict)
-    """Typical view of each party (``republican``/``democrat``), used in the persona meta-prompt."""
+    id: str = Field(pattern=r"^[a-z0-9_]+$", max_length=64)
+    """Short identifier used in exports (lowercase letters, digits, underscores), at most 64 characters."""
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+    """Human name, e.g. "Climate change", at most 200 characters."""
+    question: str = Field(min_length=1, max_length=MAX_QUESTION)
+    """The survey question asked before the debate and after every round, at most 2,000 characters."""
+    low_label: str = Field("not a problem at all", max_length=MAX_NAME)
+    """Meaning of 0 on the scale, at most 200 characters."""
+    high_label: str = Field("a very big problem", max_length=MAX_NAME)
+    """Meaning of 10 on the scale, at most 200 characters."""
+    positions: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=MAX_QUESTION)]] = Field(
+        default_factory=dict, max_length=16)
+    """Typical view of each party (``republican``/``democrat``), used in the persona meta-prompt;
+    at most 16 entries of 2,000 characters."""
 
     @field_validator("name", "question")
     @classmethod
@@ -61,8 +71,19 @@ def load_topic_file(path: Path) -> list[Topic]:
     data = read_yaml(path, "topic file")
     if not isinstance(data, list):
         raise DebatelabError(f"topic file {path} must hold a list of topics")
-    try:
-        return [Topic.model_validate(item) for item in data]
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise DebatelabError(f"topic file {path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    if len(data) > MAX_FILE_TOPICS:
+        raise DebatelabError(f"topic file {path} holds {len(data):,} topics; at most {MAX_FILE_TOPICS:,}")
+    topics = []
+    for number, item in enumerate(data):
+        try:
+            topics.append(Topic.model_validate(item))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) if isinstance(p, int) or str(p).isidentifier() else repr(p)[:60]
+                             for p in err["loc"])
+            raise DebatelabError(f"topic file {path}, topic {number + 1}: {where or 'topic'}: {err['msg']}") from None
+    ids = [t.id for t in topics]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise DebatelabError(f"topic file {path} defines topic {dupes[0]!r} more than once")
+    return topics
