@@ -228,7 +228,7 @@ def test_database_and_memory_errors_are_one_line(capsys, monkeypatch):
 
 
 def test_user_text_in_a_message_cannot_break_the_line(capsys, monkeypatch):
-    from debatelab.cli import MAX_MESSAGE, one_line
+    from debatelab.cli_io import MAX_MESSAGE, one_line
     from debatelab.errors import DebatelabError
 
     assert one_line("a\nb\r\nc\u2028d\x85e\x0bf\x1b[31mg\th") == "a b  c d e f\\x1b[31mg\th"

@@ -16,6 +16,8 @@ from debatelab.errors import DebatelabError
 from debatelab.experiment import run_experiment
 from debatelab.llm import embedded
 from debatelab.llm.registry import load_llm
+from debatelab.prompts import SURVEY_PREFIX
+from debatelab.survey import parse_rating
 
 from conftest import write_config
 
@@ -37,33 +39,65 @@ def test_cached_conversion_loads_fast(llm):
     assert llm.tokenizer.tokenize("10") == ["1", "0"]
 
 
+class _Recording:
+    """Forwards to the real model and keeps every generate request (temperatures, prefixes)."""
+
+    def __init__(self, inner):
+        self.inner, self.generated = inner, []
+
+    def generate(self, requests):
+        self.generated.extend(requests)
+        return self.inner.generate(requests)
+
+    def score_options(self, requests):
+        return self.inner.score_options(requests)
+
+    def identity(self):
+        return self.inner.identity()
+
+
+def _attitudes(run_dir):
+    with (run_dir / "attitudes.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
 def test_short_real_debate_on_embedded_model(tmp_path, bank, llm):
     cfg = load_config(write_config(tmp_path / "c.yaml", model="embedded", personas=str(bank), rounds=1,
                                    repetitions=2, agents=["republican", "democrat"],
                                    reply={"max_tokens": 12, "temperature": 0.7}))
     summary = run_experiment(cfg, tmp_path / "run", llm=llm)
     assert summary.complete == 2
-    with (tmp_path / "run/attitudes.csv").open() as fh:
-        attitudes = list(csv.DictReader(fh))
+    attitudes = _attitudes(tmp_path / "run")
     assert len(attitudes) == 2 * 2 * 2
-    for row in attitudes:
+    for row in attitudes:  # method "both": the greedy answer decides validity, the distribution rides along
         probs = [float(row[f"p{i}"]) for i in range(11)]
-        assert row["valid"] == "True" and sum(probs) == pytest.approx(1.0)
+        assert row["method"] == "both" and row["source"] == "logprobs" and sum(probs) == pytest.approx(1.0)
+        assert (row["valid"] == "True") == (parse_rating(row["raw"]) is not None), row["raw"]
+        assert row["score"] == ("" if row["valid"] == "False" else str(parse_rating(row["raw"])))
         assert 0 <= float(row["expected_score"]) <= 10 and 0 < float(row["option_mass"]) <= 1
+    assert summary.invalid_surveys == sum(r["valid"] == "False" for r in attitudes)
     with (tmp_path / "run/turns.csv").open() as fh:
         turns = list(csv.DictReader(fh))
     assert len(turns) == 4 and all(t["text"].strip() for t in turns)
 
 
 def test_generate_survey_on_embedded_model(tmp_path, bank, llm):
-    cfg = load_config(write_config(tmp_path / "c.yaml", model="embedded", personas=str(bank), rounds=1,
-                                   repetitions=1, agents=["democrat", "default"], reply={"max_tokens": 8},
-                                   survey={"method": "generate"}))
-    run_experiment(cfg, tmp_path / "run", llm=llm)
-    with (tmp_path / "run/attitudes.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
-    assert len(rows) == 4
-    assert any(r["valid"] == "True" for r in rows), [r["raw"] for r in rows]  # the prefix makes a number likely
+    runs = []
+    for name in ("a", "b"):  # twice, from scratch: the T=0 answers must not vary
+        cfg = load_config(write_config(tmp_path / f"{name}.yaml", model="embedded", personas=str(bank), rounds=1,
+                                       repetitions=1, agents=["democrat", "default"], reply={"max_tokens": 8},
+                                       survey={"method": "generate"}))
+        recorder = _Recording(llm)
+        summary = run_experiment(cfg, tmp_path / name, llm=recorder)
+        rows = _attitudes(tmp_path / name)
+        assert len(rows) == 4
+        # the invalid count is a recount of the raw answers by the parser's own rules
+        assert summary.invalid_surveys == sum(parse_rating(r["raw"]) is None for r in rows)
+        assert all(r["score"] == ("" if parse_rating(r["raw"]) is None else str(parse_rating(r["raw"]))) for r in rows)
+        surveys = [r for r in recorder.generated if r.prompt.assistant_prefix == SURVEY_PREFIX]
+        assert len(surveys) == 4 and {r.temperature for r in surveys} == {0.0}  # §4.3: no sampling
+        runs.append([(r["iteration"], r["agent_index"], r["raw"]) for r in rows])
+    assert runs[0] == runs[1]  # greedy: the same answers, word for word
 
 
 def test_missing_wheel_names_install_command(monkeypatch):

@@ -1,5 +1,6 @@
 """Every shipped experiment config validates, and plans the debates it promises."""
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,10 @@ def test_config_validates_and_plans(path):
     specs = plan_debates(config, bank, {"backend": "scripted"})
     assert len(specs) == len(config.resolved_topics()) * config.repetitions
     assert len({s.debate_id for s in specs}) == len(specs)
+    if config.persona_generation.per_party is None:  # a bank written for the roster seats every
+        for topic in config.resolved_topics():      # persona in exactly one debate per topic
+            seated = Counter(a.persona_id for s in specs if s.topic.id == topic.id for a in s.agents if a.persona_id)
+            assert seated == Counter({p.id: 1 for p in bank}), topic.id
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)

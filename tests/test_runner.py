@@ -57,13 +57,43 @@ def test_protocol_turn_order_surveys_and_exports(tmp_path, bank):
     assert not any("SURVEY-ANSWER-MARK" in p or "survey" in p.lower() for p in reply_prompts)
 
 
-def test_waves_batch_all_debates_in_flight(tmp_path, bank):
-    cfg = load_config(write_config(tmp_path / "c.yaml", personas=str(bank), repetitions=5, max_in_flight=64))
+def _is_survey(batch) -> bool:
+    kinds = {r.prompt.assistant_prefix == SURVEY_PREFIX for r in batch}
+    assert len(kinds) == 1, "a wave is either every debate's reply or every debate's survey"
+    return kinds.pop()
+
+
+# 5 debates x 3 agents x 2 rounds, all in flight together. Each debate's steps are: survey (3
+# agents), 3 replies, survey, 3 replies, survey. A survey wave asks all 15 agents at once.
+WAVES = {  # method -> (generate call sizes in order, score call sizes in order)
+    "both": ([15, 5, 5, 5, 15, 5, 5, 5, 15], [15, 15, 15]),  # the greedy T=0 answer AND the distribution
+    "generate": ([15, 5, 5, 5, 15, 5, 5, 5, 15], []),
+    "logprobs": ([5] * 6, [15, 15, 15]),
+}
+
+
+@pytest.mark.parametrize("method", sorted(WAVES))
+def test_waves_batch_all_debates_in_flight(tmp_path, bank, method):
+    cfg = load_config(write_config(tmp_path / "c.yaml", personas=str(bank), repetitions=5, max_in_flight=64,
+                                   survey={"method": method}))
     llm = ScriptedLLM()
     run_experiment(cfg, tmp_path / "run", llm=llm)
-    # 5 debates x 6 replies, in 6 waves of 5 replies each; surveys in 3 waves of 15
-    assert [len(b) for b in llm.generate_calls] == [5] * 6
-    assert [len(b) for b in llm.score_calls] == [15] * 3
+    generate_sizes, score_sizes = WAVES[method]
+    assert [len(b) for b in llm.generate_calls] == generate_sizes
+    assert [len(b) for b in llm.score_calls] == score_sizes
+    surveys = [b for b in llm.generate_calls if _is_survey(b)]
+    replies = [b for b in llm.generate_calls if not _is_survey(b)]
+    assert [len(b) for b in replies] == [5] * 6  # one reply per debate per wave, 6 replies per debate
+    for batch in replies:  # replies are sampled at the config's temperature, with the speakers' stops
+        assert {(r.temperature, r.top_p, r.max_tokens) for r in batch} == {(1.0, 1.0, 96)}
+        assert all(r.stop for r in batch) and len({r.seed for r in batch}) == 5
+    for batch in surveys:  # the paper's survey: the answer at T=0, no stops, the survey's own length
+        assert {(r.temperature, r.max_tokens, r.stop) for r in batch} == {(0.0, 8, ())}
+    if method == "both":  # the distribution is read from the very prompts the greedy answer saw
+        assert [[r.prompt for r in b] for b in surveys] == [[r.prompt for r in b] for b in llm.score_calls]
+    for batch in llm.score_calls:
+        assert all(r.prompt.assistant_prefix == SURVEY_PREFIX and r.options == tuple(map(str, range(11)))
+                   for r in batch)
 
 
 def test_four_agents_inline_topic(tmp_path, bank):
@@ -117,12 +147,24 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, bank, fai
     with pytest.raises(_Crash):
         run_experiment(cfg, tmp_path / "run", llm=CrashingLLM(fail_at))
     db = sqlite3.connect(tmp_path / "run/run.sqlite")
-    before = db.execute("SELECT COUNT(*) FROM turns").fetchone()[0] + db.execute("SELECT COUNT(*) FROM surveys").fetchone()[0]
+
+    def counts() -> tuple[int, int]:
+        return (db.execute("SELECT COUNT(*) FROM turns").fetchone()[0],
+                db.execute("SELECT COUNT(*) FROM surveys").fetchone()[0])
+
+    turns_before, surveys_before = counts()
     resumed = ScriptedLLM()
     run_experiment(cfg, tmp_path / "run", llm=resumed)
-    asked = sum(len(b) for b in resumed.generate_calls + resumed.score_calls)
-    total = db.execute("SELECT COUNT(*) FROM turns").fetchone()[0] + db.execute("SELECT COUNT(*) FROM surveys").fetchone()[0]
-    assert asked == total - before  # only the missing steps were asked for again
+    turns_after, surveys_after = counts()
+    assert (turns_after, surveys_after) == (3 * 6, 3 * 9)  # 3 debates: 6 replies, 3 agents x 3 surveys
+    asked = [r for b in resumed.generate_calls for r in b]
+    replies = [r for r in asked if r.prompt.assistant_prefix != SURVEY_PREFIX]
+    greedy = [r for r in asked if r.prompt.assistant_prefix == SURVEY_PREFIX]
+    scored = [r for b in resumed.score_calls for r in b]
+    # only the missing steps were asked for again: one request per missing reply, and for each
+    # missing survey one greedy answer and one distribution (method "both")
+    assert len(replies) == turns_after - turns_before
+    assert len(greedy) == len(scored) == surveys_after - surveys_before
     for name in ("turns.csv", "attitudes.csv"):
         assert (tmp_path / "run" / name).read_text() == (tmp_path / "clean" / name).read_text()
     # a second resume is a no-op
@@ -201,3 +243,22 @@ def test_second_writer_is_refused(tmp_path, bank):
     finally:
         first.close()
     assert run_experiment(cfg, tmp_path / "run", llm=ScriptedLLM()).complete == 3
+
+
+def test_changing_the_survey_measure_resumes_the_same_debates(tmp_path, bank):
+    """The measure only says what analyses read (greedy or expected); the debates, their ids and
+    their stored surveys stay the same, so switching it asks the model nothing new."""
+    from debatelab.personas import load_bank
+    from debatelab.planning import plan_debates
+
+    greedy = load_config(write_config(tmp_path / "a.yaml", personas=str(bank), survey={"measure": "greedy"}))
+    expected = load_config(write_config(tmp_path / "a.yaml", personas=str(bank), survey={"measure": "expected"}))
+    ident = ScriptedLLM().identity()
+    assert [s.debate_id for s in plan_debates(greedy, load_bank(bank), ident)] == \
+        [s.debate_id for s in plan_debates(expected, load_bank(bank), ident)]
+    run_experiment(greedy, tmp_path / "run", llm=ScriptedLLM())
+    before = (tmp_path / "run/attitudes.csv").read_text()
+    again = ScriptedLLM()
+    assert run_experiment(expected, tmp_path / "run", llm=again).complete == 3
+    assert again.generate_calls == [] and again.score_calls == []
+    assert (tmp_path / "run/attitudes.csv").read_text() == before

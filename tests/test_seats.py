@@ -73,23 +73,56 @@ def test_each_agent_is_served_by_its_own_model_in_grouped_waves(tmp_path, bank):
 
 @pytest.mark.embedded
 def test_embedded_and_a_tiny_hf_model_debate_in_one_experiment(tmp_path, bank, tiny_model_dir):
-    tiny = tiny_model_dir
+    import math
+
+    import debatelab
+    from debatelab.bench.workload import prefix_cache_off
+    from debatelab.llm.registry import load_llm
+    from debatelab.survey import parse_rating
+    from debatelab.types import Turn
+
+    key = f"hf:{tiny_model_dir}"
     cfg = load_config(write_config(
         tmp_path / "c.yaml", model="embedded", personas=str(bank), repetitions=1, rounds=1,
         reply={"max_tokens": 12}, backend={"threads": 2},
-        agents=["republican", {"role": "democrat", "model": f"hf:{tiny}"}, "default"]))
-    summary = run_experiment(cfg, tmp_path / "run")
+        agents=["republican", {"role": "democrat", "model": key}, "default"]))
+    llms = {"": load_llm("embedded", cfg.backend), key: load_llm(key, cfg.seat_backends()[key][1])}
+    summary = run_experiment(cfg, tmp_path / "run", llm=llms[""], seat_llms={key: llms[key]})
     assert summary.complete == 1
     with (tmp_path / "run/attitudes.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 3 * 2 and all(r["valid"] == "True" for r in rows)
+    assert len(rows) == 3 * 2
+    for r in rows:  # valid means the greedy answer parses; every survey also has its distribution
+        assert (r["valid"] == "True") == (parse_rating(r["raw"]) is not None), r["raw"]
+        assert r["source"] == "logprobs" and sum(float(r[f"p{i}"]) for i in range(11)) == pytest.approx(1.0)
     identity = json.loads(sqlite3.connect(tmp_path / "run/run.sqlite").execute(
         "SELECT value FROM meta WHERE key = 'model_identity'").fetchone()[0])
     assert identity["experiment"]["model"].startswith("embedded:")
-    assert identity["seats"][f"hf:{tiny}"]["backend"] == "hf"
-    # the two models answer the same survey differently: the tiny random model is near uniform
-    by_role = {r["role"]: float(r["option_mass"] or 0) for r in rows if r["iteration"] == "0"}
-    assert by_role["democrat"] != by_role["republican"]
+    assert identity["seats"][key]["backend"] == "hf"
+    # Each seat's distribution is its own model's: rebuild every survey prompt from the stored
+    # debate and score it on both models, in full; the stored option mass is the seat's model's.
+    [spec] = plan_debates(cfg, load_bank(bank), llms[""].identity(), {key: llms[key].identity()})
+    turns = [Turn(iteration=t.iteration, agent_index=t.agent_index, text=t.text)
+             for t in debatelab.load(tmp_path / "run").turns.sort_values("iteration").itertuples()]
+    requests = [_survey_request(spec, int(r["agent_index"]), int(r["iteration"]), turns) for r in rows]
+    masses = {}
+    for name, llm in llms.items():
+        with prefix_cache_off(llm):
+            masses[name] = [sum(math.exp(lp) for lp in s.logprobs) for s in llm.score_options(requests)]
+    assert [a.model for a in spec.agents] == ["", key, ""]
+    for i, row in enumerate(rows):
+        own = spec.agents[int(row["agent_index"])].model
+        other = key if own == "" else ""
+        assert float(row["option_mass"]) == pytest.approx(masses[own][i], rel=1e-3), row
+        assert abs(masses[own][i] - masses[other][i]) > 1e-3 * masses[own][i]  # and not the other model's
+
+
+def _survey_request(spec, agent: int, iteration: int, turns):
+    from debatelab.llm.base import ScoreRequest
+    from debatelab.prompts import SURVEY_OPTIONS, survey_prompt
+
+    prompt = survey_prompt(spec.agents, agent, spec.topic, [t for t in turns if t.iteration <= iteration])
+    return ScoreRequest(prompt, SURVEY_OPTIONS)
 
 
 class _Engine:

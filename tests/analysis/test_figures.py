@@ -17,32 +17,52 @@ from debatelab.analysis.figures import (REFERENCE_LABEL, ROLE_COLOURS, ROLE_LABE
                                         reference_levels, save_figure)
 from debatelab.config import load_config
 from debatelab.experiment import run_experiment
-from debatelab.llm.base import ScoreRequest
-from debatelab.llm.scripted import ScriptedLLM
+from debatelab.llm.base import GenerateRequest, ScoreRequest
+from debatelab.llm.scripted import ScriptedLLM, default_reply
+from debatelab.prompts import SURVEY_PREFIX
 
 TOPICS = ["gun_violence", "racism", "climate_change", "illegal_immigration"]
 LABEL_ROLE = {v: k for k, v in ROLE_LABELS.items()}
 
 
-def partisan_scores(shift: int = 0):
+# The paper's figures draw Republicans red, Democrats blue and the Default agent grey. Written out
+# here, not read from the module, so a changed or swapped colour fails the drawing tests below.
+PAPER_COLOURS = {"republican": "#c0392b", "democrat": "#2e6fbd", "default": "#333333"}
+
+
+def _mode(text: str, shift: int) -> float:
     """Republicans answer low, Democrats high, Default in the middle, with prompt-dependent jitter
     so every (topic, role, iteration) has a non-zero standard error."""
+    base = 2 if "lifelong republican" in text else 8 if "lifelong democrat" in text else 5
+    jitter = int.from_bytes(hashlib.sha256(text.encode()).digest()[:2], "big") / 65535 * 3 - 1.5
+    return min(10.0, max(0.0, base + jitter + shift))
+
+
+def partisan_scores(shift: int = 0):
     def score(request: ScoreRequest) -> list[float]:
-        text = request.prompt.flat_text()
-        base = 2 if "lifelong republican" in text else 8 if "lifelong democrat" in text else 5
-        jitter = int.from_bytes(hashlib.sha256(text.encode()).digest()[:2], "big") / 65535 * 3 - 1.5
-        mode = min(10.0, max(0.0, base + jitter + shift))
+        mode = _mode(request.prompt.flat_text(), shift)
         weights = [math.exp(-1.5 * abs(i - mode)) for i in range(11)]
         return [math.log(w / sum(weights)) for w in weights]
     return score
 
 
+def partisan_replies(shift: int = 0):
+    """The greedy survey answer (the measure the figures plot) is the distribution's mode."""
+    def reply(request: GenerateRequest) -> str:
+        if request.prompt.assistant_prefix == SURVEY_PREFIX:
+            return str(round(_mode(request.prompt.flat_text(), shift)))
+        return default_reply(request)
+    return reply
+
+
 def _run(root: Path, name: str, agents: list[str], topics: list[str], shift: int = 0):
     root.mkdir()
     cfg = load_config(write_config(root / "c.yaml", name=name, personas=str(make_bank(root / "b.jsonl", per_party=6)),
-                                   topics=topics, agents=agents, rounds=2, repetitions=4))
-    run_experiment(cfg, root / "run", llm=ScriptedLLM(score_fn=partisan_scores(shift)))
-    return load(root / "run")
+                                   topics=topics, agents=agents, rounds=2, repetitions=6))
+    run_experiment(cfg, root / "run", llm=ScriptedLLM(reply_fn=partisan_replies(shift), score_fn=partisan_scores(shift)))
+    data = load(root / "run")
+    assert data.measure == "greedy" and data.surveys["valid"].all()
+    return data
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +99,7 @@ def test_one_panel_per_topic_in_a_2x2_grid_with_fixed_limits(runs):
         assert list(ax.get_xticks()) == [0, 3, 6]
     assert cells == {(0, 0), (0, 1), (1, 0), (1, 1)}
     assert [ax.get_xlabel() for ax in fig.axes] == ["", "", "Iteration", "Iteration"]
-    assert fig.get_supylabel() == "Attitude (0-10)"
+    assert fig.get_supylabel() == "Attitude (0-10), greedy T=0 answer"  # names the measure plotted
     assert [ax.get_title() for ax in fig.axes] == ["Gun violence", "Racism", "Climate change", "Illegal immigration"]
 
 
@@ -89,8 +109,14 @@ def test_three_topics_lie_in_one_row(runs):
 
 
 def test_role_colours_are_the_papers_red_blue_grey():
-    assert ROLE_COLOURS == {"republican": "#c0392b", "democrat": "#2e6fbd", "default": "#333333"}
+    assert ROLE_COLOURS == PAPER_COLOURS
     assert ROLE_LABELS == {"republican": "Republican", "democrat": "Democrat", "default": "Default"}
+    rgb = {role: tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for role, c in PAPER_COLOURS.items()}
+    r, g, b = rgb["republican"]
+    assert r > 2 * max(g, b)  # red
+    r, g, b = rgb["democrat"]
+    assert b > 1.5 * max(r, g)  # blue
+    assert len(set(rgb["default"])) == 1  # grey: no hue of either party
 
 
 @pytest.mark.parametrize("name, unit", [("three", "agent"), ("echo", "agent"), ("echo", "debate")])
@@ -113,8 +139,8 @@ def test_means_and_error_bars_equal_aggregate_with_role_colours(runs, name, unit
             np.testing.assert_allclose(line.get_xdata(), expected["iteration"])
             np.testing.assert_allclose(line.get_ydata(), expected["mean"])
             np.testing.assert_allclose(_half_widths(container), expected["se"])
-            assert to_hex(line.get_color()) == ROLE_COLOURS[role]
-            assert to_hex(container.lines[2][0].get_color()[0]) == ROLE_COLOURS[role]
+            assert to_hex(line.get_color()) == PAPER_COLOURS[role]
+            assert to_hex(container.lines[2][0].get_color()[0]) == PAPER_COLOURS[role]
             assert container.lines[1], "error bars need caps"
     # Roles really differ, so a swapped colour or label would be caught above.
     means = table[table["iteration"] == 0].groupby("role")["mean"].mean()
@@ -132,7 +158,7 @@ def test_overlay_draws_first_run_solid_and_second_dotted(runs):
             if container.lines[0].get_linestyle() == ":":
                 expected = tuned[(tuned["topic"] == topic) & (tuned["role"] == role)].sort_values("iteration")
                 np.testing.assert_allclose(container.lines[0].get_ydata(), expected["mean"])
-        assert styles == {role: ["-", ":"] for role in ROLE_COLOURS}
+        assert styles == {role: ["-", ":"] for role in PAPER_COLOURS}
     assert len(fig.legends) == 1
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == ["Republican", "Democrat", "Default", "before", "after"]
@@ -147,7 +173,7 @@ def test_reference_line_at_default_pre_debate_mean_only_without_default_agent(ru
     for ax, topic in zip(two_way.axes, TOPICS[:3]):
         assert _dashed_levels(ax) == pytest.approx([expected[topic]])
         dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
-        assert to_hex(dashed[0].get_color()) == ROLE_COLOURS["default"]
+        assert to_hex(dashed[0].get_color()) == PAPER_COLOURS["default"]
         assert {LABEL_ROLE[c.get_label()] for c in _bars(ax)} == {"republican", "democrat"}
     assert REFERENCE_LABEL in [t.get_text() for t in two_way.legends[0].get_texts()]
 

@@ -160,7 +160,14 @@ def test_load_real_run_frames(tmp_path):
     run_experiment(cfg, tmp_path / "run", llm=ScriptedLLM())
     data = load(tmp_path / "run")
     assert len(data.debates) == 3 and set(data.surveys.role) == {"republican", "democrat", "default"}
-    assert data.surveys["value"].equals(data.surveys["expected_score"])
+    # the paper's measure by default: the greedy T=0 answer, parsed (NaN where it is no rating)
+    surveys = data.surveys
+    assert data.measure == "greedy" and (surveys["method"] == "both").all()
+    assert surveys["value"].equals(surveys["score"].astype(float).where(surveys["valid"]))
+    assert surveys["valid"].all()  # the scripted model answers every survey with a number
+    expected = load(tmp_path / "run", measure="expected").surveys
+    assert expected["value"].equals(expected["expected_score"])
+    assert not np.allclose(expected["value"], surveys["value"])  # the two measures really differ
     merged = data.turns.merge(data.agents, on=["debate_id", "agent_index"], suffixes=("", "_a"))
     assert len(merged) == len(data.turns) and (merged.agent == merged.agent_a).all()
     assert data.name == "c" and data.config["rounds"] == 2

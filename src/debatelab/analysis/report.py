@@ -16,7 +16,7 @@ import numbers
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import yaml
@@ -35,15 +35,21 @@ AGGREGATE_COLUMNS = ["topic", "role", "iteration", "n", "mean", "sd", "se", "ci_
 
 
 def build_report(run_dirs: Sequence[Path], out_dir: Path, reference: Path | None = None,
-                 overlay: bool = False, measure: str | None = None) -> Path:
+                 overlay: bool = False, measure: str | None = None,
+                 references: Mapping[Path, Path | None] | None = None) -> Path:
     """Load every run's complete debates (and the optional reference run) and write the report;
     returns report.html. ``overlay`` draws the first two runs in one figure (solid vs dotted), for
     before/after comparisons of the same setting. ``measure`` overrides each run's survey measure
-    (default: the paper's greedy T=0 answer where recorded)."""
+    (default: the paper's greedy T=0 answer where recorded). ``references`` gives runs their own
+    reference run (Figure 8's is Figure 5's); runs it does not name get ``reference``."""
     if not run_dirs:
         raise DebatelabError("build_report needs at least one run directory")
     runs = [load(d, complete_only=True, measure=measure) for d in run_dirs]
     ref = load(reference, complete_only=True, measure=measure) if reference is not None else None
+    loaded = {p: load(p, complete_only=True, measure=measure)
+              for p in dict.fromkeys(v for v in (references or {}).values() if v is not None)}
+    own = {Path(d): loaded[r] if r is not None else None for d, r in (references or {}).items()}
+    refs = [own.get(Path(d), ref) for d in run_dirs]
     for run in runs:
         if run.surveys.empty:
             raise DebatelabError(f"run {run.run_dir} has no complete debate to report yet")
@@ -51,17 +57,19 @@ def build_report(run_dirs: Sequence[Path], out_dir: Path, reference: Path | None
         raise DebatelabError("--overlay needs two run directories")
     out_dir = Path(out_dir)
     try:
-        return _write_report(runs, ref, out_dir, overlay)
+        return _write_report(runs, refs, out_dir, overlay)
     except OSError as exc:
         raise DebatelabError(f"cannot write the report to {out_dir}: {exc.strerror or exc}") from None
 
 
-def _write_report(runs: list[RunData], ref: RunData | None, out_dir: Path, overlay: bool) -> Path:
+def _write_report(runs: list[RunData], refs: list[RunData | None], out_dir: Path, overlay: bool) -> Path:
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     labels = run_labels(runs)
-    sections = [_run_section(run, label, i, ref, out_dir) for i, (run, label) in enumerate(zip(runs, labels))]
-    both = _overlay(runs, labels, ref, out_dir) if overlay else None
-    html = render(runs=sections, overlay=both, reference=ref.name if ref is not None else None,
+    sections = [_run_section(run, label, i, ref, out_dir)
+                for i, (run, label, ref) in enumerate(zip(runs, labels, refs))]
+    both = _overlay(runs, labels, refs[0], out_dir) if overlay else None
+    names = sorted({r.name for r in refs if r is not None})
+    html = render(runs=sections, overlay=both, reference=", ".join(names) or None,
                   generated=_now(), survey_label=SURVEY_LABEL, low_mass=LOW_MASS)
     _atomic_write(out_dir / "summary.csv", summary_table(runs, labels).to_csv(index=False))
     path = out_dir / "report.html"
@@ -95,6 +103,7 @@ def _run_section(run: RunData, label: str, index: int, ref: RunData | None, out_
     stem = out_dir / "figures" / f"{index + 1:02d}-{_slug(label)}-attitudes"
     figure = _figure(attitude_figure(run, labels=[label], reference=ref), stem)
     return {"label": label, "anchor": f"run-{index + 1}", "provenance": provenance(run),
+            "reference": ref.name if ref is not None else None,
             "survey": survey_diagnostics(run),
             "figure": figure, "metrics": metric_groups(metric_table(run, reference=ref)),
             "aggregates": aggregate(run.surveys).to_dict("records"), "debates": transcripts(run)}
