@@ -146,7 +146,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .finetune.benchmarks import evaluate
 
     tasks = {k: v for k, v in (("mmlu", args.mmlu), ("hellaswag", args.hellaswag)) if v is not None}
-    result = evaluate(args.model, str(args.adapter) if args.adapter else None, tasks, limit=args.limit)
+    result = evaluate(args.model, str(args.adapter) if args.adapter else None, tasks, limit=args.limit,
+                      device="auto")  # CUDA when present, as the study's own evaluation does
     print(json.dumps({k: v for k, v in result.items() if k != "provenance"}, indent=2, default=str))
     return 0
 

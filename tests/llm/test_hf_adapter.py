@@ -61,3 +61,60 @@ def test_cli_adapter_override_reaches_backend(tmp_path, dirs):
     cfg = load_config(write_config(tmp_path / "c.yaml", backend={"batch_size": 4}), adapter=adapter)
     assert cfg.backend.adapter == str(adapter.resolve()) and cfg.backend.batch_size == 4
     assert cfg.fingerprint() != load_config(tmp_path / "c.yaml").fingerprint()
+
+
+# ---- adapter folders without a valid adapter_config.json ------------------------------------
+BAD_CONFIGS = {  # name: (adapter_config.json text or None for no file, expected message)
+    "missing": (None, "not a PEFT adapter folder (no adapter_config.json)"),
+    "not-json": ('{"peft_type": "LORA", "r": 4', "adapter_config.json is not valid JSON"),
+    "not-a-mapping": ('["LORA", 4]', "adapter_config.json must be a JSON object, not a JSON array"),
+    "wrong-peft-type": ('{"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 4}',
+                        "has peft_type 'PREFIX_TUNING'; only LoRA adapters"),
+    "no-peft-type": ('{"r": 4, "lora_alpha": 8}', "has peft_type None; only LoRA adapters"),
+}
+
+
+def bad_adapter(good: Path, root: Path, case: str) -> Path:
+    """A copy of a working adapter (weights included) whose adapter_config.json is ``case``."""
+    import shutil
+
+    folder = root / f"bad-{case}"
+    shutil.copytree(good, folder)
+    text, _ = BAD_CONFIGS[case]
+    if text is None:
+        (folder / "adapter_config.json").unlink()
+    else:
+        (folder / "adapter_config.json").write_text(text)
+    return folder
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS)
+def test_bad_adapter_config_is_one_line_in_the_hf_backend(dirs, tmp_path, case, monkeypatch):
+    import debatelab.llm.hf_load as hf_load
+
+    base, good = dirs
+    loads = []  # the base model must not even load: the folder is checked first
+    monkeypatch.setattr(hf_load.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: loads.append(a))
+    folder = bad_adapter(good, tmp_path, case)
+    with pytest.raises(DebatelabError) as info:
+        load_llm(f"hf:{base}", BackendOptions(device="cpu", threads=1, adapter=str(folder)))
+    text = str(info.value)
+    assert "\n" not in text and BAD_CONFIGS[case][1] in text and str(folder) in text
+    assert loads == []
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS)
+def test_bad_adapter_config_is_one_line_for_run_adapter(dirs, tmp_path, case, capsys):
+    """`debatelab run --adapter DIR` on an hf model: exit code 2 and one stderr line, no traceback."""
+    from conftest import make_bank, write_config
+
+    from debatelab.cli import main
+
+    base, good = dirs
+    folder = bad_adapter(good, tmp_path, case)
+    config = write_config(tmp_path / "c.yaml", model=f"hf:{base}", personas=str(make_bank(tmp_path / "bank.jsonl")),
+                          rounds=1, repetitions=1, backend={"device": "cpu", "threads": 1}, reply={"max_tokens": 4})
+    code = main(["run", str(config), "--adapter", str(folder), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "Traceback" not in err
+    assert err.startswith("error: ") and BAD_CONFIGS[case][1] in err

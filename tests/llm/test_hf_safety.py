@@ -221,21 +221,21 @@ def test_loader_passes_exactly_the_options(base: Path, monkeypatch: pytest.Monke
 
 # ---- fine-tuning loads the same way -------------------------------------------------------
 def test_training_refuses_a_pickled_base(pickled_model: Path, no_unpickling: list[Any]) -> None:
-    from debatelab.finetune.base import Precision, load_base
+    from debatelab.finetune.devices import Precision, load_base
 
     with pytest.raises(DebatelabError) as exc:
-        load_base(str(pickled_model), Precision("cpu", "float32", bf16=False, fp16=False), "none")
+        load_base(str(pickled_model), Precision("cpu", "float32", bf16=False, fp16=False))
     text = _one_line(exc)
     assert str(pickled_model) in text and "pickled weights" in text and "safetensors only" in text
     assert no_unpickling == []
 
 
 def test_training_loads_without_remote_code(remote_code: tuple[Path, Path]) -> None:
-    from debatelab.finetune.base import Precision, load_base
+    from debatelab.finetune.devices import Precision, load_base
 
     folder, marker = remote_code
     with pytest.raises(DebatelabError, match="custom code") as exc:
-        load_base(str(folder), Precision("cpu", "float32", bf16=False, fp16=False), "none")
+        load_base(str(folder), Precision("cpu", "float32", bf16=False, fp16=False))
     _one_line(exc)
     assert not marker.exists()
 

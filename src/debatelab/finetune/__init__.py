@@ -1,6 +1,8 @@
-"""Self-fine-tuning after Taubenfeld et al. (2024), section 5 and appendix A.2.
+"""Self-fine-tuning after Taubenfeld et al. (2024), section 5, section 7 and appendix A.2.
 
 ``questions`` builds the interview questions (the paper's ten seeds plus model-written ones),
-``answers`` has a partisan agent answer them into a JSONL dataset for SFT and DPO. Training
-itself lives in modules that import torch/trl lazily, so importing this package stays cheap.
+``answers`` has a partisan agent answer them into a JSONL dataset for SFT and DPO, ``sft`` and
+``dpo`` train LoRA/QLoRA adapters (``devices`` picks the device and LoRA or QLoRA), ``benchmarks``
+scores models with lm-eval, and ``study`` runs the whole study from a ``study_config`` into
+``table1``. Training imports torch/trl lazily, so importing this package stays cheap.
 """

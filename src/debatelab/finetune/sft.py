@@ -1,19 +1,22 @@
 """Supervised fine-tuning (next-word prediction) of a LoRA adapter, after the paper's appendix A.2.
 
-TRL's ``SFTTrainer`` with a PEFT ``LoraConfig`` (r, alpha = 2r, dropout 0.05, bias "none", all
-attention and MLP projections) on a conversational prompt/completion JSONL file::
+TRL's ``SFTTrainer`` with a PEFT ``LoraConfig`` on a conversational prompt/completion JSONL file.
+The defaults are the appendix's: r = 256, alpha = 2r (512; alpha follows r unless set), dropout
+0.05, bias "none", the seven attention and MLP projections, batch 32, one epoch, and QLoRA (4-bit
+base) where CUDA is available, plain LoRA on CPU. Rows::
 
     {"prompt": [{"role": "user", "content": "..."}], "completion": [{"role": "assistant", "content": "..."}]}
 
 (other keys are ignored). The loss covers the completion only: the model learns the answers, not
-the questions. bf16 on CUDA (optionally 4-bit QLoRA), fp32 on CPU. The adapter folder holds the
-adapter, the tokenizer and, written last, ``manifest.json`` (base model and its fingerprint,
-dataset hash, settings, loss curve, library versions, runtime).
+the questions. bf16 on CUDA, fp32 on CPU. The adapter folder holds the adapter, the tokenizer and,
+written last, ``manifest.json`` (base model and its fingerprint, dataset hash, settings, the LoRA
+and trainer settings as applied, LoRA or QLoRA and why, loss curve, library versions, runtime).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -21,29 +24,32 @@ from .base import (
     TrainResult,
     TrainSettings,
     base_identity,
-    common_trainer_args,
     dataset_record,
-    load_base,
     manifest_head,
     prepare_out_dir,
     read_chat_jsonl,
     resolve_base,
-    resolve_precision,
     train_and_record,
     write_manifest,
 )
+from .devices import common_trainer_args, load_base, lora_record, resolve_precision
 
+# The appendix's list: q, v, k, o, up, down and gate projections.
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class SFTSettings(TrainSettings):
-    r: int = Field(16, ge=1)
-    """LoRA rank: how many trainable weights (the paper sweeps 16-256)."""
+    """Next-word-prediction LoRA settings; every default is the paper's (appendix A.2)."""
+
+    r: int = Field(256, ge=1)
+    """LoRA rank: how many trainable weights (appendix A.2: 256; Table 1 sweeps 16-256)."""
     alpha: int | None = Field(None, ge=1)
-    """LoRA scale numerator; None means 2r, as in the paper."""
+    """LoRA scale numerator; None means 2r (512 at r = 256), as in the paper."""
     dropout: float = Field(0.05, ge=0, lt=1)
-    """Dropout on the LoRA branch."""
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    """Dropout on the LoRA branch (paper: 0.05)."""
+    bias: Literal["none", "all", "lora_only"] = "none"
+    """Which biases train along with the adapter (paper: none)."""
+    target_modules: tuple[str, ...] = Field(DEFAULT_TARGETS, min_length=1)
     """Linear layers that get adapters (the paper: every attention and MLP projection)."""
 
     @property
@@ -65,10 +71,10 @@ def fit_sft(base: str, dataset_path: Path, out_dir: Path, settings: SFTSettings 
     source = resolve_base(base)
     out_dir = prepare_out_dir(Path(out_dir), overwrite)
 
-    model, tokenizer = load_base(source, precision, settings.quantization)
+    model, tokenizer = load_base(source, precision)
     lora = LoraConfig(
         r=settings.r, lora_alpha=settings.lora_alpha, lora_dropout=settings.dropout,
-        target_modules=list(settings.target_modules), bias="none", task_type="CAUSAL_LM",
+        target_modules=list(settings.target_modules), bias=settings.bias, task_type="CAUSAL_LM",
     )
     args = SFTConfig(**common_trainer_args(settings, precision, out_dir), completion_only_loss=True, packing=False)
     trainer = SFTTrainer(
@@ -85,8 +91,7 @@ def fit_sft(base: str, dataset_path: Path, out_dir: Path, settings: SFTSettings 
         "base_identity": base_identity(base, source),
         "dataset": dataset_record(dataset_path, rows),
         "settings": settings.model_dump(mode="json"),
-        "lora": {"r": settings.r, "alpha": settings.lora_alpha, "dropout": settings.dropout,
-                 "target_modules": list(settings.target_modules)},
+        "lora": lora_record(trained),
         **record,
     }
     write_manifest(out_dir, manifest)  # last: its presence marks the adapter complete

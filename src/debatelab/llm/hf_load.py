@@ -11,7 +11,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ..errors import DebatelabError
 from .hf import HFLLM
 from .options import BackendOptions
-from .weights import PICKLE_OPT_IN, TRUST_CODE_OPT_IN, dir_fingerprint, check_adapter_weights, check_model_weights
+from .weights import (
+    PICKLE_OPT_IN,
+    TRUST_CODE_OPT_IN,
+    check_adapter_config,
+    check_adapter_weights,
+    check_model_weights,
+    dir_fingerprint,
+)
+
 
 def resolve_device_dtype(options: BackendOptions) -> tuple[str, torch.dtype]:
     """Device and dtype for ``options``; sets torch's CPU threads when ``options.threads`` is given.
@@ -53,6 +61,10 @@ def _quantization_config(options: BackendOptions, device: str) -> Any:
 
 def load_pretrained(source: str, options: BackendOptions, identity: dict[str, Any]) -> HFLLM:
     device, dtype = resolve_device_dtype(options)
+    adapter = Path(options.adapter).expanduser() if options.adapter else None
+    if adapter is not None:  # checked before the base loads: a bad folder fails in a second, as one line
+        check_adapter_config(adapter)
+        check_adapter_weights(adapter, options.allow_pickle)
     if Path(source).is_dir():
         check_model_weights(Path(source), "model folder", options.allow_pickle)
     # trust_remote_code is always the option's bool (transformers reads None as "ask on the
@@ -69,8 +81,8 @@ def load_pretrained(source: str, options: BackendOptions, identity: dict[str, An
     if options.quantization == "none":
         model = model.to(device)
     ident = {**identity, "dtype": str(dtype).removeprefix("torch."), "quantization": options.quantization}
-    if options.adapter:
-        model, ident["adapter"] = _apply_adapter(model, Path(options.adapter).expanduser(), options.allow_pickle)
+    if adapter is not None:
+        model, ident["adapter"] = _apply_adapter(model, adapter)
     return HFLLM(model, tokenizer, ident, options)
 
 
@@ -88,19 +100,16 @@ def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _apply_adapter(model: Any, adapter: Path, allow_pickle: bool) -> tuple[Any, dict[str, str]]:
-    """Base + LoRA adapter; the adapter's content fingerprint joins the model identity, so a
-    tuned model never shares run directories or debate ids with its base."""
-    if not (adapter / "adapter_config.json").is_file():
-        raise DebatelabError(f"not a PEFT adapter folder (no adapter_config.json): {adapter}")
-    check_adapter_weights(adapter, allow_pickle)
+def _apply_adapter(model: Any, adapter: Path) -> tuple[Any, dict[str, str]]:
+    """Base + LoRA adapter (folder already checked); the adapter's content fingerprint joins the
+    model identity, so a tuned model never shares run directories or debate ids with its base."""
     try:
         from peft import PeftModel
     except ImportError:
         raise DebatelabError("adapters need peft: pip install 'debatelab[train]'") from None
     try:
         tuned = PeftModel.from_pretrained(model, str(adapter)).eval()
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # e.g. a config field PEFT does not know
         raise DebatelabError(f"cannot load adapter {adapter}: {_first_line(exc)}") from exc
     return tuned, {"path": str(adapter.resolve()), "weights": dir_fingerprint(adapter)}
 
@@ -115,5 +124,3 @@ def load_hf(name: str, options: BackendOptions) -> HFLLM:
     if local.is_dir():
         identity["weights"] = dir_fingerprint(local)
     return load_pretrained(source, options, identity)
-
-

