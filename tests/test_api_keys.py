@@ -18,7 +18,8 @@ from fakes.openai_server import FakeOpenAIServer
 from debatelab.cli import main
 from debatelab.errors import DebatelabError, RunFailed
 from debatelab.llm.base import GenerateRequest, Message, Prompt
-from debatelab.llm.openai_compat import key_problem, load_openai, redact
+from debatelab.llm.openai_compat import load_openai
+from debatelab.llm.openai_keys import key_problem, redact
 from debatelab.llm.options import BackendOptions
 
 from conftest import write_config

@@ -13,7 +13,8 @@ from fakes.openai_server import FakeOpenAIServer
 
 from debatelab.errors import DebatelabError
 from debatelab.llm.base import LLM, GenerateRequest, Message, Prompt, ScoreRequest
-from debatelab.llm.openai_compat import OpenAICompatLLM, load_openai, parse_option
+from debatelab.llm.openai_compat import OpenAICompatLLM, load_openai
+from debatelab.llm.openai_scoring import parse_option
 from debatelab.llm.options import BackendOptions
 
 KEY = "sk-test-not-a-real-key-1234"

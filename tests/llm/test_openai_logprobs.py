@@ -22,7 +22,8 @@ from debatelab.cli import main
 from debatelab.config import load_config
 from debatelab.errors import DebatelabError
 from debatelab.llm.base import Message, Prompt, ScoreRequest
-from debatelab.llm.openai_compat import EchoRow, OpenAICompatLLM, echo_scores, load_openai
+from debatelab.llm.openai_compat import OpenAICompatLLM, load_openai
+from debatelab.llm.openai_scoring import EchoRow, echo_scores
 from debatelab.llm.options import BackendOptions
 
 from conftest import write_config

@@ -58,7 +58,7 @@ class BackendOptions(BaseModel):
     it only its debate (recorded, and retried on resume)."""
     retry_backoff: float = Field(1.0, gt=0, le=600)
     """First back-off wait in seconds; it doubles per retry (with jitter), unless Retry-After says more."""
-    top_logprobs: int | None = Field(None, ge=0, le=20, strict=True)
+    top_logprobs: int | None = Field(None, ge=0, strict=True)
     """Alternatives requested per token for option scoring, within the chosen API's documented cap
     (``TOP_LOGPROBS_CAP``: 20 for chat ``top_logprobs``, 5 for legacy completions ``logprobs``; a
     value over it is a config error). None (default) means the cap; 0 turns log-probability

@@ -1,0 +1,148 @@
+"""What travels between the OpenAI-compatible backend and its server: prompts out as chat messages
+or flat text, replies in (a body of the wrong shape is a retryable fault), URLs as they may be
+shown, and why a connection could not be made at all. Pure functions; no SDK import."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+from .base import Prompt
+from .concurrency import Gate
+from .retry import MalformedResponse
+
+# What reading a body of the wrong shape raises (a proxy's error page, a field missing or null).
+BODY_ERRORS = (AttributeError, IndexError, KeyError, TypeError, ValueError)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one batch's requests share; made inside the batch's event loop."""
+
+    client: Any
+    gate: Gate
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    finish_reason: str
+    token: str | None = None  # first generated token, when logprobs came back
+    alternatives: tuple[tuple[str, float], ...] = ()
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Unreachable(Exception):
+    """No connection could be made to a server that never answered: stop the run."""
+
+
+# --- out -----------------------------------------------------------------------------------------
+
+def normalise_url(url: str) -> str:
+    """Scheme, host, port and path only, so credentials or query strings never reach identity()."""
+    parts = urlsplit(url.strip())
+    host = (parts.hostname or "").lower()
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme.lower(), netloc, parts.path.rstrip("/"), "", ""))
+
+
+def chat_messages(prompt: Prompt, hint: str) -> list[dict[str, str]]:
+    messages = [m.as_dict() for m in prompt.messages] or [{"role": "user", "content": prompt.text or ""}]
+    if prompt.assistant_prefix.strip():
+        note = hint.format(prompt.assistant_prefix.strip())
+        if messages[-1]["role"] == "user":
+            messages[-1] = {"role": "user", "content": f"{messages[-1]['content']}\n\n{note}"}
+        else:
+            messages.append({"role": "user", "content": note})
+    return messages
+
+
+# --- in ------------------------------------------------------------------------------------------
+
+@contextmanager
+def reading_body() -> Iterator[None]:
+    """Reading a 2xx body: one of the wrong shape raises :class:`MalformedResponse` (retried)."""
+    try:
+        yield
+    except BODY_ERRORS as exc:
+        raise MalformedResponse(f"unexpected response body ({type(exc).__name__})") from None
+
+
+def used_tokens(response: Any, field: str) -> int:
+    """``usage.<field>`` of a response, 0 where the server reports no usage."""
+    usage = response.usage
+    return int(getattr(usage, field) or 0) if usage else 0
+
+
+def read_reply(response: Any, prompt: Prompt, api: str) -> Reply:
+    """The reply in a 2xx response of the ``chat`` or ``completions`` API, with its token counts."""
+    with reading_body():
+        choice = response.choices[0]
+        reply = chat_reply(choice, prompt) if api == "chat" else completion_reply(choice)
+        prompt_tokens = used_tokens(response, "prompt_tokens")
+        completion_tokens = used_tokens(response, "completion_tokens")
+    return dataclasses.replace(reply, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+
+
+def chat_reply(choice: Any, prompt: Prompt) -> Reply:
+    text = strip_prefix(choice.message.content or "", prompt.assistant_prefix)
+    content = choice.logprobs.content if choice.logprobs else None
+    if not content:
+        return Reply(text, choice.finish_reason)
+    first = content[0]
+    alternatives = tuple((alt.token, alt.logprob) for alt in first.top_logprobs or ())
+    return Reply(text, choice.finish_reason, first.token, alternatives)
+
+
+def completion_reply(choice: Any) -> Reply:
+    logprobs = choice.logprobs
+    tops = logprobs.top_logprobs if logprobs else None
+    if not tops or not tops[0]:
+        return Reply(choice.text or "", choice.finish_reason)
+    token = logprobs.tokens[0] if logprobs.tokens else None
+    return Reply(choice.text, choice.finish_reason, token, tuple(tops[0].items()))
+
+
+def strip_prefix(text: str, prefix: str) -> str:
+    """Drop the assistant prefix if the model repeated it, leaving what a continuation would be."""
+    head, body = prefix.strip(), text.lstrip()
+    if not head or not body.startswith(head):
+        return text
+    rest = body[len(head):]
+    # A raw backend continuing "Answer: " starts without a space; one continuing "Answer:" with one.
+    return rest.lstrip() if prefix[-1].isspace() else rest
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    cuts = [text.find(s) for s in stops if s and s in text]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+# --- no connection -------------------------------------------------------------------------------
+
+def connect_failure(exc: BaseException) -> str | None:
+    """Why a connection could not be made at all ("connection refused", ...), or None when the
+    failure came after connecting (a reset, a truncated answer) or was a timeout."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    connect = False
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(link, socket.gaierror):
+            return "host name not found"
+        if isinstance(link, TimeoutError) or "Timeout" in type(link).__name__:
+            return None
+        connect = connect or type(link).__name__ == "ConnectError"
+        if connect and isinstance(link, OSError) and link.strerror:
+            return link.strerror.lower()
+        link = link.__cause__ or link.__context__
+    return "connection failed" if connect else None
