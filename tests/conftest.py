@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -63,3 +64,26 @@ def server() -> Iterator[FakeOpenAIServer]:
     """A fault-free OpenAI-compatible server on 127.0.0.1 (tests add faults as they need)."""
     with FakeOpenAIServer() as fake:
         yield fake
+
+
+def run_snapshot(run: Path) -> dict[str, object]:
+    """Export bytes, the database's logical content, and which files the run directory holds
+    (SQLite's own -wal/-shm files come and go with every reader, so they are left out)."""
+    names = sorted(p.name for p in run.iterdir() if not p.name.endswith(("-wal", "-shm")))
+    files = {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.suffix in (".csv", ".jsonl")}
+    db = sqlite3.connect(f"file:{run / 'run.sqlite'}?mode=ro", uri=True)
+    dump = list(db.iterdump())
+    db.close()
+    return {"names": names, "files": files, "db": dump}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(config, bank, run directory) of a complete scripted run, for bad input to be aimed at."""
+    from debatelab.cli import main
+
+    root = tmp_path_factory.mktemp("finished")
+    bank = make_bank(root / "bank.jsonl")
+    cfg = write_config(root / "c.yaml", personas=str(bank))
+    assert main(["run", str(cfg), "--out", str(root / "run"), "--quiet"]) == 0
+    return cfg, bank, root / "run"

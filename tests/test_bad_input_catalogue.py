@@ -10,7 +10,6 @@ Everything runs in-process through debatelab.cli.main; the whole catalogue takes
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,28 +19,7 @@ import pytest
 
 from debatelab.cli import main
 
-from conftest import make_bank, write_config
-
-
-def _snapshot(run: Path) -> dict[str, object]:
-    """Export bytes, the database's logical content, and which files the run directory holds
-    (SQLite's own -wal/-shm files come and go with every reader, so they are left out)."""
-    names = sorted(p.name for p in run.iterdir() if not p.name.endswith(("-wal", "-shm")))
-    files = {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.suffix in (".csv", ".jsonl")}
-    db = sqlite3.connect(f"file:{run / 'run.sqlite'}?mode=ro", uri=True)
-    dump = list(db.iterdump())
-    db.close()
-    return {"names": names, "files": files, "db": dump}
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """(config, bank, run directory) of a complete scripted run."""
-    root = tmp_path_factory.mktemp("catalogue")
-    bank = make_bank(root / "bank.jsonl")
-    cfg = write_config(root / "c.yaml", personas=str(bank))
-    assert main(["run", str(cfg), "--out", str(root / "run"), "--quiet"]) == 0
-    return cfg, bank, root / "run"
+from conftest import run_snapshot, write_config
 
 
 @dataclass
@@ -276,7 +254,7 @@ def test_bad_input_catalogue(finished, tmp_path, capsys, case):
     _, build, expected, needle = next(c for c in CASES if c[0] == case)
     needle = needle.replace("{run}", str(run))
     argv = build(Ctx(tmp_path, bank, cfg, run))
-    before = _snapshot(run)
+    before = run_snapshot(run)
     started = time.monotonic()
     try:
         code: Any = main(argv)
@@ -289,7 +267,7 @@ def test_bad_input_catalogue(finished, tmp_path, capsys, case):
     assert err.startswith("error: ") and needle in err, err
     assert "Traceback" not in err and len(err) <= 1_100
     assert seconds < 10, f"{case} took {seconds:.1f} s"
-    assert _snapshot(run) == before
+    assert run_snapshot(run) == before
 
 
 def test_catalogue_size():

@@ -8,7 +8,6 @@ the cases that need a run to protect, plus files that are present but broken.
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -16,26 +15,7 @@ import pytest
 
 from debatelab.cli import main
 
-from conftest import make_bank, write_config
-
-
-def _snapshot(run: Path) -> dict[str, object]:
-    """Everything a run holds: export bytes and the database's logical content."""
-    files = {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.suffix in (".csv", ".jsonl")}
-    db = sqlite3.connect(f"file:{run / 'run.sqlite'}?mode=ro", uri=True)
-    dump = list(db.iterdump())
-    db.close()
-    return {"files": files, "db": dump}
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """(config, bank, run directory) of a complete scripted run."""
-    root = tmp_path_factory.mktemp("finished")
-    bank = make_bank(root / "bank.jsonl")
-    cfg = write_config(root / "c.yaml", personas=str(bank))
-    assert main(["run", str(cfg), "--out", str(root / "run"), "--quiet"]) == 0
-    return cfg, bank, root / "run"
+from conftest import make_bank, run_snapshot, write_config
 
 
 def _bad_bank(root: Path, kind: str) -> Path:
@@ -85,14 +65,14 @@ def test_bad_input_leaves_the_finished_run_untouched(finished, tmp_path, capsys,
         cfg = write_config(tmp_path / "c.yaml", personas=str(_bad_bank(tmp_path, overrides)))
     elif overrides is not None:
         cfg = write_config(tmp_path / "c.yaml", personas=str(bank), **overrides)
-    before = _snapshot(run)
+    before = run_snapshot(run)
     with pytest.raises(SystemExit) as exit_:
         sys.exit(main(["run", str(cfg), "--out", str(run), "--quiet", *argv]))
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2, err
     assert len(err.splitlines()) == 1 and err.startswith("error:") and needle in err, err
     assert "Traceback" not in err
-    assert _snapshot(run) == before
+    assert run_snapshot(run) == before
 
 
 @pytest.mark.parametrize("out", ["file", "under-file", "proc"])
