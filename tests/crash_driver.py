@@ -2,7 +2,8 @@
 
     python crash_driver.py [--slow S] [--kill WHERE:CALLER:N] [--trace FILE] -- run CONFIG --out DIR --quiet
 
-``--slow`` adds S seconds to every model call, so a parent can signal or kill at random moments.
+``--slow`` adds S seconds to every model call (of the scripted backend or the embedded model), so
+a parent can signal or kill at random moments.
 ``--kill`` sends SIGKILL to this very process at a chosen point: the N-th (from 1) commit made
 by the store method CALLER (``add_personas``, ``register``, ``add_results``, ``mark_running``,
 ``claim``... or ``any``), or the N-th model call (CALLER ``any``). WHERE is ``before-commit`` (a transaction's statements are done but COMMIT has not started),
@@ -26,7 +27,7 @@ import traceback
 from pathlib import Path
 
 from debatelab import cli
-from debatelab.llm import scripted
+from debatelab.llm import embedded, scripted
 from debatelab import store as store_module
 
 
@@ -104,6 +105,22 @@ def install(hooks: Hooks) -> None:
             return _original(self, requests)
 
         setattr(scripted.ScriptedLLM, method, wrapped)
+
+    # The real embedded model: wrap the loaded instance (embedded.py imports no torch, so a
+    # scripted run stays light).
+    load_embedded = embedded.load_embedded
+
+    def load_hooked(*args, **kwargs):
+        llm = load_embedded(*args, **kwargs)
+        for method in ("generate", "score_options"):
+            def call(requests, _original=getattr(llm, method)):
+                hooks.model_call()
+                return _original(requests)
+
+            setattr(llm, method, call)
+        return llm
+
+    embedded.load_embedded = load_hooked
 
 
 def main() -> int:

@@ -3,7 +3,9 @@ never was, with no turn lost and none duplicated (issue 5, point 1).
 
 Each kill is SIGKILL to a real child process (tests/crash_driver.py) at a chosen or random point:
 inside model calls during persona generation, before / during / after SQLite commits of every
-kind, and at random wall-clock moments.
+kind, and at random wall-clock moments. The backend here is the scripted one, which is exact;
+tests/test_resume_embedded.py does the same on the real embedded model, where resumed floats are
+equal at ``debatelab.compare.PRECISION`` (float32 rounding depends on batch shapes).
 """
 
 from __future__ import annotations

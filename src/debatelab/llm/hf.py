@@ -3,6 +3,13 @@
 Sampling happens in a logits processor that draws each row from its own seeded generator and
 then forces that token, so one batched ``generate`` call serves requests with different seeds,
 temperatures and top-p values. Stop strings are checked per row, against that row's own list.
+
+A row's floats depend, in their last bits, on the shape it is computed in (micro-batch rows, left
+padding, a prefix taken from the prefix cache): float32 matrix multiplies pick kernels by shape.
+Repeating a call repeats it bit for bit; a resumed run or another ``batch_size`` differs by up to
+about 1e-5 in survey probabilities and expected scores (within ``debatelab.compare.PRECISION``;
+README, "Reliability"). ``batch_size=1`` with ``prefix_cache_mb=0`` computes every prompt alone
+and in full, which makes results bit-identical at one-at-a-time speed.
 """
 
 from __future__ import annotations

@@ -5,7 +5,11 @@ each new prompt only adds the turns since the agent last spoke (or the survey qu
 store keeps each prompt's key/value tensors and finds, for a new prompt, the stored prompt that
 shares the longest token prefix with it; only the rest is computed. A causal model's keys and
 values for a token prefix do not depend on what follows, so reuse changes nothing but float
-rounding (the tests compare against the uncached path).
+rounding (the tests compare against the uncached path). That rounding is real: float32 kernels
+round a row differently in other shapes (MKL picks its matrix-multiply kernel by the number of
+rows, attention sees other padding), so a prompt computed from a reused prefix, in another
+micro-batch or after a resume differs from a full computation in the last bits. Run exports are
+therefore equal at ``debatelab.compare.PRECISION`` for floats (text and integers exactly).
 
 Lookup goes by chained hashes of fixed-size token blocks (as vLLM's automatic prefix caching
 does), then token by token inside the last block. Memory is bounded by ``budget_bytes``:
