@@ -164,12 +164,11 @@ def token_counter(config: ExperimentConfig) -> tuple[Counter, str]:
         return _count_chars, f"estimated as characters / {CHARS_PER_TOKEN} (no local tokenizer for {config.model})"
 
     def count(prompt: Prompt) -> int:
-        chat = bool(prompt.messages) and bool(getattr(tokenizer, "chat_template", None))
-        if not chat:
+        from .llm.chat import render, uses_chat_template
+
+        if not uses_chat_template(tokenizer, prompt):
             return len(tokenizer(prompt.flat_text()).input_ids)
-        text = tokenizer.apply_chat_template([m.as_dict() for m in prompt.messages], tokenize=False,
-                                             add_generation_prompt=True)
-        return len(tokenizer(text + prompt.assistant_prefix, add_special_tokens=False).input_ids)
+        return len(tokenizer(render(tokenizer, prompt), add_special_tokens=False).input_ids)
 
     return count, f"counted with the tokenizer of {config.model}"
 

@@ -353,7 +353,7 @@ def test_long_options_fall_back_to_prompt_logprobs(tokenizer: Any) -> None:
 
 def make_adapter(folder: Path, rank: int = 8, pickled: bool = False) -> Path:
     folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text(f'{{"r": {rank}, "target_modules": ["q_proj"]}}')
+    (folder / "adapter_config.json").write_text(f'{{"peft_type": "LORA", "r": {rank}, "target_modules": ["q_proj"]}}')
     (folder / ("adapter_model.bin" if pickled else "adapter_model.safetensors")).write_bytes(bytes([rank]) * 64)
     return folder
 
@@ -385,6 +385,10 @@ def test_adapters_are_checked(tokenizer: Any, tmp_path: Path) -> None:
         base.with_adapter(make_adapter(tmp_path / "big", rank=64))
     with pytest.raises(DebatelabError, match="not a PEFT adapter"):
         base.with_adapter(tmp_path)
+    listed = make_adapter(tmp_path / "list")
+    (listed / "adapter_config.json").write_text("[8]")  # was a TypeError traceback
+    with pytest.raises(DebatelabError, match="must be a JSON object"):
+        base.with_adapter(listed)
     with pytest.raises(DebatelabError, match="without LoRA"):
         fake_backend(tokenizer, max_lora_rank=0).with_adapter(make_adapter(tmp_path / "ok"))
 

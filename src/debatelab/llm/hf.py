@@ -28,6 +28,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+from . import chat
 from .base import Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest, Usage
 from .hf_kv import Layout, Row, layout, look_up, prefix_cache_budget, remember, supports_prefix_cache
 from .hf_options import OptionTree, option_tree, tree_logprobs
@@ -137,14 +138,10 @@ class HFLLM:
 
     # ---- prompt rendering -------------------------------------------------------------
     def uses_chat_template(self, prompt: Prompt) -> bool:
-        return bool(prompt.messages) and bool(getattr(self.tokenizer, "chat_template", None))
+        return chat.uses_chat_template(self.tokenizer, prompt)
 
     def render(self, prompt: Prompt) -> str:
-        if not self.uses_chat_template(prompt):
-            return prompt.flat_text()
-        messages = [m.as_dict() for m in prompt.messages]
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return text + prompt.assistant_prefix
+        return chat.render(self.tokenizer, prompt)
 
     def encode(self, prompt: Prompt) -> list[int]:
         # A chat template already writes any BOS token; a raw prompt gets the tokenizer's own.

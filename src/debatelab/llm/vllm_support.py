@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import DebatelabError
 from .base import GenerateRequest, Prompt
+from .chat import render, uses_chat_template
 from .options import BackendOptions
 
 INSTALL_HINT = "pip install 'debatelab[vllm]'"
@@ -146,18 +147,12 @@ def adapter_rank(folder: Path) -> int:
     return int(check_adapter_config(folder).get("r") or 8)
 
 
-def uses_chat_template(tokenizer: Any, prompt: Prompt) -> bool:
-    return bool(prompt.messages) and bool(getattr(tokenizer, "chat_template", None))
-
-
 def encode(tokenizer: Any, prompt: Prompt) -> list[int]:
     """Token ids exactly as ``hf:`` builds them: chat template plus assistant prefix when there are
     messages and a template (which writes any BOS itself), else the flat text with BOS."""
     if not uses_chat_template(tokenizer, prompt):
         return list(tokenizer(prompt.flat_text(), add_special_tokens=True).input_ids)
-    messages = [m.as_dict() for m in prompt.messages]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return list(tokenizer(text + prompt.assistant_prefix, add_special_tokens=False).input_ids)
+    return list(tokenizer(render(tokenizer, prompt), add_special_tokens=False).input_ids)
 
 
 def find_end_of_turn(tokenizer: Any) -> int | None:
