@@ -44,10 +44,10 @@ CASES = [
     ("unknown key", {"colour": "red"}, [], "colour"),
     ("zero max_in_flight", {"max_in_flight": 0}, [], "max_in_flight"),
     ("bad model string", {"model": "gpt4"}, [], "unknown model"),
-    ("missing hf model", {"model": "hf:/no/such/dir"}, [], "cannot load model"),
+    ("missing hf model", {"model": "hf:/no/such/dir"}, [], "different config"),  # refused before any load is tried
     ("missing API key", {"model": "openai:gpt-4o", "backend": {"base_url": "https://api.example.com/v1",
                                                                "api_key_env": "DEBATELAB_NO_SUCH_KEY"}},
-     [], "missing API key"),
+     [], "different config"),  # the other config is refused before the key is looked for
     ("corrupt persona file", "corrupt", [], "line 2 is malformed"),
     ("duplicate persona names", "duplicate names", [], "duplicate persona names"),
     ("empty persona file", "empty", [], "is empty"),

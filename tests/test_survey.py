@@ -97,3 +97,9 @@ def test_both_marks_a_distribution_parsed_from_text_as_a_fallback():
     scores = OptionScores((-math.inf,) * 7 + (0.0,) + (-math.inf,) * 3, source="generated", text="7")
     answer = from_both(0, 0, Completion("7"), scores)
     assert answer.source == "generated" and answer.option_mass is None and answer.score == 7
+
+
+def test_top_k_option_mass_is_the_mass_seen() -> None:
+    lps = (math.log(0.5), math.log(0.2)) + (-math.inf,) * 9
+    answer = from_option_scores(0, 0, OptionScores(lps, source="top_k"))
+    assert answer.source == "top_k" and answer.option_mass == pytest.approx(0.7) and answer.score == 0

@@ -40,19 +40,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_survey_summary(summary: RunSummary) -> None:
-    from .analysis.show import LOW_MASS
+    from .analysis.show import LOW_MASS, distribution_line, low_mass_warning
 
     if summary.surveys:
         share = 100 * summary.invalid_surveys / summary.surveys
         print(f"invalid survey answers: {summary.invalid_surveys}/{summary.surveys} ({share:.1f} %)")
     if summary.distributions:
-        print(f"survey distributions parsed from generated text (no logprobs): "
-              f"{summary.fallbacks}/{summary.distributions}")
+        print(distribution_line(summary.distributions, summary.fallbacks, summary.partial))
     if summary.option_mass is not None:
         print(f"mean option mass: {summary.option_mass:.3f}")
         if summary.option_mass < LOW_MASS:
-            print(f"warning: mean option mass {summary.option_mass:.3f} < {LOW_MASS}: the model mostly wanted "
-                  "to answer something other than 0..10, so the distributions say little", file=sys.stderr)
+            print(f"warning: {low_mass_warning(summary.option_mass)}", file=sys.stderr)
 
 
 def _dry_run(config: ExperimentConfig, run_dir: Path) -> int:

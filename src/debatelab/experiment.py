@@ -26,7 +26,7 @@ from .planning import check_feasible, personas_needed, plan_debates
 from .prompts import TEMPLATE_VERSION
 from .ray_executor import RayPool
 from .runner import WaveRunner
-from .store import RunLock, RunStore, lock_run_dir, open_store
+from .store import RunLock, RunStore, check_claimable, lock_run_dir, open_store
 from .types import DebateSpec, Persona
 
 
@@ -44,8 +44,11 @@ class RunSummary:
     """Surveys that recorded a 0..10 distribution."""
     fallbacks: int = 0
     """Of those, distributions the backend could only parse from generated text (no logprobs)."""
+    partial: int = 0
+    """Of those, distributions with only the API's top-k options scored (the rest counted as 0)."""
     option_mass: float | None = None
-    """Mean probability the model put on answering one of 0..10 (true-logprob surveys only)."""
+    """Mean option mass: the probability the model put on answering exactly one of 0..10 (see
+    :func:`debatelab.analysis.show.MASS_MEANING`); None where no backend reported one."""
 
 
 def run_experiment(config: ExperimentConfig, run_dir: Path, llm: LLM | None = None,
@@ -88,6 +91,7 @@ def _run(config: ExperimentConfig, run_dir: Path, llm: LLM | None, progress: boo
     lock = held or lock_run_dir(run_dir)
     undo = False
     try:
+        check_claimable(run_dir, run_fingerprint(config, bank))  # read-only, before the model loads
         return _run_locked(config, run_dir, llm, bank, progress, seat_llms, start, lock)
     except BaseException as exc:
         undo = isinstance(exc, DebatelabError) and exc.exit_code == 2 and not is_disk_full(exc)

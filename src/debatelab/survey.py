@@ -91,6 +91,8 @@ def from_option_scores(iteration: int, agent: int, scores: OptionScores) -> Surv
 
     ``option_mass`` is the total probability the model put on answering exactly one option:
     a low mass means the model mostly wanted to say something else, which analyses may filter on.
+    For ``source="top_k"`` it covers only the options the API's top-k returned, so it is a lower
+    bound.
     """
     probs = normalise(scores.logprobs)
     if probs is None:
@@ -100,7 +102,10 @@ def from_option_scores(iteration: int, agent: int, scores: OptionScores) -> Surv
         iteration=iteration, agent_index=agent, method="logprobs",
         score=max(range(len(probs)), key=probs.__getitem__), valid=True,
         expected_score=sum(i * p for i, p in enumerate(probs)), probs=tuple(probs),
-        option_mass=sum(math.exp(lp) for lp in scores.logprobs) if scores.source == "logprobs" else None,
+        # Exact for "logprobs". For "top_k" only the options the API's top-k returned count (the
+        # rest are -inf, i.e. 0), so it is a lower bound on the true mass. None for "generated".
+        option_mass=(sum(math.exp(lp) for lp in scores.logprobs)
+                     if scores.source in ("logprobs", "top_k") else None),
         raw=scores.text, source=scores.source,
     )
 

@@ -73,8 +73,11 @@ class SurveyAnswer(BaseModel):
     ``score``/``valid``/``raw`` are the parsed greedy answer (the paper's measure; ``score`` is
     None and ``valid`` False when it is not an integer 0..10) for the ``both`` and ``generate``
     methods; for ``logprobs`` alone they are the distribution's argmax and whether one exists.
-    ``source`` says how the distribution was obtained (``logprobs``, or ``generated`` when the
-    backend could only parse a greedy answer into a one-hot); None when none was asked for.
+    ``source`` says how the distribution was obtained: ``logprobs`` (complete model
+    log-probabilities), ``top_k`` (model log-probabilities of only the options among the API's
+    top-k alternatives, the rest counted as 0: a partial distribution, ``option_mass`` a lower
+    bound), or ``generated`` (the backend could only parse a greedy answer into a one-hot); None
+    when none was asked for.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -88,4 +91,4 @@ class SurveyAnswer(BaseModel):
     probs: tuple[float, ...] | None = None
     option_mass: float | None = None
     raw: str | None = None
-    source: Literal["logprobs", "generated"] | None = None
+    source: Literal["logprobs", "top_k", "generated"] | None = None

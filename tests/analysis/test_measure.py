@@ -119,7 +119,7 @@ def test_low_option_mass_warns_in_the_cli_show_and_report(tmp_path, bank, capsys
     assert "warning: mean option mass 0.220 < 0.5" in captured.err
     assert "WARNING: mean option mass 0.220 < 0.5" in show_run(tmp_path / "run")
     html = build_report([tmp_path / "run"], tmp_path / "report").read_text()
-    assert "warning: under 0.5" in html
+    assert "warning: under 0.5: only this share of the probability went to a bare number" in html
 
 
 def test_show_prints_mean_and_se_per_topic_role_and_iteration(tmp_path, bank, capsys):
@@ -132,3 +132,40 @@ def test_show_prints_mean_and_se_per_topic_role_and_iteration(tmp_path, bank, ca
         se = values.std(ddof=1) / math.sqrt(len(values))
         assert f"{values.mean():.2f} ± {se:.2f}" in out, (role, iteration)
     assert "measure: greedy T=0 answer (the paper's measure)" in out and "invalid (greedy): 0/27" in out
+
+
+class _TopFive(ScriptedLLM):
+    """An API that returns only the top-5 options (the paper's gpt-3.5-turbo-instruct path)."""
+
+    def score_options(self, requests):
+        super().score_options(requests)
+        return [OptionScores(tuple([math.log(0.2)] * 5 + [-math.inf] * 6), source="top_k") for _ in requests]
+
+
+def test_partial_distributions_are_counted_in_summary_show_and_report(tmp_path, bank):
+    config = load_config(write_config(tmp_path / "c.yaml", personas=str(bank)))
+    summary = run_experiment(config, tmp_path / "run", llm=_TopFive())
+    assert summary.partial == summary.distributions == 27 and summary.fallbacks == 0
+    assert "partial (only the API's top-k options scored): 27/27" in show_run(tmp_path / "run")
+    html = build_report([tmp_path / "run"], tmp_path / "report").read_text()
+    assert "27 of 27 distributions scored only the options in the API" in html
+
+
+def test_show_reports_complete_debates_only_and_counts_the_rest(tmp_path, bank):
+    class _OneFails(ScriptedLLM):
+        def generate(self, requests):
+            from debatelab.llm.base import Completion
+
+            out = super().generate(requests)
+            if len(self.generate_calls) == 1:  # the first request ever: that one debate fails
+                out[0] = Completion("", error="boom")
+            return out
+
+    config = load_config(write_config(tmp_path / "c.yaml", personas=str(bank)))
+    summary = run_experiment(config, tmp_path / "run", llm=_OneFails())
+    assert 0 < summary.complete < summary.debates
+    text = show_run(tmp_path / "run")
+    assert f"{summary.complete} complete, {summary.debates - summary.complete} failed (left out)" in text
+    complete = load(tmp_path / "run", complete_only=True).surveys
+    rows = [line.split() for line in text.splitlines() if line.startswith("climate_change")]
+    assert rows and {int(r[-2]) for r in rows if r[1] != "default"} == {complete["debate_id"].nunique()}

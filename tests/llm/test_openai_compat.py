@@ -151,7 +151,7 @@ def test_score_options_maps_server_logprobs(server: FakeOpenAIServer, api: str) 
     # in test_openai_logprobs.py)
     llm = make_llm(server, api=api, top_logprobs=5, score_echo=False)
     [scores] = llm.score_options([ScoreRequest(chat("Rate 0-10."), options=("3", "5", "7", "10"), seed=9)])
-    assert scores.source == "logprobs" and scores.text == "3"
+    assert scores.source == "top_k" and scores.text == "3"  # "5" is not among the alternatives
     assert scores.logprobs[0] == pytest.approx(math.log(0.5))
     assert scores.logprobs[1] == -math.inf
     assert scores.logprobs[2] == pytest.approx(math.log(0.3))  # "7" and " 7" are one answer
@@ -171,7 +171,7 @@ def test_score_options_only_sees_top_alternatives(server: FakeOpenAIServer) -> N
     [scores] = llm.score_options([ScoreRequest(chat("Rate."), options=SCALE)])
     # The default distribution peaks at 7; only "7" and one neighbour come back.
     assert scores.logprobs[7] == max(scores.logprobs) > -math.inf
-    assert sum(lp > -math.inf for lp in scores.logprobs) == 2
+    assert sum(lp > -math.inf for lp in scores.logprobs) == 2 and scores.source == "top_k"
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,9 @@ HTTP through the official SDK against the local fake (which, like OpenAI, answer
 
 Legacy completions (the paper's gpt-3.5-turbo-instruct) cap ``logprobs`` at 5, chat caps
 ``top_logprobs`` at 20. Completions score every option exactly by echo where the server allows it;
-otherwise the first token's top alternatives are used; a distribution that is not model
-log-probabilities is always ``source="generated"`` and counted in ``usage.extra``.
+otherwise the first token's top alternatives are used, ``source="logprobs"`` only when they hold
+every option and ``source="top_k"`` (a partial distribution) when any is missing; a distribution
+that is not model log-probabilities is always ``source="generated"`` and counted in ``usage.extra``.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def test_default_asks_for_each_apis_cap(server: FakeOpenAIServer, api: str, cap:
     body = server.bodies[0]
     asked = body["top_logprobs"] if api == "chat" else body["logprobs"]
     assert asked == cap and llm.identity()["top_logprobs"] == cap
-    assert scores.source == "logprobs" and sum(lp > -math.inf for lp in scores.logprobs) == min(cap, 11)
+    assert sum(lp > -math.inf for lp in scores.logprobs) == min(cap, 11)
+    # chat's 20 hold all 11 options: complete; completions' 5 cannot: partial, and marked so.
+    assert scores.source == ("logprobs" if cap >= 11 else "top_k")
 
 
 def test_the_fake_refuses_what_openai_refuses(server: FakeOpenAIServer) -> None:
@@ -117,6 +120,7 @@ def test_echo_scores_every_option_exactly_in_one_request(server: FakeOpenAIServe
     llm = make_llm(server, api="completions")
     [scores] = llm.score_options([survey()])
     assert scores.source == "logprobs" and scores.error is None and scores.text == "9"
+    assert all(math.isfinite(lp) for lp in scores.logprobs)  # complete, so "logprobs", not "top_k"
     # All eleven, though the API returns at most 5 alternatives; "10" and "1" exact when split.
     assert scores.logprobs == pytest.approx(expected(server.distribution), abs=1e-9)
     [body] = server.bodies
@@ -164,13 +168,14 @@ def test_a_server_without_echo_is_detected_once_and_scored_from_top_5(
     assert [b.get("echo", False) for b in bodies] == [True, False, False, False]  # it stops trying
     assert all(b["logprobs"] == 5 for b in bodies)
     for scores in first + second:
-        assert scores.source == "logprobs" and sum(lp > -math.inf for lp in scores.logprobs) == 5
+        # The paper's path: true log-probabilities, but only 5 of 11 options; never "logprobs".
+        assert scores.source == "top_k" and sum(lp > -math.inf for lp in scores.logprobs) == 5
         assert max(range(11), key=scores.logprobs.__getitem__) == 7
     extra = llm.usage.extra
     assert (extra["survey_exact"], extra["survey_top_k"], extra["survey_fallbacks"]) == (0, 3, 0)
     assert extra["echo_refused"] is True
     warnings = [r.getMessage() for r in caplog.records]
-    assert len(warnings) == 1 and "echo" in warnings[0] and "top 5" in warnings[0]
+    assert len(warnings) == 1 and "echo" in warnings[0] and "top 5" in warnings[0] and "top_k" in warnings[0]
 
 
 def test_without_echo_a_split_ten_takes_a_second_request() -> None:
@@ -185,6 +190,7 @@ def test_without_echo_a_split_ten_takes_a_second_request() -> None:
     want = expected(dist)
     assert scores.logprobs[10] == pytest.approx(want[10]) and scores.logprobs[1] == pytest.approx(want[1])
     assert scores.logprobs[9] == pytest.approx(want[9])
+    assert scores.source == "top_k" and -math.inf in scores.logprobs  # 6 of 11 still missing
 
 
 def test_a_survey_the_server_rejects_outright_fails_alone_and_disables_nothing(server: FakeOpenAIServer) -> None:
@@ -211,8 +217,33 @@ def test_chat_reads_all_eleven_options_from_the_first_token(server: FakeOpenAISe
     llm = make_llm(server)
     [scores] = llm.score_options([survey()])
     assert scores.source == "logprobs" and scores.logprobs == pytest.approx(expected(server.distribution))
+    assert all(math.isfinite(lp) for lp in scores.logprobs)
     assert (server.bodies[0]["logprobs"], server.bodies[0]["top_logprobs"]) == (True, 20)
-    assert llm.usage.extra["survey_top_k"] == 1
+    assert llm.usage.extra["survey_top_k"] == 1  # the counter names the method, not completeness
+
+
+def test_chat_top_20_missing_an_option_is_marked_partial(server: FakeOpenAIServer) -> None:
+    # 15 likelier non-answers crowd 6 of the 11 options out of the top 20.
+    numbers = peaked_distribution(mode=3)
+    server.distribution = {**{f"word{i}": 0.05 for i in range(15)}, **{o: 0.25 * p for o, p in numbers.items()}}
+    llm = make_llm(server)
+    [scores] = llm.score_options([survey()])
+    assert scores.source == "top_k" and sum(math.isfinite(lp) for lp in scores.logprobs) == 5
+    seen = [o for o, lp in zip(SCALE, scores.logprobs) if math.isfinite(lp)]
+    assert seen == ["1", "2", "3", "4", "5"]  # the five likeliest options; the other six are -inf
+    assert scores.logprobs[3] == pytest.approx(math.log(0.25 * numbers["3"]))  # true log-probabilities
+    assert (llm.usage.extra["survey_top_k"], llm.usage.extra["survey_fallbacks"]) == (1, 0)
+
+
+@pytest.mark.parametrize(("api", "source"), [("chat", "logprobs"), ("completions", "top_k")])
+def test_a_partial_score_is_stored_as_top_k(server: FakeOpenAIServer, api: str, source: str) -> None:
+    from debatelab.survey import from_option_scores
+
+    llm = make_llm(server, api=api, score_echo=False)
+    [scores] = llm.score_options([survey()])
+    answer = from_option_scores(0, 0, scores)  # SurveyAnswer accepts every source a backend returns
+    assert answer.source == source and answer.valid and answer.score == 7
+    assert answer.probs is not None and sum(p > 0 for p in answer.probs) == (11 if source == "logprobs" else 5)
 
 
 # --- never silently ----------------------------------------------------------------------------

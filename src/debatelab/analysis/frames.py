@@ -31,7 +31,7 @@ _TURNS = """SELECT t.debate_id, d.topic_id AS topic, d.repetition, t.iteration, 
   FROM turns t JOIN debates d USING (debate_id)
   JOIN agents a ON a.debate_id = t.debate_id AND a.agent_index = t.agent_index"""
 _SURVEYS = """SELECT s.debate_id, d.topic_id AS topic, d.repetition, s.iteration, s.agent_index, a.name AS agent,
-  a.role, s.method, s.score, s.valid, s.expected_score, s.option_mass, s.source, s.raw, s.probs_json
+  a.role, s.method, s.score, s.valid, s.expected_score, s.option_mass, {source} AS source, s.raw, s.probs_json
   FROM surveys s JOIN debates d USING (debate_id)
   JOIN agents a ON a.debate_id = s.debate_id AND a.agent_index = s.agent_index"""
 
@@ -70,11 +70,14 @@ def load(run_dir: str | Path, complete_only: bool = False, measure: str | None =
     # (a damaged database is refused, not shown with rows silently missing), one snapshot.
     db = read_run_database(path)
     try:
+        # Runs from before migration 3 (read-only here, so never migrated) have no source column.
+        columns = {row[1] for row in db.execute("PRAGMA table_info(surveys)")}
+        surveys = _SURVEYS.format(source="s.source" if "source" in columns else "NULL")
         frames = {name: pd.read_sql_query(sql, db) for name, sql in
-                  (("debates", _DEBATES), ("agents", _AGENTS), ("turns", _TURNS), ("surveys", _SURVEYS))}
+                  (("debates", _DEBATES), ("agents", _AGENTS), ("turns", _TURNS), ("surveys", surveys))}
         meta = {k: _json_or_text(v) for k, v in db.execute("SELECT key, value FROM meta")}
     except (sqlite3.Error, pd.errors.DatabaseError) as exc:  # pandas wraps sqlite errors in its own class
-        raise DebatelabError(f"cannot read run database {path}: {str(exc).splitlines()[0]}") from None
+        raise DebatelabError(f"cannot read run database {path}: {' '.join(str(exc).split())}") from None
     finally:
         db.close()
     left_out = None

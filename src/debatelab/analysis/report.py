@@ -25,7 +25,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from ..errors import DebatelabError
 from ..files import atomic_open
 from .frames import RunData, load
-from .show import LOW_MASS, survey_diagnostics
+from .show import LOW_MASS, MASS_MEANING, survey_diagnostics
 from .stats import aggregate
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -70,7 +70,8 @@ def _write_report(runs: list[RunData], refs: list[RunData | None], out_dir: Path
     both = _overlay(runs, labels, refs[0], out_dir) if overlay else None
     names = sorted({r.name for r in refs if r is not None})
     html = render(runs=sections, overlay=both, reference=", ".join(names) or None,
-                  generated=_now(), survey_label=SURVEY_LABEL, low_mass=LOW_MASS)
+                  generated=_now(), survey_label=SURVEY_LABEL, low_mass=LOW_MASS,
+                  mass_meaning=MASS_MEANING)
     _atomic_write(out_dir / "summary.csv", summary_table(runs, labels).to_csv(index=False))
     path = out_dir / "report.html"
     _atomic_write(path, html)

@@ -13,8 +13,24 @@ from .frames import RunData, load
 from .stats import aggregate
 
 LOW_MASS = 0.5
-"""Below this mean option mass the model mostly wanted to say something other than 0..10, so a
-renormalised distribution (and its expected score) says little."""
+"""Below this mean option mass the model mostly wanted to say something other than a bare 0..10,
+so a renormalised distribution (and its expected score) says little."""
+
+MASS_MEANING = ("the probability of answering exactly one of 0..10 and ending the answer there "
+                "(transformers backends: the number followed by the end-of-turn token; OpenAI echo "
+                "and vLLM: the number not continued by another word or digit)")
+"""What ``option_mass`` measures, per backend (one definition for all is a later issue's work)."""
+
+
+def low_mass_warning(mass: float) -> str:
+    return (f"mean option mass {mass:.3f} < {LOW_MASS}: only {mass:.1%} of the probability went to a bare "
+            "number 0..10 ending the answer (the model mostly went on writing after the number, or said "
+            "something else), so the distributions say little")
+
+
+def distribution_line(distributions: int, fallbacks: int, partial: int) -> str:
+    line = f"distributions parsed from generated text (no logprobs): {fallbacks}/{distributions}"
+    return line + (f"; partial (only the API's top-k options scored): {partial}/{distributions}" if partial else "")
 
 MEASURE_LABELS = {"greedy": "greedy T=0 answer (the paper's measure)",
                   "expected": "expected score of the 0..10 distribution"}
@@ -33,6 +49,7 @@ def survey_diagnostics(run: RunData) -> dict[str, Any]:
         "surveys": len(s), "invalid": int(s["value"].isna().sum()),
         "greedy_invalid": int((~s["valid"]).sum()) if s["method"].isin(["both", "generate"]).any() else None,
         "distributions": len(with_dist), "fallbacks": int((with_dist["source"] == "generated").sum()),
+        "partial": int((with_dist["source"] == "top_k").sum()),
         "option_mass": mean_mass, "option_mass_by_role": by_role,
         "low_mass": mean_mass is not None and mean_mass < LOW_MASS,
     }
@@ -42,13 +59,11 @@ def diagnostic_lines(diag: dict[str, Any]) -> list[str]:
     lines = [f"measure: {diag['measure_label']}",
              f"invalid ({diag['measure']}): {diag['invalid']}/{diag['surveys']} surveys"]
     if diag["distributions"]:
-        lines.append(f"distributions parsed from generated text (no logprobs): "
-                     f"{diag['fallbacks']}/{diag['distributions']}")
+        lines.append(distribution_line(diag["distributions"], diag["fallbacks"], diag["partial"]))
     if diag["option_mass"] is not None:
         lines.append(f"mean option mass: {diag['option_mass']:.3f}")
         if diag["low_mass"]:
-            lines.append(f"WARNING: mean option mass {diag['option_mass']:.3f} < {LOW_MASS}: the model mostly "
-                         "wanted to answer something other than 0..10, so the distributions say little")
+            lines.append(f"WARNING: {low_mass_warning(diag['option_mass'])}")
     return lines
 
 
@@ -64,9 +79,11 @@ def results_table(run: RunData) -> str:
 
 
 def show_run(run_dir: Path, measure: str | None = None) -> str:
-    run = load(run_dir, measure=measure)
-    counts = run.debates["status"].value_counts().sort_index()
-    state = ", ".join(f"{n} {status}" for status, n in counts.items()) or "no debates"
+    """The table ``report`` shows, from complete debates only (a partial run otherwise averages
+    later iterations over fewer debates); the first line counts what was left out."""
+    run = load(run_dir, complete_only=True, measure=measure)
+    left = run.left_out["status"].value_counts().sort_index() if run.left_out is not None else {}
+    state = f"{len(run.debates)} complete" + "".join(f", {n} {status} (left out)" for status, n in left.items())
     lines = [f"run {run.name} ({run_dir}): {state}", *diagnostic_lines(survey_diagnostics(run)), "",
              results_table(run)]
     return "\n".join(lines)

@@ -79,13 +79,19 @@ class ScoreRequest:
 class OptionScores:
     """Log-probabilities aligned with the request's options (``-inf`` where the model gave none).
 
-    ``source`` says how they were obtained: ``"logprobs"`` (true model log-probabilities) or
-    ``"generated"`` (the backend offered none, so one greedy answer was parsed; the chosen option
-    gets log-probability 0 and the rest ``-inf``). ``text`` keeps that raw answer.
+    ``source`` says how they were obtained:
+
+    - ``"logprobs"``: true model log-probabilities, complete (every option scored: exactly, or
+      every option was among the API's top alternatives);
+    - ``"top_k"``: true model log-probabilities, but only for the options among the API's top-k
+      alternatives (e.g. legacy completions' top 5 of 11); the rest are ``-inf``, i.e. probability
+      0 once renormalised, so the distribution is partial and its mass a lower bound;
+    - ``"generated"``: the backend offered none, so one greedy answer was parsed; the chosen
+      option gets log-probability 0 and the rest ``-inf``. ``text`` keeps that raw answer.
     """
 
     logprobs: tuple[float, ...]
-    source: Literal["logprobs", "generated"] = "logprobs"
+    source: Literal["logprobs", "top_k", "generated"] = "logprobs"
     text: str | None = None
     error: str | None = None
     """As :attr:`Completion.error`: this request failed for good; ``logprobs`` is then empty."""

@@ -4,32 +4,37 @@ Within each API's documented caps (``options.TOP_LOGPROBS_CAP``: chat ``top_logp
 legacy completions ``logprobs`` <= 5; ``top_logprobs`` None means the cap, a value over it is a
 config error):
 
-- ``completions`` with ``score_echo`` (default): exact scores. One request per survey carries the
-  prompt and prompt + each option (``echo=True, max_tokens=0``); an option's score is the sum of
-  the log-probabilities of its tokens, from the first token where the prompts part, so options of
-  several tokens (a "10" split into "1" + "0") are exact too. An option that is the start of
-  another in tokens ("1" of "10") also needs the answer to end there: it is multiplied by
-  P(the next token does not continue the word), read from the top alternatives after it. vLLM and
-  other servers that implement echo support this; OpenAI's gpt-3.5-turbo-instruct refuses echo
-  with logprobs (400) and llama.cpp ignores echo. Either is detected on the first survey (the
-  same survey without echo then succeeds), logged once, and scoring continues as below.
+- ``completions`` with ``score_echo`` (default): exact scores (``source = "logprobs"``). One
+  request per survey carries the prompt and prompt + each option (``echo=True, max_tokens=0``); an
+  option's score is the sum of the log-probabilities of its tokens, from the first token where the
+  prompts part, so options of several tokens (a "10" split into "1" + "0") are exact too. An option
+  that is the start of another in tokens ("1" of "10") also needs the answer to end there: it is
+  multiplied by P(the next token does not continue the word), read from the top alternatives after
+  it. vLLM and other servers that implement echo support this; OpenAI's gpt-3.5-turbo-instruct
+  refuses echo with logprobs (400) and llama.cpp ignores echo. Either is detected on the first
+  survey (the same survey without echo then succeeds), logged once, and scoring continues as below.
 - otherwise: the top ``top_logprobs`` alternatives of the first answer token (one 1-token request;
   mass outside them is lost, those options get -inf). With ``completions``, when an alternative is
   the start of an option not among them ("1" of "10"), a second 1-token request on prompt + that
-  token gives P("10") = P("1") P("0" | "1") and makes "1" end there, as above.
+  token gives P("10") = P("1") P("0" | "1") and makes "1" end there, as above. The result is
+  ``source = "logprobs"`` only when every option got a finite log-probability (chat's top 20 often
+  hold all of 0..10); when any is missing it is ``source = "top_k"``: true model log-probabilities
+  of the options seen, the rest -inf (probability 0 once renormalised), a partial distribution
+  (legacy completions' top 5 can hold at most 5 of 11 options).
 - a server that refuses logprobs (400, where the same survey without them succeeds) or answers
   without them: the greedy answer is parsed (``source = "generated"``), logged once.
 
 Never silently: every survey whose distribution is not true model log-probabilities comes back
-with ``source = "generated"`` and is counted in ``usage.extra["survey_fallbacks"]``;
-``survey_exact`` and ``survey_top_k`` count the others by method.
+with ``source = "generated"`` and is counted in ``usage.extra["survey_fallbacks"]``, every partial
+one with ``source = "top_k"``; ``survey_exact`` (echo) and ``survey_top_k`` (first-token
+alternatives, complete or partial) count the others by method.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Literal, Protocol, Sequence, TypeVar
 
 from ..errors import DebatelabError
 from .base import OptionScores, Prompt, ScoreRequest, Usage
@@ -97,6 +102,12 @@ def open_prefix(alternatives: Sequence[tuple[str, float]], options: Sequence[str
                         for o, s in zip(options, scores)):
             return raw, lp
     return None
+
+
+def top_k_source(scores: Sequence[float]) -> Literal["logprobs", "top_k"]:
+    """``"logprobs"`` when the first-token alternatives scored every option, else ``"top_k"``: some
+    option was outside them (-inf), so the distribution is partial, not merely peaked."""
+    return "logprobs" if scores and all(math.isfinite(s) for s in scores) else "top_k"
 
 
 # --- echo ----------------------------------------------------------------------------------------
@@ -251,7 +262,8 @@ class OptionScorer:
     def _no_echo(self, why: str) -> None:
         self.echo_ok = False
         self._link.once("echo_refused", f"exact option scoring (echo) unavailable ({why}); surveys are scored "
-                                        f"from the first answer token's top {self.top_logprobs} log-probabilities")
+                                        f"from the first answer token's top {self.top_logprobs} log-probabilities "
+                                        "(source=top_k where options fall outside them)")
 
     def _no_logprobs(self, why: str) -> None:
         self.logprobs_ok = self.echo_ok = False
@@ -266,6 +278,8 @@ class OptionScorer:
         self._link.usage.prompt_tokens += tokens
         scores = echo_scores(rows[0], rows[1:])
         best = max(range(len(scores)), key=scores.__getitem__) if scores else None
+        # Exact for every option, so complete: a -inf here is a computed probability 0 (an option
+        # that cannot end the answer), not an option the API left out.
         return OptionScores(scores, "logprobs", req.options[best] if best is not None else None)
 
     async def _top_k(self, batch: Batch, req: ScoreRequest, reply: Reply, greedy: dict[str, Any]) -> OptionScores:
@@ -284,7 +298,7 @@ class OptionScorer:
                 elif option.startswith(stem) and scores[i] == -math.inf:
                     rest = [lp for t, lp in nxt if t == option[len(stem):]]
                     scores[i] = head_lp + logsumexp(rest)
-        return OptionScores(tuple(scores), "logprobs", token)
+        return OptionScores(tuple(scores), top_k_source(scores), token)
 
     async def _generated(self, batch: Batch, req: ScoreRequest, greedy: dict[str, Any],
                          logprobs_refused: BaseException | None) -> OptionScores:

@@ -20,7 +20,7 @@ from ..errors import DebatelabError
 from ..files import disk_full_error
 from ..types import DebateSpec, Persona, SurveyAnswer, Turn
 from .lock import LOCK_NAME, RunLock, lock_run_dir
-from .schema import APPLICATION_ID, MIGRATIONS, check_before_writing, read_run_database, verify
+from .schema import APPLICATION_ID, MIGRATIONS, check_before_writing, read_run_database, stored_fingerprint, verify
 
 __all__ = ["APPLICATION_ID", "DB_NAME", "LOCK_NAME", "MIGRATIONS", "RunLock", "RunStore", "lock_run_dir",
            "open_store", "read_run_database", "verify"]
@@ -108,10 +108,7 @@ class RunStore:
         """Bind the run directory to one config; refuse a different one."""
         existing = self.get_meta("config_fingerprint")
         if existing is not None and existing != fingerprint:
-            raise DebatelabError(
-                f"run directory {self.path.parent} was made from a different config "
-                f"(fingerprint {existing}, this config {fingerprint}); choose another --out"
-            )
+            raise _other_config(self.path.parent, existing, fingerprint)
         if existing is None:
             with self.transaction():
                 rows = [("config_fingerprint", fingerprint)] + [(k, json.dumps(v)) for k, v in meta.items()]
@@ -206,15 +203,30 @@ class RunStore:
         total, invalid = self.db.execute("SELECT COUNT(*), COALESCE(SUM(1 - valid), 0) FROM surveys").fetchone()
         return total, invalid
 
-    def distribution_counts(self) -> tuple[int, int, float | None]:
-        """(surveys with a distribution, of them parsed from generated text (fallbacks), mean
-        option mass of the true-logprob ones)."""
-        row = self.db.execute("SELECT COUNT(source), COALESCE(SUM(source = 'generated'), 0), AVG(option_mass)"
-                              " FROM surveys").fetchone()
-        return row[0], row[1], row[2]
+    def distribution_counts(self) -> tuple[int, int, int, float | None]:
+        """(surveys with a distribution, of them parsed from generated text (fallbacks), of them
+        partial (only the API's top-k options scored), mean option mass where it is known)."""
+        row = self.db.execute("SELECT COUNT(source), COALESCE(SUM(source = 'generated'), 0),"
+                              " COALESCE(SUM(source = 'top_k'), 0), AVG(option_mass) FROM surveys").fetchone()
+        return row[0], row[1], row[2], row[3]
 
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT status, COUNT(*) FROM debates GROUP BY status").fetchall())
+
+
+def _other_config(run_dir: Path, existing: str, fingerprint: str) -> DebatelabError:
+    return DebatelabError(f"run directory {run_dir} was made from a different config (fingerprint "
+                          f"{existing}, this config {fingerprint}); choose another --out")
+
+
+def check_claimable(run_dir: Path, fingerprint: str) -> None:
+    """Before any model loads or anything is written (a migration included): refuse a run
+    directory whose database is foreign, damaged, newer, a link, or claimed by another config."""
+    path = run_dir / DB_NAME
+    check_before_writing(path)
+    existing = stored_fingerprint(path)
+    if existing is not None and existing != fingerprint:
+        raise _other_config(run_dir, existing, fingerprint)
 
 
 def open_store(run_dir: Path, lock: RunLock | None = None) -> RunStore:
