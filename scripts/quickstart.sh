@@ -5,9 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 OUT=runs/quickstart
-.venv/bin/debatelab run experiments/quickstart.yaml --out "$OUT" "$@"
-.venv/bin/debatelab report "$OUT" --out "$OUT/report"
-echo
-.venv/bin/debatelab show "$OUT"
-echo
-echo "report: $(pwd)/$OUT/report/report.html"
+status=0
+# A run in which some debates failed exits 1; its complete debates are still shown and reported.
+.venv/bin/debatelab run experiments/quickstart.yaml --out "$OUT" "$@" || status=$?
+if [ -f "$OUT/run.sqlite" ]; then
+  .venv/bin/debatelab report "$OUT" --out "$OUT/report"
+  echo
+  .venv/bin/debatelab show "$OUT"
+  echo
+  echo "report: $(pwd)/$OUT/report/report.html"
+fi
+exit "$status"

@@ -321,3 +321,29 @@ def test_personas_takes_model_and_backend_options_from_a_config(tmp_path, server
     assert "4 personas" in capsys.readouterr().out
     assert server.paths and all(p == "/v1/chat/completions" for p in server.paths)
     assert {json.loads(line)["model"] for line in out.read_text().splitlines()} == {"openai:fake-model"}
+
+
+@pytest.mark.parametrize("where, value", [("reply", 1e-300), ("reply", 1e-4), ("reply", 1000.0),
+                                          ("persona_generation", 1e-300)])
+def test_temperatures_that_would_overflow_sampling_are_refused(tmp_path, capsys, where, value):
+    cfg = write_config(tmp_path / "c.yaml", **{where: {"temperature": value}})
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: invalid config {cfg}: {where}.temperature: must be 0 (greedy) or between")
+    assert not (tmp_path / "run").exists()
+
+
+def test_zero_and_ordinary_temperatures_are_accepted(tmp_path):
+    from debatelab.config import load_config
+
+    for value in (0, 0.001, 0.7, 1, 100):
+        assert load_config(write_config(tmp_path / "c.yaml", reply={"temperature": value})).reply.temperature == value
+
+
+def test_personas_beyond_the_name_list_are_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    loads = []
+    monkeypatch.setattr("debatelab.llm.registry.load_llm", lambda *a, **k: loads.append(a))
+    assert main(["personas", "--per-party", "150", "--out", str(tmp_path / "bank.jsonl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs 300 distinct names; the name list has 200 (at most 100 per party)" in err
+    assert loads == [] and not (tmp_path / "bank.jsonl").exists()

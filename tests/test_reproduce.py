@@ -106,3 +106,36 @@ def test_a_busy_preset_folder_is_refused_before_any_model_loads(tmp_path, monkey
         os.close(fd)
     assert loads == [] and not (tmp_path / "paper" / "personas.jsonl").exists()
     assert not (tmp_path / "paper" / "fig3_three_way" / "run.sqlite").exists()
+
+
+def _cpu_only_dir(tmp_path: Path) -> Path:
+    """A scripted Figure 3 beside the real Figure 7 (Mistral, 8-bit on CUDA) preset."""
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    fig3 = yaml.safe_load((PRESETS / "fig3_three_way.yaml").read_text())
+    (folder / "fig3_three_way.yaml").write_text(yaml.safe_dump({**fig3, "model": "scripted", "repetitions": 2,
+                                                                "topics": ["racism"]}))
+    (folder / "fig7_mistral_three_way.yaml").write_text((PRESETS / "fig7_mistral_three_way.yaml").read_text())
+    return folder
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the machine without a GPU")
+def test_a_named_gpu_preset_fails_at_once_without_a_gpu(tmp_path, monkeypatch):
+    loads = []
+    monkeypatch.setattr("debatelab.reproduce.load_llm", lambda *a, **k: loads.append(a))
+    with pytest.raises(DebatelabError, match="fig7_mistral_three_way need a CUDA GPU"):
+        reproduce(["fig3_three_way", "fig7_mistral_three_way"], tmp_path / "out", preset_dir=_cpu_only_dir(tmp_path))
+    assert loads == [] and not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the machine without a GPU")
+def test_every_preset_leaves_out_the_gpu_ones_without_a_gpu(tmp_path, capsys):
+    summaries = reproduce([], tmp_path / "out", preset_dir=_cpu_only_dir(tmp_path))
+    assert [s.run_dir.name for s in summaries] == ["fig3_three_way"] and summaries[0].complete == 2
+    assert "note: leaving out fig7_mistral_three_way (they need a CUDA GPU" in capsys.readouterr().err
+
+
+def test_a_preset_named_twice_runs_once(tmp_path):
+    summaries = reproduce(["fig3_three_way", "fig3_three_way"], tmp_path / "out", model="scripted",
+                          repetitions=1, preset_dir=PRESETS)
+    assert [s.run_dir.name for s in summaries] == ["fig3_three_way"]

@@ -166,3 +166,43 @@ def test_database_killed_before_its_first_migration_is_taken_over(tmp_path, bank
     db.commit()
     db.close()
     assert main(_run_cmd(write_config(tmp_path / "c.yaml", personas=str(bank)), run)) == 0
+
+
+def test_run_database_that_is_a_link_is_refused_and_its_target_untouched(tmp_path, capsys, finished):
+    cfg, _ = finished
+    target = tmp_path / "elsewhere.sqlite"
+    target.write_bytes(b"")
+    run_dir = tmp_path / "new"
+    run_dir.mkdir()
+    (run_dir / "run.sqlite").symlink_to(target)
+    code, err = _cli(capsys, "run", str(cfg), "--out", str(run_dir), "--quiet")
+    assert code == 2 and "symbolic link" in err and len(err.splitlines()) == 1
+    assert target.read_bytes() == b""
+
+
+def test_another_configs_run_is_refused_read_only_before_the_model_loads(run, finished, tmp_path, capsys,
+                                                                         monkeypatch):
+    cfg, _ = finished
+    other = write_config(tmp_path / "other.yaml", personas=str(make_bank(tmp_path / "b.jsonl")), repetitions=1,
+                         rounds=3)
+    con = sqlite3.connect(run / "run.sqlite")
+    con.execute("DELETE FROM _migrations WHERE id = 3")  # as if from before migration 3 ...
+    con.commit()
+    con.close()
+    before = (run / "run.sqlite").read_bytes()
+    loads = []
+    monkeypatch.setattr("debatelab.experiment.load_llm", lambda *a, **k: loads.append(a))
+    code, err = _cli(capsys, "run", str(other), "--out", str(run), "--quiet")
+    assert code == 2 and "different config" in err
+    assert loads == [] and (run / "run.sqlite").read_bytes() == before  # ... and still not migrated
+
+
+def test_a_run_from_before_the_source_column_is_still_shown(run, capsys):
+    con = sqlite3.connect(run / "run.sqlite")
+    con.execute("ALTER TABLE surveys DROP COLUMN source")  # the schema of the previous release
+    con.execute("DELETE FROM _migrations WHERE id = 3")
+    con.execute("PRAGMA user_version = 2")
+    con.commit()
+    con.close()
+    assert main(["show", str(run)]) == 0
+    assert "invalid (greedy): 0/9 surveys" in capsys.readouterr().out

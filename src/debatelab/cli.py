@@ -72,11 +72,15 @@ def _incomplete(summary: RunSummary) -> int:
 
 def _cmd_personas(args: argparse.Namespace) -> int:
     from .llm.registry import load_llm
-    from .personas import generate_personas, save_bank
+    from .personas import first_names, generate_personas, save_bank
 
     check_output_file(args.out, "persona bank", make_parents=True)  # before hours of generation
     if args.out.exists() and not args.force:
         raise DebatelabError(f"{args.out} exists; pass --force to replace it")
+    names = len(first_names())  # both parties draw distinct names from one list
+    if 2 * args.per_party > names:
+        raise DebatelabError(f"--per-party {args.per_party} needs {2 * args.per_party} distinct names; "
+                             f"the name list has {names} (at most {names // 2} per party)")
     model, backend = args.model or "embedded", None
     if args.config is not None:  # backend options (base URL, timeouts, ...) from an experiment config
         from .config import load_config

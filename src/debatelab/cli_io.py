@@ -49,7 +49,7 @@ def say(prefix: str, message: str) -> None:
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse prints usage over several lines; we want one
-        say("error", f"{message} (see debatelab {self.prog.split()[-1]} --help)")
+        say("error", f"{message} (see {self.prog} --help)")  # prog: "debatelab" or "debatelab run"
         raise SystemExit(2)
 
 

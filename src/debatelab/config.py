@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import DebatelabError, read_yaml
 from .llm.options import BackendOptions
@@ -59,9 +59,23 @@ def _check_path(value: object) -> object:
     return value
 
 
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0
+"""Sampling temperatures are 0 (greedy) or in [1e-3, 100]: dividing logits by a smaller one
+overflows to inf/nan and crashes sampling mid-run."""
+
+
+def _check_temperature(value: float) -> float:
+    if value != 0 and not MIN_TEMPERATURE <= value <= MAX_TEMPERATURE:
+        raise ValueError(f"must be 0 (greedy) or between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}, got {value:g}")
+    return value
+
+
+Temperature = Annotated[float, Field(ge=0, strict=True), AfterValidator(_check_temperature)]
+
+
 class ReplyConfig(_Strict):
-    temperature: float = Field(1.0, ge=0, strict=True)
-    """Sampling temperature of debate replies (paper: 1.0); finite."""
+    temperature: Temperature = 1.0
+    """Sampling temperature of debate replies (paper: 1.0); 0 or 1e-3..100."""
     max_tokens: int = Field(96, ge=1, le=MAX_TOKENS, strict=True)
     """Longest reply in tokens, 1..8,192."""
     top_p: float = Field(1.0, gt=0, le=1, strict=True)
@@ -104,8 +118,8 @@ class PersonaGeneration(_Strict):
     per_party: int | None = Field(None, ge=1, le=MAX_PER_PARTY, strict=True)
     """Personas per party when the run generates its own bank, 1..10,000 (None = as many as the
     roster needs; the built-in name list caps a generated bank further)."""
-    temperature: float = Field(1.0, ge=0, strict=True)
-    """Sampling temperature of background stories (paper: 1.0); finite."""
+    temperature: Temperature = 1.0
+    """Sampling temperature of background stories (paper: 1.0); 0 or 1e-3..100."""
     max_tokens: int = Field(200, ge=16, le=MAX_TOKENS, strict=True)
     """Longest background story in tokens, 16..8,192."""
     min_words: int = Field(25, ge=1, le=MAX_TOKENS, strict=True)

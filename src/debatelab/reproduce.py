@@ -13,6 +13,7 @@ preset on one model instead.
 from __future__ import annotations
 
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -45,12 +46,39 @@ def resolve_presets(names: Sequence[str], preset_dir: Path = PRESET_DIR) -> list
             raise DebatelabError(f"no presets found in {preset_dir} (run from the repository root or pass paths)")
         return found
     paths = []
-    for name in names:
+    for name in dict.fromkeys(names):  # a preset named twice runs once
         path = Path(name) if name.endswith((".yaml", ".yml")) else preset_dir / f"{name}.yaml"
         if not path.is_file():
             raise DebatelabError(f"unknown preset {name!r}: no file {path}")
         paths.append(path)
     return paths
+
+
+def needs_cuda(config: ExperimentConfig) -> bool:
+    """Whether the preset cannot run here: it asks for CUDA (or bitsandbytes quantization, which
+    needs it) and torch sees no CUDA device."""
+    if config.backend.device != "cuda" and config.backend.quantization == "none":
+        return False
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return True
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def runnable(presets: list[Path], configs: list[ExperimentConfig], explicit: bool) -> list[int]:
+    """Indices of the presets to run. Named presets that need a missing GPU fail at once, before
+    hours of the others; with no names (every preset) they are left out, with a note."""
+    blocked = [i for i, c in enumerate(configs) if needs_cuda(c)]
+    if blocked and explicit:
+        names = ", ".join(presets[i].stem for i in blocked)
+        raise DebatelabError(f"preset(s) {names} need a CUDA GPU, and torch sees none here")
+    if blocked:
+        print(f"note: leaving out {', '.join(presets[i].stem for i in blocked)} (they need a CUDA GPU, and torch "
+              "sees none here)", file=sys.stderr)
+    return [i for i in range(len(presets)) if i not in blocked]
 
 
 def bank_sizes(configs: Sequence[ExperimentConfig]) -> dict[str, int]:
@@ -74,6 +102,10 @@ def reproduce(names: Sequence[str], out_dir: Path, *, model: str | None = None, 
     presets = resolve_presets(names, preset_dir)
     overrides = {"model": model, "repetitions": repetitions, "backend": {} if model else None}
     configs = [load_config(p, **overrides) for p in presets]  # all validated first
+    keep = runnable(presets, configs, explicit=bool(names)) if llm is None else list(range(len(presets)))
+    if not keep:
+        raise DebatelabError("no preset can run here (every one needs a CUDA GPU)")
+    presets, configs = [presets[i] for i in keep], [configs[i] for i in keep]
     groups: dict[str, list[int]] = {}
     for i, config in enumerate(configs):
         groups.setdefault(config.model, []).append(i)

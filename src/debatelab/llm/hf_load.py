@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from ..errors import DebatelabError
 from .hf import HFLLM
@@ -60,6 +61,7 @@ def _quantization_config(options: BackendOptions, device: str) -> Any:
 
 
 def load_pretrained(source: str, options: BackendOptions, identity: dict[str, Any]) -> HFLLM:
+    hf_logging.disable_progress_bar()  # stderr stays ours: a run has its own bar, an error one line
     device, dtype = resolve_device_dtype(options)
     adapter = Path(options.adapter).expanduser() if options.adapter else None
     if adapter is not None:  # checked before the base loads: a bad folder fails in a second, as one line
