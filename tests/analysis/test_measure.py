@@ -169,3 +169,17 @@ def test_show_reports_complete_debates_only_and_counts_the_rest(tmp_path, bank):
     complete = load(tmp_path / "run", complete_only=True).surveys
     rows = [line.split() for line in text.splitlines() if line.startswith("climate_change")]
     assert rows and {int(r[-2]) for r in rows if r[1] != "default"} == {complete["debate_id"].nunique()}
+
+
+def test_report_summary_says_which_measure_its_numbers_are(tmp_path, bank):
+    import pandas as pd
+
+    run_dir = _run(tmp_path, bank)
+    for measure in ("greedy", "expected"):
+        build_report([run_dir], tmp_path / measure, measure=measure)
+        summary = pd.read_csv(tmp_path / measure / "summary.csv")
+        assert set(summary["measure"]) == {measure}
+        values = load(run_dir, complete_only=True, measure=measure).surveys
+        first = values[(values["role"] == "republican") & (values["iteration"] == 0)]["value"].mean()
+        row = summary[(summary["role"] == "republican") & (summary["iteration"] == 0)]
+        assert row["mean"].item() == pytest.approx(first)

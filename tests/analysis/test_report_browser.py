@@ -173,9 +173,9 @@ def test_report_file_is_static_and_summary_matches(report):
     assert sorted(p.name for p in (out / "figures").iterdir()) == ["01-hostile-attitudes.png",
                                                                    "01-hostile-attitudes.svg"]
     summary = pd.read_csv(out / "summary.csv")
-    assert set(summary["run"]) == {"hostile"}
+    assert set(summary["run"]) == {"hostile"} and set(summary["measure"]) == {"greedy"}
     expected = aggregate(load(run_dir).surveys)
-    pd.testing.assert_frame_equal(summary.drop(columns="run"), expected, check_dtype=False)
+    pd.testing.assert_frame_equal(summary.drop(columns=["run", "measure"]), expected, check_dtype=False)
 
 
 def test_several_runs_get_an_overlay_only_when_asked(report, tmp_path):

@@ -85,8 +85,9 @@ def run_labels(runs: Sequence[RunData]) -> list[str]:
 
 
 def summary_table(runs: Sequence[RunData], labels: Sequence[str]) -> pd.DataFrame:
-    frames = [aggregate(run.surveys).assign(run=label) for run, label in zip(runs, labels)]
-    return pd.concat(frames, ignore_index=True)[["run", *AGGREGATE_COLUMNS]]
+    """Every run's aggregates, with the survey measure they were computed from."""
+    frames = [aggregate(run.surveys).assign(run=label, measure=run.measure) for run, label in zip(runs, labels)]
+    return pd.concat(frames, ignore_index=True)[["run", "measure", *AGGREGATE_COLUMNS]]
 
 
 def render(**context: Any) -> str:
