@@ -291,3 +291,15 @@ def test_cpu_defaults_keep_float32_and_torch_threads() -> None:
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_prompt_beyond_the_context_fails_alone_and_the_rest_of_the_call_runs(llm: HFLLM) -> None:
+    limit = llm.model.config.max_position_embeddings
+    long = chat("word " * (2 * limit))
+    short = chat("hello")
+    outs = llm.generate([GenerateRequest(short, max_tokens=4, seed=1), GenerateRequest(long, max_tokens=4, seed=1)])
+    assert outs[0].error is None and outs[1].error is not None and outs[1].text == ""
+    assert f"exceeds the model's context of {limit} tokens" in outs[1].error
+    assert outs[0] == llm.generate([GenerateRequest(short, max_tokens=4, seed=1)])[0]
+    scores = llm.score_options([ScoreRequest(long, ("1", "2")), ScoreRequest(short, ("1", "2"))])
+    assert scores[0].error is not None and scores[0].logprobs == () and scores[1].error is None

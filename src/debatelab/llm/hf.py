@@ -170,10 +170,26 @@ class HFLLM:
 
     # ---- generation ---------------------------------------------------------------------
     @torch.inference_mode()
+    def _over_context(self, rows: list[Row], extra: Sequence[int]) -> dict[int, str]:
+        """Rows whose prompt plus ``extra`` new tokens exceed the model's context: each fails as
+        its own request (its debate fails, visibly and resumably) instead of the forward pass
+        running out of memory or reading positions the model never learnt."""
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if not limit:
+            return {}
+        return {i: f"prompt of {len(r.tokens)} tokens + {n} new exceeds the model's context of {limit} tokens"
+                for i, (r, n) in enumerate(zip(rows, extra)) if len(r.tokens) + n > limit}
+
+    def _fitting_batches(self, rows: list[Row], over: dict[int, str]) -> list[list[int]]:
+        batches = [[i for i in b if i not in over] for b in self._batches(rows)]
+        return [b for b in batches if b]
+
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
         rows = self._rows([self.encode(r.prompt) for r in requests])
-        results: list[Completion | None] = [None] * len(requests)
-        for batch in self._batches(rows):
+        over = self._over_context(rows, [r.max_tokens for r in requests])
+        results: list[Completion | None] = [Completion("", error=over[i]) if i in over else None
+                                            for i in range(len(requests))]
+        for batch in self._fitting_batches(rows, over):
             outs = self._generate_batch([requests[i] for i in batch], [rows[i] for i in batch])
             for i, out in zip(batch, outs):
                 results[i] = out
@@ -225,8 +241,12 @@ class HFLLM:
     @torch.inference_mode()
     def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
         rows = self._rows([self.encode(r.prompt) for r in requests])
-        results: list[OptionScores | None] = [None] * len(requests)
-        for batch in self._batches(rows):
+        longest = [max((len(self.tokenizer(o, add_special_tokens=False).input_ids) for o in r.options), default=0) + 1
+                   for r in requests]  # each option and its terminator
+        over = self._over_context(rows, longest)
+        results: list[OptionScores | None] = [OptionScores((), error=over[i]) if i in over else None
+                                              for i in range(len(requests))]
+        for batch in self._fitting_batches(rows, over):
             scores = self._score_batch([requests[i] for i in batch], [rows[i] for i in batch])
             for i, s in zip(batch, scores):
                 results[i] = s
