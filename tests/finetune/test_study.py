@@ -17,11 +17,17 @@ from tiny_model import build_tiny_model
 
 from conftest import make_bank
 
+from pydantic import ValidationError
+
 from debatelab.config import load_config
 from debatelab.errors import DebatelabError
+from debatelab.finetune import study as study_module
+from debatelab.finetune.dpo import DPOSettings
 from debatelab.finetune.questions import SEED_QUESTIONS
-from debatelab.finetune.study import load_study, run_study
+from debatelab.finetune.sft import SFTSettings
+from debatelab.finetune.study import Variant, debate_config, load_study, run_study
 from debatelab.finetune.table1 import Row, markdown, table_rows
+from debatelab.store import lock_run_dir
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments" / "finetune"
 
@@ -145,7 +151,7 @@ def test_table_rows_from_known_inputs():
 
 
 # ---- configs --------------------------------------------------------------------------------
-def test_paper_study_config_loads_at_paper_size():
+def test_paper_study_config_loads_at_paper_size(tmp_path: Path):
     study = load_study(EXPERIMENTS / "study_paper.yaml")  # loads, never runs
     assert study.model == "hf:mistralai/Mistral-7B-Instruct-v0.2" and study.party == "republican"
     assert study.questions.target == 100 and study.questions.file is None
@@ -164,6 +170,13 @@ def test_paper_study_config_loads_at_paper_size():
     experiment = load_config(study.experiment, model=study.model)
     assert study.experiment.name == "fig3_three_way.yaml" and "racism" in [t.id for t in experiment.resolved_topics()]
     assert experiment.agents == ["republican", "democrat", "default"] and experiment.model == study.model
+    # Mistral in 8-bit on CUDA, as in the paper (§4.2) and the Figure 7 preset, before and after tuning
+    fig7 = load_config(EXPERIMENTS.parent / "paper" / "fig7_mistral_three_way.yaml")
+    assert (fig7.backend.device, fig7.backend.quantization) == ("cuda", "8bit")
+    assert fig7.model == study.model and study.backend == fig7.backend
+    before, after = debate_config(study, tmp_path / "personas.jsonl"), debate_config(study, tmp_path / "bank.jsonl", tmp_path)
+    assert before.backend == fig7.backend and after.backend.adapter == str(tmp_path.resolve())
+    assert after.backend.model_copy(update={"adapter": None}) == fig7.backend
 
 
 def test_small_study_config_loads():
@@ -198,13 +211,56 @@ BAD_FIELDS = [
     ({"experiment": None}, "experiment: Input is not a valid path"),
     ({"table_topic": "taxes"}, "table_topic: 'taxes' is not a topic of the experiment (racism)"),
     ({"colour": 1, "seeds": []}, "(and 1 more problem)"),
+    # non-finite floats (YAML .inf / .nan), refused in the study's own fields and in sft / dpo
+    ({"answers": {"temperature": math.inf}}, "answers.temperature: Input should be a finite number"),
+    ({"answers": {"temperature": math.nan}}, "answers.temperature: Input should be a finite number"),
+    ({"sft": {"epochs": math.inf}}, "sft.epochs: Input should be a finite number"),
+    ({"sft": {"learning_rate": math.inf}}, "sft.learning_rate: Input should be a finite number"),
+    ({"dpo": {"beta": math.inf}}, "dpo.beta: Input should be a finite number"),
+    ({"dpo": {"learning_rate": math.nan}}, "dpo.learning_rate: Input should be a finite number"),
+    ({"sft": {"dropout": math.nan}}, "sft.dropout: Input should be a finite number"),
+    # temperatures: 0, or between 1e-3 and 100 (a tiny one overflows the logits to inf)
+    ({"answers": {"temperature": 1e-300}}, "answers.temperature: a temperature must be 0 (greedy) or between 0.001"),
+    ({"answers": {"temperature": 101}}, "answers.temperature: Input should be less than or equal to 100"),
+    ({"answers": {"temperature": -1}}, "answers.temperature: Input should be greater than or equal to 0"),
+    # upper bounds on every size
+    ({"questions": {"target": 10_001}}, "questions.target: Input should be less than or equal to 10000"),
+    ({"questions": {"target": 10, "max_tokens": 8_193}}, "questions.max_tokens: Input should be less than or equal to 8192"),
+    ({"answers": {"k": 1_001}}, "answers.k: Input should be less than or equal to 1000"),
+    ({"answers": {"max_tokens": 8_193}}, "answers.max_tokens: Input should be less than or equal to 8192"),
+    ({"ranks": {"sft": [16, 1_025]}}, "ranks.sft.1: Input should be less than or equal to 1024"),
+    ({"ranks": {"dpo": [2_048]}}, "ranks.dpo.0: Input should be less than or equal to 1024"),
+    ({"ranks": {"sft": list(range(1, 18))}}, "ranks.sft: List should have at most 16 items"),
+    ({"ranks": {"dpo": list(range(1, 18))}}, "ranks.dpo: List should have at most 16 items"),
+    ({"benchmarks": {"batch_size": 4_097}}, "benchmarks.batch_size: Input should be less than or equal to 4096"),
+    ({"benchmarks": {"limit": 10**8}}, "benchmarks.limit: Input should be less than or equal to 10000000"),
+    ({"benchmarks": {"compare": [f"hf:m{i}" for i in range(17)]}}, "benchmarks.compare: List should have at most 16"),
+    ({"sft": {"max_length": 131_073}}, "sft.max_length: Input should be less than or equal to 131072"),
+    ({"sft": {"effective_batch": 8_192}}, "sft.effective_batch: Input should be less than or equal to 4096"),
+    ({"dpo": {"per_device_batch": 8_192}}, "dpo.per_device_batch: Input should be less than or equal to 4096"),
+    ({"sft": {"epochs": 101}}, "sft.epochs: Input should be less than or equal to 100"),
+    ({"sft": {"learning_rate": 2}}, "sft.learning_rate: Input should be less than or equal to 1"),
+    ({"dpo": {"learning_rate": 1.5}}, "dpo.learning_rate: Input should be less than or equal to 1"),
+    ({"dpo": {"beta": 1_000}}, "dpo.beta: Input should be less than or equal to 100"),
+    ({"sft": {"alpha": 10**6}}, "sft.alpha: Input should be less than or equal to 65536"),
+    ({"sft": {"logging_steps": 10**7}}, "sft.logging_steps: Input should be less than or equal to 1000000"),
+    ({"repetitions": 10_001}, "repetitions: Input should be less than or equal to 10000"),
+    # seeds: 1..16 of them, each in [0, 2**32) (numpy / transformers' set_seed refuse others)
+    ({"seeds": [-1]}, "seeds.0: Input should be greater than or equal to 0"),
+    ({"seeds": [0, 2**32]}, "seeds.1: Input should be less than 4294967296"),
+    ({"seeds": list(range(17))}, "seeds: List should have at most 16 items"),
+    ({"seed": -1}, "seed: Input should be greater than or equal to 0"),
+    ({"seed": 2**32}, "seed: Input should be less than 4294967296"),
+    # paths: one line, not a traceback
+    ({"personas": "bank\x00.jsonl"}, "personas: a path must not contain a NUL byte"),
+    ({"benchmarks": {"mmlu": ""}}, "benchmarks.mmlu: a path must not be empty"),
 ]
 
 
 @pytest.mark.parametrize(("change", "message"), BAD_FIELDS, ids=[m.split(":")[0] for _, m in BAD_FIELDS])
 def test_bad_study_field_is_one_line(study_dir: Path, tmp_path: Path, change: dict, message: str):
     data = yaml.safe_load((study_dir / "study.yaml").read_text())
-    data.update(change, personas=str(study_dir / "bank.jsonl"), experiment=change.get(
+    data.update(change, personas=change.get("personas", str(study_dir / "bank.jsonl")), experiment=change.get(
         "experiment", str(study_dir / "experiment.yaml")), questions=change.get("questions", {"target": 10}))
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -244,3 +300,108 @@ def test_bad_benchmark_file_fails_before_any_step(study_dir: Path, tmp_path: Pat
     with pytest.raises(DebatelabError, match="^benchmarks.mmlu: mmlu file not found") as info:
         run_study(study, tmp_path / "out")
     assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("settings", "change"), [
+    (SFTSettings, {"seed": -1}), (SFTSettings, {"seed": 2**32}), (DPOSettings, {"seed": 2**32}),
+    (SFTSettings, {"learning_rate": math.inf}), (DPOSettings, {"learning_rate": math.inf}),
+    (SFTSettings, {"epochs": math.inf}), (DPOSettings, {"epochs": math.nan}), (DPOSettings, {"beta": math.inf}),
+    (SFTSettings, {"r": 1_025}), (SFTSettings, {"max_length": 131_073}), (DPOSettings, {"effective_batch": 8_192}),
+    (SFTSettings, {"target_modules": ("q_proj",) * 65}),
+])
+def test_train_settings_refuse_out_of_range_values(settings: type, change: dict):
+    """Outside the study too (``fit_sft`` / ``fit_dpo``): finite floats, seeds that set_seed takes."""
+    with pytest.raises(ValidationError):
+        settings(**change)
+    assert settings(seed=2**32 - 1, learning_rate=1, epochs=100).seed == 2**32 - 1
+
+
+def test_second_study_on_a_held_folder_is_refused_before_any_model_load(study_dir: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture):
+    import debatelab.llm.registry as registry
+    from debatelab.cli import main
+
+    class Loaded(Exception):
+        pass
+
+    loads: list[tuple] = []
+
+    def loader(*args: object, **kwargs: object) -> None:
+        loads.append(args)
+        raise Loaded
+
+    monkeypatch.setattr(registry, "load_llm", loader)
+    out = tmp_path / "out"
+    held = lock_run_dir(out)  # another study (or run) holds the folder
+    try:
+        code = main(["study", str(study_dir / "study.yaml"), "--out", str(out), "--quiet"])
+        err = capsys.readouterr().err
+        assert code != 0 and err.count("\n") == 1 and "in use by another debatelab process" in err, err
+        with pytest.raises(DebatelabError, match=f"^run directory {re.escape(str(out))} is in use by another"):
+            run_study(load_study(study_dir / "study.yaml"), out)
+    finally:
+        held.release()
+    assert loads == [] and sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing loaded, nothing written
+    with pytest.raises(Loaded):  # free again: the study starts, and holds the lock while it runs ...
+        run_study(load_study(study_dir / "study.yaml"), out)
+    assert len(loads) == 1
+    lock_run_dir(out).release()  # ... and releases it when it stops
+
+
+def test_study_loads_its_generation_model_once(study_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Personas, questions and answers share one load of the base model."""
+    import debatelab.llm.registry as registry
+
+    class Done(Exception):
+        pass
+
+    loads: list[tuple] = []
+    monkeypatch.setattr(registry, "load_llm", lambda *args, **kwargs: loads.append(args) or object())
+
+    def steps(result: object):
+        return lambda study, out, base_llm, *rest: (base_llm(), base_llm(), result)[-1]
+
+    def answers(*args: object) -> None:
+        steps(None)(*args)
+        raise Done
+
+    monkeypatch.setattr(study_module, "_bank", steps(study_dir / "bank.jsonl"))
+    monkeypatch.setattr(study_module, "_questions", steps(["Why?"]))
+    monkeypatch.setattr(study_module, "_answers", answers)
+    with pytest.raises(Done):
+        run_study(load_study(study_dir / "study.yaml"), tmp_path / "out")
+    assert len(loads) == 1
+
+
+def test_debates_before_and_after_share_the_study_backend(study_dir: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    """Every debate run, base and adapters alike, gets the study's backend over the experiment's own,
+    and loads its model itself (after locking its folder)."""
+    import debatelab.experiment as experiment
+
+    data = yaml.safe_load((study_dir / "experiment.yaml").read_text())
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump({**data, "backend": {"batch_size": 4, "dtype": "float32"}}))
+    study_data = yaml.safe_load((study_dir / "study.yaml").read_text())
+    study_data.update(experiment=str(tmp_path / "e.yaml"), personas=str(study_dir / "bank.jsonl"),
+                      questions={"file": str(study_dir / "questions.txt")},
+                      backend={"threads": 1, "dtype": "bfloat16", "prefix_cache_mb": 0})
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study_data))
+    study = load_study(tmp_path / "s.yaml")
+    adapters = (tmp_path / "sft-r4-seed0", tmp_path / "sft-r4-seed1")
+    for folder in adapters:
+        folder.mkdir()
+    calls: dict[str, tuple] = {}
+    monkeypatch.setattr(experiment, "run_experiment",
+                        lambda config, run_dir, **kwargs: calls.__setitem__(run_dir.name, (config, kwargs)))
+    runs = study_module._debates(study, tmp_path / "out", study_dir / "bank.jsonl",
+                                 [Variant("SFT", 4, adapters)], False)
+    assert list(runs) == list(calls) == ["base", "sft-r4-seed0", "sft-r4-seed1"]
+    base = calls["base"][0].backend
+    assert (base.dtype, base.batch_size, base.threads, base.prefix_cache_mb, base.adapter) == ("bfloat16", 4, 1, 0, None)
+    for folder in adapters:
+        config, kwargs = calls[folder.name]
+        assert config.backend.adapter == str(folder.resolve())
+        assert config.backend.model_copy(update={"adapter": None}) == base
+        assert "llm" not in kwargs and config.personas == calls["base"][0].personas
+    assert "llm" not in calls["base"][1]

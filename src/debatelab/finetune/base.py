@@ -29,26 +29,40 @@ from .devices import Device, Precision, Quantization, trainer_record
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 
+# Upper bounds on the training settings, each far above the paper (batch 32, 1 epoch, prompts +
+# answers of a few hundred tokens) but low enough that a typo fails at load time, not hours into a
+# run (or as an out-of-memory crash).
+SEED_LIMIT = 2**32
+"""Seeds lie in [0, 2**32): numpy's and transformers' ``set_seed`` refuse any other."""
+MAX_BATCH = 4_096
+"""Examples per optimizer step or per forward pass."""
+MAX_EPOCHS = 100
+MAX_LENGTH = 131_072
+"""Longest tokenised example (128 Ki tokens, beyond any current model's context)."""
+MAX_LOGGING_STEPS = 1_000_000
 
 
 # ---- base model ---------------------------------------------------------------------------
 class TrainSettings(BaseModel):
     """Fields every trainer shares; SFTSettings and DPOSettings add their own and set defaults."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: .inf and .nan are refused in every float field (learning_rate, epochs, beta).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    learning_rate: float = Field(2e-4, gt=0)
-    """Peak AdamW learning rate for the LoRA weights (linear decay to zero)."""
-    epochs: float = Field(1, gt=0)
-    """Passes over the data (the paper: 1)."""
-    effective_batch: int = Field(32, ge=1)
-    """Examples per optimizer step (the paper: 32)."""
-    per_device_batch: int = Field(8, ge=1)
-    """Examples per forward pass; gradients accumulate over effective_batch / per_device_batch passes."""
-    seed: int = 0
-    """Seed for adapter initialisation, data order and dropout (the paper averages 3 seeds)."""
-    max_length: int = Field(512, ge=8)
-    """Longest tokenised prompt + answer; longer ones are truncated."""
+    learning_rate: float = Field(2e-4, gt=0, le=1)
+    """Peak AdamW learning rate for the LoRA weights (linear decay to zero), in (0, 1]."""
+    epochs: float = Field(1, gt=0, le=MAX_EPOCHS)
+    """Passes over the data (the paper: 1), at most 100."""
+    effective_batch: int = Field(32, ge=1, le=MAX_BATCH)
+    """Examples per optimizer step (the paper: 32), 1..4,096."""
+    per_device_batch: int = Field(8, ge=1, le=MAX_BATCH)
+    """Examples per forward pass, 1..4,096; gradients accumulate over effective_batch /
+    per_device_batch passes."""
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
+    """Seed for adapter initialisation, data order and dropout (the paper averages 3 seeds), in
+    [0, 2**32): ``transformers.set_seed`` (numpy) refuses any other."""
+    max_length: int = Field(512, ge=8, le=MAX_LENGTH)
+    """Longest tokenised prompt + answer, 8..131,072; longer ones are truncated."""
     quantization: Quantization = "auto"
     """``auto``: QLoRA (4-bit NF4 base, bitsandbytes) where CUDA is available, as in the paper, plain
     LoRA on CPU; ``4bit`` insists on QLoRA, ``none`` on plain LoRA. The manifest says which ran and why."""
@@ -56,8 +70,8 @@ class TrainSettings(BaseModel):
     """Where to train: ``auto`` picks CUDA when available."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 20% slower."""
-    logging_steps: int = Field(1, ge=1)
-    """Optimizer steps between loss-curve points."""
+    logging_steps: int = Field(1, ge=1, le=MAX_LOGGING_STEPS)
+    """Optimizer steps between loss-curve points, 1..1,000,000."""
 
     @model_validator(mode="after")
     def _batches_divide(self) -> "TrainSettings":

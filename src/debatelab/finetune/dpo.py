@@ -32,6 +32,7 @@ from pydantic import Field
 from ..errors import DebatelabError, RunFailed
 from .base import (
     MANIFEST,
+    MAX_BATCH,
     TrainResult,
     TrainSettings,
     base_identity,
@@ -47,16 +48,19 @@ from .base import (
 )
 from .devices import NO_PICKLES, common_trainer_args, load_base, lora_record, resolve_precision
 
+MAX_BETA = 100.0
+"""Largest DPO beta (the paper's: 0.5; TRL's default: 0.1)."""
+
 
 class DPOSettings(TrainSettings):
     """DPO settings: the paper's beta 0.5, one epoch, batch 32, QLoRA where CUDA is available."""
 
-    beta: float = Field(0.5, gt=0)
-    """Strength of the pull towards the reference (the SFT model); the paper fixes 0.5."""
-    learning_rate: float = Field(5e-5, gt=0)
-    """Peak AdamW learning rate for the LoRA weights (lower than SFT: DPO moves fast)."""
-    per_device_batch: int = Field(4, ge=1)
-    """Pairs per forward pass (each pass runs chosen and rejected, plus the reference)."""
+    beta: float = Field(0.5, gt=0, le=MAX_BETA)
+    """Strength of the pull towards the reference (the SFT model), in (0, 100]; the paper fixes 0.5."""
+    learning_rate: float = Field(5e-5, gt=0, le=1)
+    """Peak AdamW learning rate for the LoRA weights, in (0, 1] (lower than SFT: DPO moves fast)."""
+    per_device_batch: int = Field(4, ge=1, le=MAX_BATCH)
+    """Pairs per forward pass, 1..4,096 (each pass runs chosen and rejected, plus the reference)."""
 
 
 def _same_base(a: dict, b: dict) -> bool:

@@ -16,7 +16,7 @@ and trainer settings as applied, LoRA or QLoRA and why, loss curve, library vers
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -36,21 +36,27 @@ from .devices import common_trainer_args, load_base, lora_record, resolve_precis
 
 # The appendix's list: q, v, k, o, up, down and gate projections.
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+MAX_RANK = 1_024
+"""Largest LoRA rank (the paper's largest: 256); beyond it an adapter is no longer low-rank."""
+MAX_ALPHA = 65_536
+"""Largest LoRA alpha (the paper's largest: 2 x 256 = 512)."""
+MAX_TARGETS = 64
 
 
 class SFTSettings(TrainSettings):
     """Next-word-prediction LoRA settings; every default is the paper's (appendix A.2)."""
 
-    r: int = Field(256, ge=1)
-    """LoRA rank: how many trainable weights (appendix A.2: 256; Table 1 sweeps 16-256)."""
-    alpha: int | None = Field(None, ge=1)
-    """LoRA scale numerator; None means 2r (512 at r = 256), as in the paper."""
+    r: int = Field(256, ge=1, le=MAX_RANK)
+    """LoRA rank, 1..1,024: how many trainable weights (appendix A.2: 256; Table 1 sweeps 16-256)."""
+    alpha: int | None = Field(None, ge=1, le=MAX_ALPHA)
+    """LoRA scale numerator, 1..65,536; None means 2r (512 at r = 256), as in the paper."""
     dropout: float = Field(0.05, ge=0, lt=1)
     """Dropout on the LoRA branch (paper: 0.05)."""
     bias: Literal["none", "all", "lora_only"] = "none"
     """Which biases train along with the adapter (paper: none)."""
-    target_modules: tuple[str, ...] = Field(DEFAULT_TARGETS, min_length=1)
-    """Linear layers that get adapters (the paper: every attention and MLP projection)."""
+    target_modules: tuple[Annotated[str, Field(min_length=1, max_length=256)], ...] = Field(
+        DEFAULT_TARGETS, min_length=1, max_length=MAX_TARGETS)
+    """Linear layers that get adapters, 1..64 names (the paper: every attention and MLP projection)."""
 
     @property
     def lora_alpha(self) -> int:

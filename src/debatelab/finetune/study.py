@@ -8,6 +8,14 @@ Table 1 (``table1``).
 Every step writes its output atomically and is skipped when that output exists (adapters count
 as done once their manifest is written; debate runs resume on their own), so re-running the
 same command after an interruption continues where it stopped. The config is in ``study_config``.
+
+One study per folder: the study folder is locked (``store.lock_run_dir``) before any model loads
+and for the whole study, so a second ``debatelab study`` on the same ``--out`` is refused at once.
+Its debate runs lie in subfolders (``debates/<name>``), each locked by ``run_experiment`` itself;
+the locks are on different files, so they nest.
+
+Every debate, before and after tuning, runs on the study's ``backend`` (over the experiment's own
+backend options), so the base model and the adapters are held the same way (e.g. 8-bit).
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..config import load_config
+from ..config import ExperimentConfig, load_config
 from ..errors import DebatelabError
 from .study_config import StudyConfig, check_files, load_study
 from .table1 import Row, table_rows, write_table
@@ -43,15 +51,28 @@ class Variant:
 
 
 def run_study(study: StudyConfig, out: Path, progress: bool = False) -> Path:
-    """Run (or resume) every step into ``out``; returns the path of ``table1.csv``."""
-    from ..llm.registry import load_llm
+    """Run (or resume) every step into ``out``; returns the path of ``table1.csv``.
+
+    ``out`` is locked for the whole study, before any model loads: a second study on the same
+    folder is refused (one line, "... is in use by another debatelab process")."""
+    from ..store import lock_run_dir
 
     check_files(study)
-    out.mkdir(parents=True, exist_ok=True)
+    lock = lock_run_dir(out)  # creates ``out``
+    try:
+        return _run_locked(study, out, progress)
+    finally:
+        lock.release()
+
+
+def _run_locked(study: StudyConfig, out: Path, progress: bool) -> Path:
+    from ..llm.registry import load_llm
+
     cache: dict[str, Any] = {}
 
     def base_llm() -> Any:
-        cache.setdefault("llm", load_llm(study.model, study.backend))
+        if "llm" not in cache:  # loaded once, on first use (not by setdefault, which loads every call)
+            cache["llm"] = load_llm(study.model, study.backend)
         return cache["llm"]
 
     with _timed("personas"):
@@ -64,7 +85,7 @@ def run_study(study: StudyConfig, out: Path, progress: bool = False) -> Path:
     with _timed("fine-tuning"):
         variants = _train(study, out, data)
     with _timed("debates"):
-        runs = _debates(study, out, bank_path, base_llm, variants, progress)
+        runs = _debates(study, out, bank_path, variants, progress)
     with _timed("figures"):
         _figures(out, variants, runs)
     with _timed("benchmarks"):
@@ -173,18 +194,28 @@ def _train(study: StudyConfig, out: Path, data: dict[str, Path]) -> list[Variant
     return variants
 
 
-def _debates(study: StudyConfig, out: Path, bank_path: Path, base_llm: Any, variants: list[Variant],
+def debate_config(study: StudyConfig, bank_path: Path, adapter: Path | None = None) -> ExperimentConfig:
+    """The study's experiment on its model, with its personas and repetitions, on the base model or
+    an adapter; the backend is the experiment's with the study's ``backend`` fields over it, the
+    same for every debate before and after tuning."""
+    common = {"model": study.model, "repetitions": study.repetitions, "personas": str(Path(bank_path).resolve())}
+    experiment = load_config(study.experiment, **common)
+    backend = {**experiment.backend.model_dump(exclude_unset=True), **study.backend.model_dump(exclude_unset=True)}
+    return load_config(study.experiment, **common, backend=backend or None, adapter=adapter)
+
+
+def _debates(study: StudyConfig, out: Path, bank_path: Path, variants: list[Variant],
              progress: bool) -> dict[str, Path]:
-    """The same experiment, with the same personas, on the base model and on every adapter;
-    {"base" or adapter folder name: run folder}."""
+    """The same experiment, with the same personas and backend, on the base model and on every
+    adapter; {"base" or adapter folder name: run folder}. Each run loads its model itself, after
+    locking its folder."""
     from ..experiment import run_experiment
 
-    common = {"model": study.model, "repetitions": study.repetitions, "personas": str(bank_path.resolve())}
     runs = {"base": out / "debates" / "base"}
-    run_experiment(load_config(study.experiment, **common), runs["base"], llm=base_llm(), progress=progress)
+    run_experiment(debate_config(study, bank_path), runs["base"], progress=progress)
     for adapter in (a for v in variants for a in v.adapters):
         runs[adapter.name] = out / "debates" / adapter.name
-        run_experiment(load_config(study.experiment, adapter=adapter, **common), runs[adapter.name], progress=progress)
+        run_experiment(debate_config(study, bank_path, adapter), runs[adapter.name], progress=progress)
     return runs
 
 

