@@ -329,7 +329,7 @@ def test_temperatures_that_would_overflow_sampling_are_refused(tmp_path, capsys,
     cfg = write_config(tmp_path / "c.yaml", **{where: {"temperature": value}})
     assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: invalid config {cfg}: {where}.temperature: must be 0 (greedy) or between")
+    assert err.startswith(f"error: invalid config {cfg}: {where}.temperature: a temperature must be 0 (greedy) or between")
     assert not (tmp_path / "run").exists()
 
 

@@ -47,7 +47,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-def _check_path(value: object) -> object:
+def check_path(value: object) -> object:
     """Paths (str) must be non-empty, short enough for a file system, and free of NUL bytes."""
     if isinstance(value, str):
         if not value.strip():
@@ -66,7 +66,8 @@ overflows to inf/nan and crashes sampling mid-run."""
 
 def _check_temperature(value: float) -> float:
     if value != 0 and not MIN_TEMPERATURE <= value <= MAX_TEMPERATURE:
-        raise ValueError(f"must be 0 (greedy) or between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}, got {value:g}")
+        raise ValueError(f"a temperature must be 0 (greedy) or between {MIN_TEMPERATURE:g} and "
+                         f"{MAX_TEMPERATURE:g}, not {value:g}")
     return value
 
 
@@ -163,7 +164,7 @@ class Seat(_Strict):
     @field_validator("adapter", mode="before")
     @classmethod
     def _adapter_path(cls, value: object) -> object:
-        return _check_path(value)
+        return check_path(value)
 
     def key(self, default_model: str, default_adapter: str | None) -> str:
         """The model this seat runs on, as one string; "" when it is the experiment's own."""
@@ -211,7 +212,7 @@ class ExperimentConfig(_Strict):
     @classmethod
     def _no_empty_paths(cls, value: object) -> object:
         for item in value if isinstance(value, list) else [value]:
-            _check_path(item)
+            check_path(item)
         return value
 
     @field_validator("name")

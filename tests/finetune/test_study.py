@@ -221,7 +221,7 @@ BAD_FIELDS = [
     ({"sft": {"dropout": math.nan}}, "sft.dropout: Input should be a finite number"),
     # temperatures: 0, or between 1e-3 and 100 (a tiny one overflows the logits to inf)
     ({"answers": {"temperature": 1e-300}}, "answers.temperature: a temperature must be 0 (greedy) or between 0.001"),
-    ({"answers": {"temperature": 101}}, "answers.temperature: Input should be less than or equal to 100"),
+    ({"answers": {"temperature": 101}}, "answers.temperature: a temperature must be 0 (greedy) or between 0.001 and 100, not 101"),
     ({"answers": {"temperature": -1}}, "answers.temperature: Input should be greater than or equal to 0"),
     # upper bounds on every size
     ({"questions": {"target": 10_001}}, "questions.target: Input should be less than or equal to 10000"),

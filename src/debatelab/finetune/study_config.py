@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -21,7 +20,8 @@ from pydantic import (
     model_validator,
 )
 
-from ..config import MAX_MODEL, MAX_PATH, MAX_REPETITIONS, MAX_TOKENS, ExperimentConfig, load_config
+from ..config import (MAX_MODEL, MAX_REPETITIONS, MAX_TOKENS, ExperimentConfig, Temperature, check_path,
+                      load_config)
 from ..errors import DebatelabError, read_yaml
 from ..llm.options import BackendOptions
 from ..types import Party
@@ -44,34 +44,9 @@ MAX_LIMIT = 10_000_000
 """Benchmark rows scored per file (MMLU's test split: 14,042)."""
 MAX_COMPARE = 16
 """Benchmark-only comparison models."""
-MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0
-"""A sampling temperature is 0 (greedy) or in [1e-3, 100]: logits divided by a smaller one
-overflow to inf (and the sampler fails on nan), a larger one is uniform noise."""
-
-
-def _temperature(value: float) -> float:
-    if value != 0 and not MIN_TEMPERATURE <= value <= MAX_TEMPERATURE:
-        raise ValueError(f"a temperature must be 0 (greedy) or between {MIN_TEMPERATURE:g} and "
-                         f"{MAX_TEMPERATURE:g}, not {value:g}")
-    return value
-
-
-def _path(value: object) -> object:
-    """Paths (str) must be non-empty, short enough for a file system, and free of NUL bytes."""
-    if isinstance(value, str):
-        if not value.strip():
-            raise ValueError("a path must not be empty")
-        if "\x00" in value:
-            raise ValueError("a path must not contain a NUL byte")
-        if len(value) > MAX_PATH:
-            raise ValueError(f"a path must not be longer than {MAX_PATH:,} characters")
-    return value
-
-
 Rank = Annotated[int, Field(ge=1, le=MAX_RANK)]
 Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT)]
-Temperature = Annotated[float, Field(ge=0, le=MAX_TEMPERATURE), AfterValidator(_temperature)]
-FilePath = Annotated[Path, BeforeValidator(_path)]
+FilePath = Annotated[Path, BeforeValidator(check_path)]
 
 
 class _Strict(BaseModel):
@@ -219,7 +194,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
 
     def resolvable(value: object) -> bool:
         try:
-            return isinstance(value, str) and _path(value) is value
+            return isinstance(value, str) and check_path(value) is value
         except ValueError:
             return False  # empty, too long or with a NUL byte: validation reports it
 
