@@ -44,10 +44,11 @@ CASES = [
     ("unknown key", {"colour": "red"}, [], "colour"),
     ("zero max_in_flight", {"max_in_flight": 0}, [], "max_in_flight"),
     ("bad model string", {"model": "gpt4"}, [], "unknown model"),
-    ("missing hf model", {"model": "hf:/no/such/dir"}, [], "different config"),  # refused before any load is tried
-    ("missing API key", {"model": "openai:gpt-4o", "backend": {"base_url": "https://api.example.com/v1",
+    # Another model, even one that cannot load, is another config: refused before any load is tried.
+    ("another model that would not load", {"model": "hf:/no/such/dir"}, [], "different config"),
+    ("another model without its API key", {"model": "openai:gpt-4o", "backend": {"base_url": "https://api.example.com/v1",
                                                                "api_key_env": "DEBATELAB_NO_SUCH_KEY"}},
-     [], "different config"),  # the other config is refused before the key is looked for
+     [], "different config"),
     ("corrupt persona file", "corrupt", [], "line 2 is malformed"),
     ("duplicate persona names", "duplicate names", [], "duplicate persona names"),
     ("empty persona file", "empty", [], "is empty"),

@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from .cli_io import (BAD_PATH_ERRNOS, MAX_BATCH, MAX_PREFIX_CACHE_MB, MAX_SURVEY_PROMPTS, MAX_THREADS, Parser,
-                     check_output_file, check_output_folder, describe_os_error, positive, say, seed,
-                     silence_stdout, upto)
+from .cli_io import (BAD_PATH_ERRNOS, MAX_SURVEY_PROMPTS, Parser, check_output_file, check_output_folder,
+                     describe_os_error, positive, say, seed, silence_stdout, upto)
 from .config import MAX_IN_FLIGHT, MAX_PER_PARTY, MAX_REPETITIONS, MAX_ROUNDS, MAX_TOKENS
 from .errors import DebatelabError, RunInterrupted
+from .llm.options import MAX_BATCH, MAX_PREFIX_CACHE_MB, MAX_THREADS
 
 if TYPE_CHECKING:
     from .config import ExperimentConfig
@@ -172,17 +172,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     def given(*names: str) -> dict[str, object]:
         return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
-    from pydantic import ValidationError
-
     from .files import atomic_open
 
     if args.json is not None:  # a bad path fails now, not after the whole benchmark
         check_output_file(args.json, "--json")
-    try:
-        backend = BackendOptions(**given("dtype", "threads", "batch_size", "prefix_cache_mb"))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise DebatelabError(f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}") from None
+    # The flags' bounds and choices are the options' own (llm.options), so this validates.
+    backend = BackendOptions(**given("dtype", "threads", "batch_size", "prefix_cache_mb"))
     settings = BenchSettings(
         **given("model", "debates", "one_at_a_time_debates", "rounds", "max_tokens", "survey_prompts", "compare_dtype"),
         backend=backend,

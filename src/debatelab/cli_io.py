@@ -14,12 +14,9 @@ from .config import SEED_RANGE
 from .errors import DebatelabError
 
 
-# Bounds of the flags that do not go through a config (bench, personas); the config's own
-# bounds (rounds, repetitions, max_tokens, ...) live in debatelab.config with their fields.
-MAX_THREADS = 1_024
-MAX_BATCH = 4_096
+# Bounds of the flags that go through no config (bench, personas); the config's own bounds
+# live in debatelab.config and the backend's in debatelab.llm.options, with their fields.
 MAX_SURVEY_PROMPTS = 10_000
-MAX_PREFIX_CACHE_MB = 2**20  # 1 TiB
 MAX_MESSAGE = 1_000
 """Longest error line; user text quoted in a message (a path, a key) is cut short beyond it."""
 _LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # where str.splitlines() cuts

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from .errors import read_jsonl
+
 PRECISION = 1e-4
 """Tolerance for float values in exports, absolute and relative (whichever is larger). Measured
 between resumed and uninterrupted runs, and between waves with prefix reuse and one debate at a
@@ -131,12 +133,12 @@ def _csv_cells(name: str, pa: Path, pb: Path, diffs: list[Difference]) -> Iterat
 
 
 def _jsonl_cells(name: str, pa: Path, pb: Path, diffs: list[Difference]) -> Iterator[_Cell]:
-    lines_a = [line for line in pa.read_text(encoding="utf-8").splitlines() if line.strip()]
-    lines_b = [line for line in pb.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if len(lines_a) != len(lines_b):
-        diffs.append(Difference(name, None, "lines", str(len(lines_a)), str(len(lines_b))))
-    for number, (la, lb) in enumerate(zip(lines_a, lines_b), start=1):
-        yield from _json_cells(name, number, "", json.loads(la), json.loads(lb))
+    rows_a = [row for _, row in read_jsonl(pa, name)]  # the one JSONL reader: splits on "\n" only
+    rows_b = [row for _, row in read_jsonl(pb, name)]
+    if len(rows_a) != len(rows_b):
+        diffs.append(Difference(name, None, "lines", str(len(rows_a)), str(len(rows_b))))
+    for number, (ra, rb) in enumerate(zip(rows_a, rows_b), start=1):
+        yield from _json_cells(name, number, "", ra, rb)
 
 
 def _json_cells(name: str, row: int, path: str, x: Any, y: Any) -> Iterator[_Cell]:

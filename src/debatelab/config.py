@@ -42,7 +42,9 @@ SEED_RANGE = 2**63
 """Seeds lie in [-2**63, 2**63)."""
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Frozen, unknown keys rejected, floats finite: the base of every user-facing config."""
+
     # allow_inf_nan=False: .inf and .nan are refused in every float field (temperature, top_p, ...).
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -74,7 +76,7 @@ def _check_temperature(value: float) -> float:
 Temperature = Annotated[float, Field(ge=0, strict=True), AfterValidator(_check_temperature)]
 
 
-class ReplyConfig(_Strict):
+class ReplyConfig(StrictModel):
     temperature: Temperature = 1.0
     """Sampling temperature of debate replies (paper: 1.0); 0 or 1e-3..100."""
     max_tokens: int = Field(96, ge=1, le=MAX_TOKENS, strict=True)
@@ -86,7 +88,7 @@ class ReplyConfig(_Strict):
 Measure = Literal["greedy", "expected"]
 
 
-class SurveyConfig(_Strict):
+class SurveyConfig(StrictModel):
     method: Literal["both", "generate", "logprobs"] = "both"
     """What each survey records. ``both`` (default): the paper's greedy T=0 answer, parsed as an
     integer (invalid when it is not one), and, from the same prompt, the distribution over 0..10
@@ -109,13 +111,23 @@ class SurveyConfig(_Strict):
     def resolved_measure(self) -> Measure:
         return self.measure or measures_of(self.method)[0]
 
+    @property
+    def records_greedy(self) -> bool:
+        """Each survey sends a greedy T=0 generate request (the paper's measure)."""
+        return "greedy" in measures_of(self.method)
+
+    @property
+    def records_distribution(self) -> bool:
+        """Each survey sends an option-scoring request (the 0..10 distribution)."""
+        return "expected" in measures_of(self.method)
+
 
 def measures_of(method: str) -> tuple[Measure, ...]:
     """The measures a survey method records, the paper's first."""
     return {"both": ("greedy", "expected"), "generate": ("greedy",), "logprobs": ("expected",)}[method]  # type: ignore[return-value]
 
 
-class PersonaGeneration(_Strict):
+class PersonaGeneration(StrictModel):
     per_party: int | None = Field(None, ge=1, le=MAX_PER_PARTY, strict=True)
     """Personas per party when the run generates its own bank, 1..10,000 (None = as many as the
     roster needs; the built-in name list caps a generated bank further)."""
@@ -137,7 +149,7 @@ class PersonaGeneration(_Strict):
         return self
 
 
-class ExecutorConfig(_Strict):
+class ExecutorConfig(StrictModel):
     kind: Literal["local", "ray"] = "local"
     """``local``: waves in this process. ``ray``: debates sharded across Ray workers, each with its
     own backend, every wave streamed back to this process, the run's single SQLite writer."""
@@ -151,7 +163,7 @@ class ExecutorConfig(_Strict):
     """GPUs Ray reserves for each worker, at most 64 (e.g. 1 for a vllm: or hf: model on CUDA)."""
 
 
-class Seat(_Strict):
+class Seat(StrictModel):
     """A roster entry with its own model: ``{role: republican, model: hf:org/x, adapter: dir}``."""
 
     role: str
@@ -174,7 +186,7 @@ class Seat(_Strict):
         return model if adapter is None else f"{model}+{adapter}"
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(StrictModel):
     name: str | None = Field(None, min_length=1, max_length=MAX_NAME)
     """Label stored with the run (defaults to the config file's stem), at most 255 characters, on one line."""
     model: str = Field("embedded", max_length=MAX_MODEL)

@@ -49,6 +49,11 @@ def _size(limit: int) -> str:
     return f"{limit // 2**20} MiB" if limit >= 2**20 else f"{limit} bytes"
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def read_text(path: Path, what: str, limit: int = MAX_TEXT_BYTES) -> str:
     """Read a user-supplied text file of at most ``limit`` bytes, turning every way it can fail
     into one clear line."""
@@ -73,7 +78,7 @@ def read_text(path: Path, what: str, limit: int = MAX_TEXT_BYTES) -> str:
 
 def describe_yaml_error(exc: Exception) -> str:
     """'<problem> (line N)' from a PyYAML error, on one line."""
-    problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+    problem = getattr(exc, "problem", None) or first_line(exc)
     mark = getattr(exc, "problem_mark", None)
     return f"{problem} (line {mark.line + 1})" if mark is not None else problem
 
@@ -174,7 +179,7 @@ def read_yaml(path: Path, what: str) -> object:
     except _BadYaml as exc:
         raise DebatelabError(f"{what} {path} is refused: {exc}") from None
     except ValueError as exc:  # an integer of more than 4,300 digits, a date like 2024-13-45
-        problem = (str(exc).splitlines() or [type(exc).__name__])[0]
+        problem = first_line(exc)
         if "integer string conversion" in problem:
             problem = "an integer of more than 4300 digits"
         raise DebatelabError(f"{what} {path} holds a value that cannot be read: {problem}") from None

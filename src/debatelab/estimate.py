@@ -100,8 +100,7 @@ def count_calls(config: ExperimentConfig, specs: list[DebateSpec], personas: int
     groups = math.ceil(len(specs) / config.max_in_flight)
     replies = len(specs) * reply_steps
     surveys = len(specs) * survey_steps * agents
-    greedy = config.survey.method in ("both", "generate")  # the paper's T=0 answer is generated
-    scored = config.survey.method in ("both", "logprobs")
+    greedy, scored = config.survey.records_greedy, config.survey.records_distribution
     models = len(set(config.seat_models()))  # a wave calls each model of the roster once
     return {
         "models": models,
@@ -119,6 +118,11 @@ def _debate_tokens(config: ExperimentConfig, specs: list[DebateSpec], count: Cou
     """Prompt and completion tokens of all replies and surveys; each earlier reply counts as
     ``reply.max_tokens`` tokens (its text is left empty when rendering, then added)."""
     reply_len = config.reply.max_tokens
+    greedy, scored = config.survey.records_greedy, config.survey.records_distribution
+    # Completions with echo score every option as its own prompt, plus the bare one (as
+    # llm.openai_scoring does while the server accepts echo).
+    echo = api and config.backend.api == "completions" and config.backend.score_echo
+    sends = int(greedy) + (len(SURVEY_OPTIONS) + 1 if echo else 1) * int(scored)
     prompt = completion = 0
     for spec in specs:
         extra = [story_tokens if a.role != "default" else 0 for a in spec.agents]
@@ -130,11 +134,6 @@ def _debate_tokens(config: ExperimentConfig, specs: list[DebateSpec], count: Cou
                 completion += reply_len
             elif isinstance(step, Survey):
                 turns = _empty_turns(step.iteration)
-                method = config.survey.method
-                greedy, scored = method in ("both", "generate"), method in ("both", "logprobs")
-                # Completions with echo score every option as its own prompt (plus the bare one).
-                echo = api and config.backend.api == "completions" and config.backend.score_echo
-                sends = int(greedy) + (len(SURVEY_OPTIONS) + 1 if echo else 1) * int(scored)
                 for agent in step.agents:
                     one = count(survey_prompt(spec.agents, agent, spec.topic, turns)) + extra[agent]
                     prompt += sends * (one + len(turns) * reply_len)
@@ -163,9 +162,9 @@ def token_counter(config: ExperimentConfig) -> tuple[Counter, str]:
     if tokenizer is None:
         return _count_chars, f"estimated as characters / {CHARS_PER_TOKEN} (no local tokenizer for {config.model})"
 
-    def count(prompt: Prompt) -> int:
-        from .llm.chat import render, uses_chat_template
+    from .llm.chat import render, uses_chat_template
 
+    def count(prompt: Prompt) -> int:
         if not uses_chat_template(tokenizer, prompt):
             return len(tokenizer(prompt.flat_text()).input_ids)
         return len(tokenizer(render(tokenizer, prompt), add_special_tokens=False).input_ids)

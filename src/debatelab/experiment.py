@@ -91,8 +91,9 @@ def _run(config: ExperimentConfig, run_dir: Path, llm: LLM | None, progress: boo
     lock = held or lock_run_dir(run_dir)
     undo = False
     try:
-        check_claimable(run_dir, run_fingerprint(config, bank))  # read-only, before the model loads
-        return _run_locked(config, run_dir, llm, bank, progress, seat_llms, start, lock)
+        fingerprint = run_fingerprint(config, bank)
+        check_claimable(run_dir, fingerprint)  # read-only, before the model loads
+        return _run_locked(config, run_dir, llm, bank, progress, seat_llms, start, lock, fingerprint)
     except BaseException as exc:
         undo = isinstance(exc, DebatelabError) and exc.exit_code == 2 and not is_disk_full(exc)
         raise
@@ -102,23 +103,24 @@ def _run(config: ExperimentConfig, run_dir: Path, llm: LLM | None, progress: boo
 
 
 def _run_locked(config: ExperimentConfig, run_dir: Path, llm: LLM | None, bank: list[Persona] | None,
-                progress: bool, seat_llms: Mapping[str, LLM] | None, start: float, lock: RunLock) -> RunSummary:
+                progress: bool, seat_llms: Mapping[str, LLM] | None, start: float, lock: RunLock,
+                fingerprint: str) -> RunSummary:
     pool = RayPool(config) if llm is None and config.executor.kind == "ray" else None
     try:
         return _run_with(config, run_dir, pool or llm or load_llm(config.model, config.backend,
                                                                   adapters=_seat_adapters(config)),
-                         bank, progress, seat_llms, start, lock)
+                         bank, progress, seat_llms, start, lock, fingerprint)
     finally:
         if pool is not None:
             pool.close()
 
 
 def _run_with(config: ExperimentConfig, run_dir: Path, llm: LLM, bank: list[Persona] | None, progress: bool,
-              seat_llms: Mapping[str, LLM] | None, start: float, lock: RunLock) -> RunSummary:
+              seat_llms: Mapping[str, LLM] | None, start: float, lock: RunLock, fingerprint: str) -> RunSummary:
     seats = llm.seats if isinstance(llm, RayPool) else load_seat_llms(config, llm, seat_llms)
-    store = open_store(run_dir, lock)
+    store = open_store(run_dir, lock, checked=True)  # check_claimable verified it under this lock
     try:
-        store.claim(run_fingerprint(config, bank), _provenance(config))
+        store.claim(fingerprint, _provenance(config))
         _check_identity(store, llm, seats)
         try:
             summary = _debate(config, llm, seats, store, run_dir, bank, progress)
@@ -126,12 +128,10 @@ def _run_with(config: ExperimentConfig, run_dir: Path, llm: LLM, bank: list[Pers
             _record_state(store, "interrupted", stop.name)
             raise
         except Exception as exc:
-            error = disk_full_error(exc, run_dir) or exc
+            error = disk_full_error(exc, run_dir) or exc  # run_experiment raises it as this too
             if not (isinstance(error, DebatelabError) and error.exit_code == 2):  # bad input leaves the run as it was
                 _record_state(store, "failed", _one_line(error))
-            if error is exc:
-                raise
-            raise error from None
+            raise
         summary.seconds = time.monotonic() - start
         return summary
     finally:

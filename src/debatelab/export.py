@@ -60,13 +60,8 @@ def _attitude_rows(store: RunStore) -> Iterable[Sequence[object]]:
         yield (*head, *probs)
 
 
-def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]],
-              files: AtomicFiles | None = None) -> None:
-    """Write one CSV atomically, on its own or as part of ``files`` (replaced together)."""
-    if files is None:
-        with atomic_files() as files:
-            write_csv(path, columns, rows, files)
-        return
+def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]], files: AtomicFiles) -> None:
+    """Write one CSV as part of ``files``, the set replaced together."""
     with files.open(path, newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns)

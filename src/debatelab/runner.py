@@ -158,11 +158,10 @@ class WaveRunner:
             prompt = prompts.survey_prompt(spec.agents, agent, spec.topic, debate.turns)
             seed = derive_seed(spec.seed, "survey", step.iteration, agent)
             bucket = pending.setdefault(spec.agents[agent].model, _Pending())
-            method = self.config.survey.method
-            if method in ("both", "logprobs"):
+            if self.config.survey.records_distribution:
                 bucket.score.append((debate, step.iteration, agent))
                 bucket.score_requests.append(ScoreRequest(prompt, prompts.SURVEY_OPTIONS, seed=seed))
-            if method in ("both", "generate"):  # the paper's measure: the answer at T=0
+            if self.config.survey.records_greedy:  # the paper's measure: the answer at T=0
                 bucket.generate.append((debate, step.iteration, agent, "survey"))
                 bucket.gen_requests.append(GenerateRequest(
                     prompt, temperature=0.0, max_tokens=self.config.survey.max_tokens, seed=seed))

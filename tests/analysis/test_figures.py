@@ -111,12 +111,6 @@ def test_three_topics_lie_in_one_row(runs):
 def test_role_colours_are_the_papers_red_blue_grey():
     assert ROLE_COLOURS == PAPER_COLOURS
     assert ROLE_LABELS == {"republican": "Republican", "democrat": "Democrat", "default": "Default"}
-    rgb = {role: tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for role, c in PAPER_COLOURS.items()}
-    r, g, b = rgb["republican"]
-    assert r > 2 * max(g, b)  # red
-    r, g, b = rgb["democrat"]
-    assert b > 1.5 * max(r, g)  # blue
-    assert len(set(rgb["default"])) == 1  # grey: no hue of either party
 
 
 @pytest.mark.parametrize("name, unit", [("three", "agent"), ("echo", "agent"), ("echo", "debate")])

@@ -303,3 +303,14 @@ def test_a_prompt_beyond_the_context_fails_alone_and_the_rest_of_the_call_runs(l
     assert outs[0] == llm.generate([GenerateRequest(short, max_tokens=4, seed=1)])[0]
     scores = llm.score_options([ScoreRequest(long, ("1", "2")), ScoreRequest(short, ("1", "2"))])
     assert scores[0].error is not None and scores[0].logprobs == () and scores[1].error is None
+
+
+def test_generate_and_score_run_wholly_in_inference_mode(llm: HFLLM, monkeypatch) -> None:
+    """Layout and prefix-store updates too, not just the forward: tensors kept across calls must
+    all be inference tensors (mixing them with ordinary ones fails later, in another call)."""
+    seen = []
+    layout = llm._layout
+    monkeypatch.setattr(llm, "_layout", lambda rows: seen.append(torch.is_inference_mode_enabled()) or layout(rows))
+    llm.generate([GenerateRequest(chat("hello"), max_tokens=2, seed=1)])
+    llm.score_options([ScoreRequest(chat("hello"), ("1", "2"))])
+    assert seen == [True, True]

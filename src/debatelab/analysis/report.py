@@ -25,7 +25,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from ..errors import DebatelabError
 from ..files import atomic_open
 from .frames import RunData, load
-from .show import LOW_MASS, MASS_MEANING, survey_diagnostics
+from .show import LOW_MASS, LOW_MASS_WHY, MASS_MEANING, survey_diagnostics
 from .stats import aggregate
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -44,11 +44,18 @@ def build_report(run_dirs: Sequence[Path], out_dir: Path, reference: Path | None
     reference run (Figure 8's is Figure 5's); runs it does not name get ``reference``."""
     if not run_dirs:
         raise DebatelabError("build_report needs at least one run directory")
-    runs = [load(d, complete_only=True, measure=measure) for d in run_dirs]
-    ref = load(reference, complete_only=True, measure=measure) if reference is not None else None
-    loaded = {p: load(p, complete_only=True, measure=measure)
-              for p in dict.fromkeys(v for v in (references or {}).values() if v is not None)}
-    own = {Path(d): loaded[r] if r is not None else None for d, r in (references or {}).items()}
+    loaded: dict[Path, RunData] = {}
+
+    def get(path: Path | None) -> RunData | None:  # each run read (and verified) once
+        if path is None:
+            return None
+        if Path(path) not in loaded:
+            loaded[Path(path)] = load(path, complete_only=True, measure=measure)
+        return loaded[Path(path)]
+
+    runs = [get(d) for d in run_dirs]
+    ref = get(reference)
+    own = {Path(d): get(r) for d, r in (references or {}).items()}
     refs = [own.get(Path(d), ref) for d in run_dirs]
     for run in runs:
         if run.surveys.empty:
@@ -71,7 +78,7 @@ def _write_report(runs: list[RunData], refs: list[RunData | None], out_dir: Path
     names = sorted({r.name for r in refs if r is not None})
     html = render(runs=sections, overlay=both, reference=", ".join(names) or None,
                   generated=_now(), survey_label=SURVEY_LABEL, low_mass=LOW_MASS,
-                  mass_meaning=MASS_MEANING)
+                  low_mass_why=LOW_MASS_WHY, mass_meaning=MASS_MEANING)
     _atomic_write(out_dir / "summary.csv", summary_table(runs, labels).to_csv(index=False))
     path = out_dir / "report.html"
     _atomic_write(path, html)

@@ -22,10 +22,13 @@ MASS_MEANING = ("the probability of answering exactly one of 0..10 and ending th
 """What ``option_mass`` measures, per backend (one definition for all is a later issue's work)."""
 
 
+LOW_MASS_WHY = ("the model mostly went on writing after the number, or said something else, so the "
+                "distributions say little")
+
+
 def low_mass_warning(mass: float) -> str:
     return (f"mean option mass {mass:.3f} < {LOW_MASS}: only {mass:.1%} of the probability went to a bare "
-            "number 0..10 ending the answer (the model mostly went on writing after the number, or said "
-            "something else), so the distributions say little")
+            f"number 0..10 ending the answer ({LOW_MASS_WHY})")
 
 
 def distribution_line(distributions: int, fallbacks: int, partial: int) -> str:
@@ -39,7 +42,7 @@ MEASURE_LABELS = {"greedy": "greedy T=0 answer (the paper's measure)",
 def survey_diagnostics(run: RunData) -> dict[str, Any]:
     """How the surveys were measured and how much to trust them, for the report and ``show``."""
     s = run.surveys
-    with_dist = s[s["source"].notna()] if "source" in s else s.iloc[0:0]
+    with_dist = s[s["source"].notna()]  # frames.load always has the column (NULL for old runs)
     mass = s["option_mass"].dropna()
     by_role = (s.groupby(["topic", "role"])["option_mass"].mean().dropna().reset_index()
                .to_dict("records") if len(mass) else [])

@@ -182,7 +182,8 @@ def _train(study: StudyConfig, out: Path, data: dict[str, Path]) -> list[Variant
             dirs.append(folder)
         variants.append(Variant("SFT", r, tuple(dirs)))
     dpo = study.dpo
-    for r in study.dpo_ranks() if dpo is not None else []:
+    for r in study.dpo_ranks():  # empty without a dpo section
+        assert dpo is not None
         dirs = []
         for seed in study.seeds:
             folder, parent = out / "adapters" / f"dpo-r{r}-seed{seed}", out / "adapters" / f"sft-r{r}-seed{seed}"

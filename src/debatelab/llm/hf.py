@@ -169,7 +169,6 @@ class HFLLM:
         return layout(rows, self.prefix_cache, self.model, self.tokenizer.pad_token_id, self.device)
 
     # ---- generation ---------------------------------------------------------------------
-    @torch.inference_mode()
     def _over_context(self, rows: list[Row], extra: Sequence[int]) -> dict[int, str]:
         """Rows whose prompt plus ``extra`` new tokens exceed the model's context: each fails as
         its own request (its debate fails, visibly and resumably) instead of the forward pass
@@ -184,6 +183,7 @@ class HFLLM:
         batches = [[i for i in b if i not in over] for b in self._batches(rows)]
         return [b for b in batches if b]
 
+    @torch.inference_mode()
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
         rows = self._rows([self.encode(r.prompt) for r in requests])
         over = self._over_context(rows, [r.max_tokens for r in requests])
@@ -241,8 +241,9 @@ class HFLLM:
     @torch.inference_mode()
     def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
         rows = self._rows([self.encode(r.prompt) for r in requests])
-        longest = [max((len(self.tokenizer(o, add_special_tokens=False).input_ids) for o in r.options), default=0) + 1
-                   for r in requests]  # each option and its terminator
+        # Tokens an option adds, its terminator included (the length of its path in the cached
+        # option tree): exact, where the tokenizer writes the terminator as several tokens.
+        longest = [max((len(steps) + 1 for _, steps in self._option_tree(r).options), default=0) for r in requests]
         over = self._over_context(rows, longest)
         results: list[OptionScores | None] = [OptionScores((), error=over[i]) if i in over else None
                                               for i in range(len(requests))]

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from ..errors import DebatelabError
+from ..errors import DebatelabError, first_line
 from .hf import HFLLM
 from .options import BackendOptions
 from .weights import (
@@ -90,16 +90,12 @@ def load_pretrained(source: str, options: BackendOptions, identity: dict[str, An
 
 def _load_error(source: str, exc: Exception, options: BackendOptions) -> DebatelabError:
     """One line for a failed load; where a safety default caused it, the line names the opt-in."""
-    first = _first_line(exc)
+    first = first_line(exc)
     if "custom code" in first and not options.trust_remote_code:
         first += f" It would run on load; only if you trust its author, set {TRUST_CODE_OPT_IN}."
     elif "safetensors" in first and not options.allow_pickle and not Path(source).is_dir():  # a hub id
         first += f" Only safetensors weights load unless you set {PICKLE_OPT_IN} (pickles can run code)."
     return DebatelabError(f"cannot load model {source!r}: {first}")
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _apply_adapter(model: Any, adapter: Path) -> tuple[Any, dict[str, str]]:
@@ -112,7 +108,7 @@ def _apply_adapter(model: Any, adapter: Path) -> tuple[Any, dict[str, str]]:
     try:
         tuned = PeftModel.from_pretrained(model, str(adapter)).eval()
     except (OSError, ValueError, TypeError, KeyError) as exc:  # e.g. a config field PEFT does not know
-        raise DebatelabError(f"cannot load adapter {adapter}: {_first_line(exc)}") from exc
+        raise DebatelabError(f"cannot load adapter {adapter}: {first_line(exc)}") from exc
     return tuned, {"path": str(adapter.resolve()), "weights": dir_fingerprint(adapter)}
 
 

@@ -7,6 +7,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+MAX_BATCH = 4_096
+MAX_THREADS = 1_024
+MAX_PREFIX_CACHE_MB = 2**20  # 1 TiB
+
+
 class BackendOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -15,9 +20,9 @@ class BackendOptions(BaseModel):
     """Weights/compute dtype. ``auto`` = float32 on CPU, bfloat16 on CUDA."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the model runs. ``auto`` picks CUDA when available."""
-    batch_size: int = Field(32, ge=1, le=4096, strict=True)
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH, strict=True)
     """Most sequences in one forward pass; a wave larger than this is split into micro-batches."""
-    threads: int | None = Field(None, ge=1, le=1024, strict=True)
+    threads: int | None = Field(None, ge=1, le=MAX_THREADS, strict=True)
     """torch intra-op threads on CPU (None = torch's default)."""
     quantization: Literal["none", "8bit", "4bit"] = "none"
     """bitsandbytes quantisation; needs CUDA."""
@@ -28,7 +33,7 @@ class BackendOptions(BaseModel):
     allow_pickle: bool = False
     """Accept pickled weights (``*.bin``/``*.pt``), which can run arbitrary code when loaded. Off:
     only safetensors are loaded, for the model and for adapters."""
-    prefix_cache_mb: int | None = Field(None, ge=0, le=1_048_576, strict=True)
+    prefix_cache_mb: int | None = Field(None, ge=0, le=MAX_PREFIX_CACHE_MB, strict=True)
     """Memory for reusing prompt keys/values across calls (each agent's next prompt repeats its
     last one's background, topic and history); 0 turns it off, None (default) takes a third of
     the memory available once the model is loaded (RAM on CPU, free GPU memory on CUDA). Results

@@ -35,7 +35,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import DebatelabError
+from ..errors import DebatelabError, first_line
 from .base import Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest, Usage
 from .options import BackendOptions
 from .vllm_support import (  # noqa: F401  (re-exported: the backend's public helpers)
@@ -299,7 +299,7 @@ def load_vllm(name: str, options: BackendOptions, settings: VLLMSettings | None 
     try:
         llm = vllm.LLM(**kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise DebatelabError(f"cannot load model {source!r} with vllm: {first}") from exc
     from vllm.lora.request import LoRARequest
 

@@ -20,7 +20,7 @@ from ..errors import DebatelabError
 from ..files import disk_full_error
 from ..types import DebateSpec, Persona, SurveyAnswer, Turn
 from .lock import LOCK_NAME, RunLock, lock_run_dir
-from .schema import APPLICATION_ID, MIGRATIONS, check_before_writing, read_run_database, stored_fingerprint, verify
+from .schema import APPLICATION_ID, MIGRATIONS, check_before_writing, read_run_database, verify
 
 __all__ = ["APPLICATION_ID", "DB_NAME", "LOCK_NAME", "MIGRATIONS", "RunLock", "RunStore", "lock_run_dir",
            "open_store", "read_run_database", "verify"]
@@ -29,21 +29,23 @@ DB_NAME = "run.sqlite"
 
 
 class RunStore:
-    def __init__(self, path: Path, lock: RunLock | None = None):
+    def __init__(self, path: Path, lock: RunLock | None = None, checked: bool = False):
         """Open (creating if needed) the run database at ``path``. ``lock`` is the run
-        directory's lock when the caller already holds it; otherwise it is taken here."""
+        directory's lock when the caller already holds it; otherwise it is taken here.
+        ``checked``: the caller ran :func:`check_claimable` under that lock, so the file is
+        known sound and is not verified a second time."""
         self.path = path
         self._own_lock = lock is None
         self._lock = lock or lock_run_dir(path.parent)
+        db = None
         try:
-            check_before_writing(path)  # refuse a foreign, newer or damaged file before touching it
-            self.db = sqlite3.connect(path, isolation_level=None)
-            try:
-                self._configure()
-            except BaseException:
-                self.db.close()
-                raise
+            if not (checked and lock is not None):
+                check_before_writing(path)  # refuse a foreign, newer or damaged file before touching it
+            self.db = db = sqlite3.connect(path, isolation_level=None)
+            self._configure()
         except BaseException as exc:
+            if db is not None:
+                db.close()
             if self._own_lock:
                 self._lock.release(undo=isinstance(exc, DebatelabError) and exc.exit_code == 2)
             if isinstance(exc, sqlite3.DatabaseError):
@@ -222,13 +224,12 @@ def _other_config(run_dir: Path, existing: str, fingerprint: str) -> DebatelabEr
 def check_claimable(run_dir: Path, fingerprint: str) -> None:
     """Before any model loads or anything is written (a migration included): refuse a run
     directory whose database is foreign, damaged, newer, a link, or claimed by another config."""
-    path = run_dir / DB_NAME
-    check_before_writing(path)
-    existing = stored_fingerprint(path)
+    existing = check_before_writing(run_dir / DB_NAME)
     if existing is not None and existing != fingerprint:
         raise _other_config(run_dir, existing, fingerprint)
 
 
-def open_store(run_dir: Path, lock: RunLock | None = None) -> RunStore:
-    """The store of ``run_dir`` (created if needed), under ``lock`` or a lock taken here."""
-    return RunStore(run_dir / DB_NAME, lock)
+def open_store(run_dir: Path, lock: RunLock | None = None, checked: bool = False) -> RunStore:
+    """The store of ``run_dir`` (created if needed), under ``lock`` or a lock taken here;
+    ``checked`` as in :class:`RunStore`."""
+    return RunStore(run_dir / DB_NAME, lock, checked)

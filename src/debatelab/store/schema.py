@@ -83,29 +83,16 @@ _JSON_CHECKS = (
 )
 
 
-def check_before_writing(path: Path) -> None:
+def check_before_writing(path: Path) -> str | None:
     """Refuse ``path`` unless it is absent, empty or a sound run database of a known schema, and
     a plain file, not a link SQLite would write through. Read-only, and creates no side files
-    (see :func:`_verify_file`)."""
+    (see :func:`_verify_file`). Returns the config fingerprint the database was claimed with
+    (None: new or unclaimed), read on the same connection."""
     if path.is_symlink() or (path.exists() and not path.is_file()):
         raise DebatelabError(f"{path} is a symbolic link or not a regular file; refusing to write through it")
     if path.exists() and path.stat().st_size > 0:
-        _verify_file(path, immutable=not _wal(path).exists())
-
-
-def stored_fingerprint(path: Path) -> str | None:
-    """The config fingerprint a run database was claimed with (None: new or unclaimed), read
-    after :func:`check_before_writing` without writing or migrating anything."""
-    if not path.exists() or path.stat().st_size == 0:
-        return None
-    db = _connect_read_only(path, immutable=not _wal(path).exists())
-    try:
-        row = db.execute("SELECT value FROM meta WHERE key = 'config_fingerprint'").fetchone()
-    except sqlite3.OperationalError:  # killed before its first migration: no meta table yet
-        return None
-    finally:
-        db.close()
-    return row[0] if row else None
+        return _verify_file(path, immutable=not _wal(path).exists())
+    return None
 
 
 def read_run_database(path: Path) -> sqlite3.Connection:
@@ -131,13 +118,19 @@ def _wal(path: Path) -> Path:
     return Path(f"{path}-wal")
 
 
-def _verify_file(path: Path, immutable: bool) -> None:
-    """Verify ``path`` on a connection of its own. ``immutable`` (safe only while no one has the
-    database open, i.e. it has no -wal file) reads the file as it is, so that not even SQLite's
-    side files (-wal, -shm) appear beside a file that is then refused."""
+def _verify_file(path: Path, immutable: bool) -> str | None:
+    """Verify ``path`` on a connection of its own and return its claimed config fingerprint.
+    ``immutable`` (safe only while no one has the database open, i.e. it has no -wal file) reads
+    the file as it is, so that not even SQLite's side files (-wal, -shm) appear beside a file
+    that is then refused."""
     db = _connect_read_only(path, immutable)
     try:
         verify(db, path)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'config_fingerprint'").fetchone()
+        except sqlite3.OperationalError:  # killed before its first migration: no meta table yet
+            return None
+        return row[0] if row else None
     finally:
         db.close()
 
