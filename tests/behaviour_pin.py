@@ -1,0 +1,88 @@
+"""Behaviour pins: sha256 of every export of small seeded runs, recorded before a refactor.
+
+``python tests/behaviour_pin.py --record`` runs each pinned config through the CLI (run, report,
+show) and writes ``data/behaviour/hashes.json``; ``tests/test_behaviour_pinned.py`` reruns them and
+compares. Besides the exact hash of each file, a *rounded* hash (every float cell to 4 decimals,
+the precision compare_runs documents) is kept: float kernels differ between CPU models (AMD EPYC,
+Intel Xeon with AMX), so the exact hashes of an embedded run are only comparable on the CPU model
+they were recorded on, while its rounded hashes must match everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import platform
+import re
+import sys
+from pathlib import Path
+
+PIN_DIR = Path(__file__).parent / "data" / "behaviour"
+HASHES = PIN_DIR / "hashes.json"
+CONFIGS = ("scripted", "scripted_seats", "embedded")
+RUN_EXPORTS = ("personas.jsonl", "debates.csv", "attitudes.csv", "turns.csv")
+_FLOAT = re.compile(r"^-?\d+\.\d+(e-?\d+)?$|^-?\d+e-?\d+$")
+
+
+def run_pinned(name: str, out: Path) -> dict[str, bytes]:
+    """Every export of the pinned config ``name`` run into ``out``: the run's files, the
+    report's summary.csv and the text ``debatelab show`` prints."""
+    from debatelab.cli import main
+
+    config = PIN_DIR / f"{name}.yaml"
+    if main(["run", str(config), "--out", str(out), "--quiet"]) != 0:
+        raise AssertionError(f"pinned run {name} did not complete")
+    if main(["report", str(out), "--out", str(out / "report")]) != 0:
+        raise AssertionError(f"report of pinned run {name} failed")
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown):
+        main(["show", str(out)])
+    files = {f: (out / f).read_bytes() for f in RUN_EXPORTS}
+    files["summary.csv"] = (out / "report" / "summary.csv").read_bytes()
+    files["show.txt"] = shown.getvalue().replace(str(out), "RUN_DIR").encode()
+    return files
+
+
+def exact(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def rounded(name: str, data: bytes) -> str:
+    """sha256 with every float to 4 decimals (CSV cells; numbers in other text files)."""
+    text = data.decode()
+    if name.endswith(".csv"):
+        rows = [[f"{float(c):.4f}" if _FLOAT.match(c) else c for c in row] for row in csv.reader(io.StringIO(text))]
+        text = json.dumps(rows)
+    else:
+        text = re.sub(r"-?\d+\.\d+", lambda m: f"{float(m.group()):.4f}", text)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
+    except OSError:
+        return platform.processor()
+
+
+def fingerprints(name: str, files: dict[str, bytes]) -> dict[str, dict[str, str]]:
+    return {f: {"sha256": exact(data), "rounded": rounded(f, data)} for f, data in sorted(files.items())}
+
+
+def record(out_root: Path) -> dict[str, object]:
+    pins = {name: fingerprints(name, run_pinned(name, out_root / name)) for name in CONFIGS}
+    return {"cpu_model": cpu_model(), "python": sys.version.split()[0], "runs": pins}
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    if sys.argv[1:] != ["--record"]:
+        sys.exit("usage: python tests/behaviour_pin.py --record")
+    with tempfile.TemporaryDirectory() as tmp:
+        HASHES.write_text(json.dumps(record(Path(tmp)), indent=1) + "\n")
+    print(f"wrote {HASHES}")
