@@ -5,7 +5,7 @@ show) and writes ``data/behaviour/hashes.json``; ``tests/test_behaviour_pinned.p
 compares. Besides the exact hash of each file, a *rounded* hash (every float cell to 4 decimals,
 the precision compare_runs documents) is kept: float kernels differ between CPU models (AMD EPYC,
 Intel Xeon with AMX), so the exact hashes of an embedded run are only comparable on the CPU model
-they were recorded on, while its rounded hashes must match everywhere.
+they were recorded on (and with the same thread count), while its rounded hashes must match everywhere.
 """
 
 from __future__ import annotations
@@ -75,7 +75,14 @@ def fingerprints(name: str, files: dict[str, bytes]) -> dict[str, dict[str, str]
 
 def record(out_root: Path) -> dict[str, object]:
     pins = {name: fingerprints(name, run_pinned(name, out_root / name)) for name in CONFIGS}
-    return {"cpu_model": cpu_model(), "python": sys.version.split()[0], "runs": pins}
+    return {"cpu_model": cpu_model(), "threads": threads(), "python": sys.version.split()[0], "runs": pins}
+
+
+def threads() -> int:
+    """torch's intra-op threads: reductions split differently with another count."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 if __name__ == "__main__":
