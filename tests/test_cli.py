@@ -297,7 +297,8 @@ def test_largest_legitimate_inputs_are_accepted(tmp_path, bank):
 
 
 def test_jsonl_and_text_readers_are_bounded(tmp_path):
-    from debatelab.errors import DebatelabError, read_jsonl, read_text
+    from debatelab.errors import DebatelabError
+    from debatelab.readers import read_jsonl, read_text
 
     (tmp_path / "deep.jsonl").write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
     with pytest.raises(DebatelabError, match="line 1 cannot be read"):

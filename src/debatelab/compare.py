@@ -28,8 +28,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
-
-from .errors import read_jsonl
+from .readers import read_jsonl
 
 PRECISION = 1e-4
 """Tolerance for float values in exports, absolute and relative (whichever is larger). Measured

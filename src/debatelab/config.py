@@ -7,13 +7,15 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
-from .errors import DebatelabError, read_yaml
+from .errors import DebatelabError
+from .readers import read_yaml
 from .llm.options import BackendOptions
 from .llm.registry import split_model
 from .topics import BUILTIN_TOPICS, Topic, load_topic_file
 from .types import ROLES
+from .validation import StrictModel, describe
 
 
 # Upper bounds on every size a user types, each far above the paper (3 rounds, 40 repetitions,
@@ -40,13 +42,6 @@ MAX_MODEL = 1_000
 MAX_PATH = 4_096
 SEED_RANGE = 2**63
 """Seeds lie in [-2**63, 2**63)."""
-
-
-class StrictModel(BaseModel):
-    """Frozen, unknown keys rejected, floats finite: the base of every user-facing config."""
-
-    # allow_inf_nan=False: .inf and .nan are refused in every float field (temperature, top_p, ...).
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def check_path(value: object) -> object:
@@ -321,26 +316,6 @@ RUNTIME_BACKEND_FIELDS = frozenset({"batch_size", "threads", "concurrency", "tim
                                     "prefix_cache_mb"})
 
 
-_UNION_TAGS = {"str", "constrained-str", "Topic", "Seat", "int", "float", "bool", "none"}
-
-
-def _loc_part(part: object) -> str:
-    """A location part as the user wrote it; an odd key (spaces, control characters, very
-    long) in its repr, cut short, so the message stays one readable line."""
-    text = str(part)
-    if isinstance(part, str) and not (text.replace("_", "").replace("-", "").isalnum() and len(text) <= 60):
-        text = repr(part) if len(repr(part)) <= 60 else repr(part)[:57] + "..."
-    return text
-
-
-def _first_error(exc: ValidationError) -> str:
-    # In a union (a topic id or an inline topic) the deepest error is the informative one.
-    err = max(exc.errors(), key=lambda e: len(e["loc"]))
-    where = ".".join(_loc_part(p) for p in err["loc"] if p not in _UNION_TAGS)
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"{where}: {msg}" if where else msg
-
-
 def load_config(path: Path, **overrides: object) -> ExperimentConfig:
     """Read a YAML config, apply CLI overrides (None = keep), resolve relative paths, validate."""
     data = read_yaml(path, "config file")
@@ -371,6 +346,6 @@ def load_config(path: Path, **overrides: object) -> ExperimentConfig:
     try:
         config = ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        raise DebatelabError(f"invalid config {path}: {_first_error(exc)}") from None
+        raise DebatelabError(f"invalid config {path}: {describe(exc)}") from None
     config.resolved_topics()  # unknown topic ids fail now, not mid-run
     return config

@@ -23,7 +23,8 @@ from typing import Callable, Iterable, Sequence
 from pydantic import ValidationError
 
 from .debate import derive_seed
-from .errors import DebatelabError, RunFailed, read_text
+from .errors import DebatelabError, RunFailed
+from .readers import read_text
 from .files import atomic_open
 from .llm.base import LLM, GenerateRequest
 from .prompts import TEMPLATE_VERSION, persona_prompt

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
-from .errors import DebatelabError, read_yaml
+from .errors import DebatelabError
+from .readers import read_yaml
+from .validation import StrictModel, describe
 
 MAX_NAME = 200
 """Longest topic name or scale label."""
@@ -17,10 +19,9 @@ MAX_FILE_TOPICS = 1_000
 """Most topics in one topic file (as many as a config may list)."""
 
 
-class Topic(BaseModel):
+class Topic(StrictModel):
     """One debate topic and the 0-10 survey that measures attitudes towards it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(pattern=r"^[a-z0-9_]+$", max_length=64)
     """Short identifier used in exports (lowercase letters, digits, underscores), at most 64 characters."""
@@ -78,10 +79,7 @@ def load_topic_file(path: Path) -> list[Topic]:
         try:
             topics.append(Topic.model_validate(item))
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) if isinstance(p, int) or str(p).isidentifier() else repr(p)[:60]
-                             for p in err["loc"])
-            raise DebatelabError(f"topic file {path}, topic {number + 1}: {where or 'topic'}: {err['msg']}") from None
+            raise DebatelabError(f"topic file {path}, topic {number + 1}: {describe(exc)}") from None
     ids = [t.id for t in topics]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:

@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..debate import derive_seed
-from ..errors import DebatelabError, RunFailed, read_jsonl
+from ..errors import DebatelabError, RunFailed
+from ..readers import read_jsonl
 from ..files import atomic_open
 from ..llm.base import LLM, GenerateRequest, Message, Prompt
 from ..types import Persona

@@ -20,9 +20,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from ..errors import DebatelabError, read_jsonl
+from ..errors import DebatelabError
+from ..readers import read_jsonl
+from ..validation import StrictModel
 from ..files import atomic_open
 from .devices import Device, Precision, Quantization, trainer_record
 
@@ -43,11 +45,10 @@ MAX_LOGGING_STEPS = 1_000_000
 
 
 # ---- base model ---------------------------------------------------------------------------
-class TrainSettings(BaseModel):
+class TrainSettings(StrictModel):
     """Fields every trainer shares; SFTSettings and DPOSettings add their own and set defaults."""
 
     # allow_inf_nan=False: .inf and .nan are refused in every float field (learning_rate, epochs, beta).
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     learning_rate: float = Field(2e-4, gt=0, le=1)
     """Peak AdamW learning rate for the LoRA weights (linear decay to zero), in (0, 1]."""

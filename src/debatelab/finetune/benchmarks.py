@@ -23,7 +23,8 @@ from pathlib import Path
 from string import Template
 from typing import Any, Iterable
 
-from ..errors import DebatelabError, read_jsonl
+from ..errors import DebatelabError
+from ..readers import read_jsonl
 from ..files import atomic_open
 from .base import resolve_base
 from .tasks import utils as row_checks

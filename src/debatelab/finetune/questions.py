@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..debate import derive_seed
-from ..errors import DebatelabError, RunFailed, read_text
+from ..errors import DebatelabError, RunFailed
+from ..readers import read_text
 from ..files import atomic_open
 from ..llm.base import LLM, GenerateRequest, Message, Prompt
 

@@ -18,14 +18,16 @@ from pydantic import (
     model_validator,
 )
 
-from ..config import (MAX_MODEL, MAX_REPETITIONS, MAX_TOKENS, ExperimentConfig, StrictModel, Temperature,
+from ..config import (MAX_MODEL, MAX_REPETITIONS, MAX_TOKENS, ExperimentConfig, Temperature,
                       check_path, load_config)
-from ..errors import DebatelabError, read_yaml
+from ..errors import DebatelabError
+from ..readers import read_yaml
 from ..llm.options import BackendOptions
 from ..types import Party
 from .base import MAX_BATCH, SEED_LIMIT
 from .dpo import DPOSettings
 from .sft import MAX_RANK, SFTSettings
+from ..validation import StrictModel, describe
 
 # Upper bounds on every size a study config sets, each far above the paper (100 questions, 20
 # answers each, ranks 8-256, 3 seeds) but low enough that a typo fails at load time, not after
@@ -176,9 +178,6 @@ class StudyConfig(StrictModel):
 
 # ---- loading ------------------------------------------------------------------------------
 _PATHS = (("experiment",), ("personas",), ("questions", "file"), ("benchmarks", "mmlu"), ("benchmarks", "hellaswag"))
-_TAGS = {"DPOSettings", "none", "str", "int", "float", "bool"}
-
-
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Relative paths in the config are relative to its folder; values of the wrong type are left
     for validation to report."""
@@ -199,19 +198,6 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(data.get(section), dict) and resolvable(data[section].get(key)):
             data[section] = {**data[section], key: str((base / Path(data[section][key]).expanduser()).resolve())}
     return data
-
-
-def describe(exc: ValidationError) -> str:
-    """'field.path: problem' for the first problem, and how many more there are."""
-    errors = exc.errors()
-    err = errors[0]
-    where = ".".join(str(p) for p in err["loc"] if p not in _TAGS)
-    msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    if err["type"] == "extra_forbidden":
-        msg = "unknown field"
-    text = msg if not where or msg.startswith(f"{where}:") else f"{where}: {msg}"
-    more = len(errors) - 1
-    return text + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
 
 
 def load_study(path: Path) -> StudyConfig:

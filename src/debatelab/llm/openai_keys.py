@@ -17,7 +17,8 @@ import stat
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..errors import DebatelabError, read_text
+from ..errors import DebatelabError
+from ..readers import read_text
 from .options import BackendOptions
 
 NO_KEY = "EMPTY"  # local servers ignore the key, but the SDK insists on having one

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from ..validation import StrictModel
 
 MAX_BATCH = 4_096
 MAX_THREADS = 1_024
 MAX_PREFIX_CACHE_MB = 2**20  # 1 TiB
 
 
-class BackendOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+class BackendOptions(StrictModel):
+    """How a backend loads and calls its model; unknown keys rejected."""
 
     # --- transformers backends (embedded, hf:) ---
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
