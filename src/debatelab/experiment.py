@@ -6,9 +6,9 @@ import hashlib
 import json
 import os
 import platform
-import sqlite3
 import sys
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -180,11 +180,9 @@ def _run_on_ray(pool: RayPool, store: RunStore, specs: list[DebateSpec], bar: "_
 
 def _record_state(store: RunStore, state: str, detail: str) -> None:
     # Best effort on the way out: the run's own exception matters more than this bookkeeping.
-    try:
+    with suppress(stopping.StopRequested):
         with stopping.critical():
-            store.set_state(state, detail)
-    except (sqlite3.Error, stopping.StopRequested):
-        pass
+            store.try_set_state(state, detail)
 
 
 def run_fingerprint(config: ExperimentConfig, bank: list[Persona] | None) -> str:
@@ -231,11 +229,8 @@ def _check_identity(store: RunStore, llm: LLM, seats: Mapping[str, LLM]) -> None
     if seats:  # runs without per-agent models keep the identity format they always had
         ident = {"experiment": ident, "seats": {k: s.identity() for k, s in sorted(seats.items())}}
     identity = json.dumps(ident, sort_keys=True)
-    known = store.get_meta("model_identity")
-    if known is None:
-        with store.transaction() as db:
-            db.execute("INSERT INTO meta VALUES ('model_identity', ?)", (identity,))
-    elif known != identity:
+    known = store.bind_identity(identity)
+    if known is not None and known != identity:
         raise DebatelabError(f"run directory {store.path.parent} was made with a different model ({known}); "
                              "choose another --out")
 

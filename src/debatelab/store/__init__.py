@@ -106,6 +106,21 @@ class RunStore:
             self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                                 [("state", state), ("state_detail", detail), ("state_at", repr(time.time()))])
 
+    def try_set_state(self, state: str, detail: str = "") -> None:
+        """:meth:`set_state`, best effort (on the way out of a failing run, whose own error
+        matters more than this bookkeeping): a database error is swallowed."""
+        with suppress(sqlite3.Error):
+            self.set_state(state, detail)
+
+    def bind_identity(self, identity: str) -> str | None:
+        """Store the run's model identity (JSON) if none is stored yet and return None; else
+        return the stored one, unchanged, for the caller to compare."""
+        known = self.get_meta("model_identity")
+        if known is None:
+            with self.transaction() as db:
+                db.execute("INSERT INTO meta VALUES ('model_identity', ?)", (identity,))
+        return known
+
     def claim(self, fingerprint: str, meta: dict[str, Any]) -> None:
         """Bind the run directory to one config; refuse a different one."""
         existing = self.get_meta("config_fingerprint")
