@@ -28,7 +28,6 @@ from pathlib import Path
 
 from debatelab import cli
 from debatelab.llm import embedded, scripted
-from debatelab import store as store_module
 
 
 class Hooks:
@@ -95,7 +94,7 @@ def install(hooks: Hooks) -> None:
             return super().execute(sql, *args)
 
     real_connect = sqlite3.connect
-    store_module.sqlite3.connect = lambda *a, **k: real_connect(*a, factory=Connection, **k)
+    sqlite3.connect = lambda *a, **k: real_connect(*a, factory=Connection, **k)
 
     for method in ("generate", "score_options"):
         original = getattr(scripted.ScriptedLLM, method)

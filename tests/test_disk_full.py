@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from debatelab import experiment
+from debatelab import experiment, files
 from debatelab.cli import main
+from debatelab.errors import DebatelabError
 from debatelab.store import RunStore
 
 from conftest import write_config
@@ -106,6 +107,42 @@ def test_database_full_mid_run_is_one_line_and_the_same_command_resumes(clean, t
     assert _run(capsys, cfg, run)[0] == 0
     _assert_same_exports(run, clean_run)
     assert _assert_intact(run) == TOPICS * REPS * AGENTS * ROUNDS
+
+
+def _sqlite_full(tmp_path: Path) -> sqlite3.OperationalError:
+    db = sqlite3.connect(tmp_path / "small.sqlite")
+    try:
+        db.execute("CREATE TABLE t (x BLOB)")
+        db.execute("PRAGMA max_page_count = 3")
+        with pytest.raises(sqlite3.OperationalError) as caught:
+            db.execute("INSERT INTO t VALUES (?)", (b"\0" * 100_000,))
+    finally:
+        db.close()
+    return caught.value
+
+
+def test_sqlite_full_is_a_full_disk_to_files_which_knows_no_sqlite(tmp_path):
+    """debatelab.files recognises SQLITE_FULL through what the store registers with it; raw,
+    made in Python, or wrapped in another error."""
+    real = _sqlite_full(tmp_path)
+    assert real.sqlite_errorcode == sqlite3.SQLITE_FULL
+    try:
+        try:
+            raise real
+        except sqlite3.Error:
+            raise DebatelabError("cannot write") from None  # context kept, as RunStore does
+    except DebatelabError as exc:
+        wrapped = exc
+    for exc in (real, sqlite3.OperationalError("database or disk is full"), wrapped):
+        assert files.is_disk_full(exc), exc
+        line = str(files.disk_full_error(exc, tmp_path))
+        assert line == (f"disk full while writing run directory {tmp_path}: database or disk is full; "
+                        "free space and run the same command again to resume")
+    for exc in (sqlite3.OperationalError("database is locked"), OSError(errno.EACCES, "denied"), ValueError()):
+        assert not files.is_disk_full(exc) and files.disk_full_error(exc, tmp_path) is None
+    enospc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "x.csv")
+    assert str(files.disk_full_error(enospc, tmp_path)).endswith(f": {os.strerror(errno.ENOSPC)} (x.csv); "
+                                                                "free space and run the same command again to resume")
 
 
 # ---- a real, small filesystem ----------------------------------------------------------------

@@ -331,8 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         say("error", "out of memory")
         return 1
     except Exception as exc:
-        sqlite3 = sys.modules.get("sqlite3")
-        if sqlite3 is not None and isinstance(exc, sqlite3.Error):
+        # Imported on this path only, as cli.py keeps its module-level imports light.
+        from .store import is_database_error
+
+        if is_database_error(exc):
             say("error", f"database error: {exc}")
             return 1
         if os.environ.get("DEBATELAB_DEBUG"):

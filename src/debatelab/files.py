@@ -1,19 +1,32 @@
 """Atomic file output: readers see the old file or the complete new one, never half of one.
-Also: recognising a full disk, wherever in a run it shows up, so it becomes one clear line."""
+Also: recognising a full disk, wherever in a run it shows up, so it becomes one clear line
+(the run database's own full-disk error is recognised by :mod:`debatelab.store`, which owns
+SQLite and registers it here with :func:`recognise_disk_full`)."""
 
 from __future__ import annotations
 
 import errno
 import os
-import sqlite3
 import tempfile
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 from .errors import RunFailed
 
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # a quota is as full as a disk, and freed the same way
+
+FullDetail = Callable[[BaseException], str | None]
+"""Says what to report when an error means a full disk, or None when it does not."""
+_full_details: list[FullDetail] = []
+
+
+def recognise_disk_full(detail: FullDetail) -> None:
+    """Also treat the errors for which ``detail`` returns a text as a full disk (that text is the
+    one line's detail). A storage layer with errors of its own (the run database) registers here,
+    so this module, which that layer imports, needs no knowledge of it."""
+    if detail not in _full_details:
+        _full_details.append(detail)
 
 
 def _umask() -> int:
@@ -89,35 +102,32 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def _full_cause(exc: BaseException) -> BaseException | None:
-    """The ENOSPC/EDQUOT OSError or SQLITE_FULL error behind ``exc``, also when wrapped in
-    another error (code that turns an OSError into a one-line error keeps it as ``__context__``)."""
+def _full_detail(exc: BaseException) -> str | None:
+    """What a full disk behind ``exc`` said (an ENOSPC/EDQUOT OSError, or a registered error such
+    as SQLITE_FULL), also when it is wrapped in another error (code that turns an OSError into a
+    one-line error keeps it as ``__context__``); None when no full disk is behind it."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in _FULL_ERRNOS:
-            return current
-        if isinstance(current, sqlite3.Error) and (
-                getattr(current, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-                or "database or disk is full" in str(current)):
-            return current
+            return os.strerror(current.errno) + (f" ({current.filename})" if current.filename else "")
+        for detail in _full_details:
+            text = detail(current)
+            if text is not None:
+                return text
         current = current.__cause__ or current.__context__
     return None
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    return _full_cause(exc) is not None
+    return _full_detail(exc) is not None
 
 
 def disk_full_error(exc: BaseException, run_dir: Path) -> RunFailed | None:
     """The one line for a full disk (exit 1: nothing is wrong with the input), or None."""
-    cause = _full_cause(exc)
-    if cause is None:
+    detail = _full_detail(exc)
+    if detail is None:
         return None
-    if isinstance(cause, OSError):
-        detail = os.strerror(cause.errno or errno.ENOSPC) + (f" ({cause.filename})" if cause.filename else "")
-    else:
-        detail = "database or disk is full"
     return RunFailed(f"disk full while writing run directory {run_dir}: {detail}; "
                      "free space and run the same command again to resume")

@@ -51,7 +51,7 @@ _CALL = re.compile(r"\w[\w.]*[(\[][^()\[\]]*(?:[)\]]|$)")  # innermost call; nes
 
 def parse_rating(text: str) -> int | None:
     """The 0-10 rating stated in ``text`` by the module's rules, or None if there is not exactly one."""
-    line = _prose(_first_line(text))
+    line = _prose(_answer_line(text))
     found = {float(m) for m in _DIGITS.findall(_OUT_OF.sub(" ", line))}
     alone = _WORD_ALONE.fullmatch(line)
     words = [alone.group(1)] if alone else _WORD_OF_TEN.findall(line)
@@ -64,7 +64,7 @@ def parse_rating(text: str) -> int | None:
     return int(value)
 
 
-def _first_line(text: str) -> str:
+def _answer_line(text: str) -> str:
     """Rules 1-2: the first line, with fullwidth characters and the minus sign made ASCII."""
     return (text.strip().splitlines() or [""])[0].translate(_ASCII_TWINS)
 

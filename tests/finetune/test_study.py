@@ -26,7 +26,7 @@ from debatelab.finetune.dpo import DPOSettings
 from debatelab.finetune.questions import SEED_QUESTIONS
 from debatelab.finetune.sft import SFTSettings
 from debatelab.finetune.study import Variant, debate_config, load_study, run_study
-from debatelab.finetune.table1 import Row, markdown, table_rows
+from debatelab.finetune.table1 import TableRow, markdown, table_rows
 from debatelab.store import lock_run_dir
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments" / "finetune"
@@ -129,8 +129,8 @@ def test_table_rows_from_known_inputs():
         "llama": {"hellaswag": {"acc": 0.7, "acc_norm": 0.772}, "mmlu": {"acc": 0.453}},
     }
     attitudes = {"base": 8.4, "a": 3.0, "b": 5.0, "c": 1.0}
-    rows = [Row("m", "SFT+DPO", 8, ("c",)), Row("m", "SFT", 16, ("a", "b")), Row("m", "base", None, ("base",)),
-            Row("llama2", "reference", None, ("llama",))]
+    rows = [TableRow("m", "SFT+DPO", 8, ("c",)), TableRow("m", "SFT", 16, ("a", "b")), TableRow("m", "base", None, ("base",)),
+            TableRow("llama2", "reference", None, ("llama",))]
     got = table_rows(rows, scores, attitudes, "racism")
     assert [(r["method"], r["r"], r["seeds"]) for r in got] == [("base", None, 1), ("SFT", 16, 2), ("SFT+DPO", 8, 1),
                                                                ("reference", None, 1)]

@@ -11,7 +11,6 @@ names the one in use.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,19 +20,8 @@ import pandas as pd
 
 from ..config import measures_of
 from ..errors import DebatelabError
-from ..store import DB_NAME, read_run_database
-
-_DEBATES = """SELECT debate_id, topic_id AS topic, json_extract(spec_json, '$.topic.name') AS topic_name,
-  repetition, seed, first_speaker, rounds, n_agents, status, error FROM debates"""
-_AGENTS = "SELECT debate_id, agent_index, name AS agent, role, persona_id FROM agents"
-_TURNS = """SELECT t.debate_id, d.topic_id AS topic, d.repetition, t.iteration, t.agent_index, a.name AS agent,
-  a.role, t.text, t.completion_tokens, t.finish_reason
-  FROM turns t JOIN debates d USING (debate_id)
-  JOIN agents a ON a.debate_id = t.debate_id AND a.agent_index = t.agent_index"""
-_SURVEYS = """SELECT s.debate_id, d.topic_id AS topic, d.repetition, s.iteration, s.agent_index, a.name AS agent,
-  a.role, s.method, s.score, s.valid, s.expected_score, s.option_mass, {source} AS source, s.raw, s.probs_json
-  FROM surveys s JOIN debates d USING (debate_id)
-  JOIN agents a ON a.debate_id = s.debate_id AND a.agent_index = s.agent_index"""
+from ..store import DB_NAME
+from ..store.views import read_views
 
 
 @dataclass
@@ -65,28 +53,15 @@ def load(run_dir: str | Path, complete_only: bool = False, measure: str | None =
     going, or was interrupted, otherwise averages later iterations over fewer debates).
     ``measure`` (``greedy`` | ``expected``) overrides the run's own survey measure."""
     run_dir = Path(run_dir)
-    path = run_dir / DB_NAME
-    # Read-only (analysis must never change or lock a run that may still be going), verified
-    # (a damaged database is refused, not shown with rows silently missing), one snapshot.
-    db = read_run_database(path)
-    try:
-        # Runs from before migration 3 (read-only here, so never migrated) have no source column.
-        columns = {row[1] for row in db.execute("PRAGMA table_info(surveys)")}
-        surveys = _SURVEYS.format(source="s.source" if "source" in columns else "NULL")
-        frames = {name: pd.read_sql_query(sql, db) for name, sql in
-                  (("debates", _DEBATES), ("agents", _AGENTS), ("turns", _TURNS), ("surveys", surveys))}
-        meta = {k: _json_or_text(v) for k, v in db.execute("SELECT key, value FROM meta")}
-    except (sqlite3.Error, pd.errors.DatabaseError) as exc:  # pandas wraps sqlite errors in its own class
-        raise DebatelabError(f"cannot read run database {path}: {' '.join(str(exc).split())}") from None
-    finally:
-        db.close()
+    views = read_views(run_dir)  # read-only, verified, one snapshot
+    frames, meta = views.frames(), views.meta
     left_out = None
     if complete_only:
         debates = frames["debates"]
         done = set(debates.loc[debates["status"] == "complete", "debate_id"])
         left_out = debates[~debates["debate_id"].isin(done)].reset_index(drop=True)
         frames = {name: df[df["debate_id"].isin(done)].reset_index(drop=True) for name, df in frames.items()}
-    chosen = resolve_measure(meta.get("config", {}), measure, path)
+    chosen = resolve_measure(meta.get("config", {}), measure, run_dir / DB_NAME)
     frames["surveys"] = _with_values(frames["surveys"], chosen)
     for name in ("turns", "surveys"):
         frames[name] = frames[name].sort_values(["topic", "repetition", "debate_id", "iteration", "agent_index"],
@@ -118,13 +93,6 @@ def _with_values(surveys: pd.DataFrame, measure: str) -> pd.DataFrame:
         surveys["value"] = surveys["expected_score"].astype(float)
     surveys["probs"] = surveys.pop("probs_json").map(lambda s: json.loads(s) if isinstance(s, str) else None)
     return surveys
-
-
-def _json_or_text(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except (TypeError, json.JSONDecodeError):
-        return value
 
 
 def merge_runs(runs: list[RunData], name: str) -> RunData:

@@ -48,7 +48,7 @@ from ..llm.base import LLM, GenerateRequest, Message, Prompt
 from ..types import Persona
 
 logger = logging.getLogger(__name__)
-Row = dict[str, Any]
+Record = dict[str, Any]
 _KEYS = ("question_id", "sample", "question", "completion", "party")
 
 
@@ -65,7 +65,7 @@ def clean_answer(text: str) -> str | None:
 def answer_dataset(
     llm: LLM, persona: Persona, questions: Sequence[str], k: int = 20, *, seed: int = 0,
     temperature: float = 1.0, max_tokens: int = 256, include_persona: bool = False, max_attempts: int = 3,
-) -> list[Row]:
+) -> list[Record]:
     """``k`` answers per question from ``persona`` (see the module docstring for format and drops)."""
     if k < 1 or not questions:
         raise DebatelabError("an answer dataset needs at least one question and k >= 1")
@@ -94,7 +94,7 @@ def answer_dataset(
     return [_record(persona, questions[i], i, j, *done[(i, j)], include_persona) for i, j in slots if (i, j) in done]
 
 
-def _record(persona: Persona, question: str, i: int, j: int, answer: str, seed: int, include_persona: bool) -> Row:
+def _record(persona: Persona, question: str, i: int, j: int, answer: str, seed: int, include_persona: bool) -> Record:
     prompt = [Message("user", question).as_dict()]
     if include_persona:
         prompt.insert(0, Message("system", persona.background).as_dict())
@@ -104,7 +104,7 @@ def _record(persona: Persona, question: str, i: int, j: int, answer: str, seed: 
     }
 
 
-def dpo_pairs(target_rows: Sequence[Row], other_rows: Sequence[Row]) -> list[Row]:
+def dpo_pairs(target_rows: Sequence[Record], other_rows: Sequence[Record]) -> list[Record]:
     """Preference pairs: the target party's answer is chosen, the other party's rejected.
 
     Both datasets must answer the same questions (same ids and texts) and come from different
@@ -128,10 +128,10 @@ def dpo_pairs(target_rows: Sequence[Row], other_rows: Sequence[Row]) -> list[Row
     } for key in keys]
 
 
-def _index(rows: Sequence[Row], side: str) -> dict[tuple[int, int], Row]:
+def _index(rows: Sequence[Record], side: str) -> dict[tuple[int, int], Record]:
     if not rows:
         raise DebatelabError(f"the {side} DPO dataset is empty")
-    index: dict[tuple[int, int], Row] = {}
+    index: dict[tuple[int, int], Record] = {}
     for number, row in enumerate(rows, start=1):
         missing = [key for key in _KEYS if key not in row]
         if missing:
@@ -143,11 +143,11 @@ def _index(rows: Sequence[Row], side: str) -> dict[tuple[int, int], Row]:
     return index
 
 
-def _questions(rows: Iterable[Row]) -> dict[int, str]:
+def _questions(rows: Iterable[Record]) -> dict[int, str]:
     return {r["question_id"]: r["question"] for r in rows}
 
 
-def save_jsonl(rows: Iterable[Row], path: Path) -> None:
+def save_jsonl(rows: Iterable[Record], path: Path) -> None:
     """One JSON object per line, atomically (readers never see half a dataset)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +157,7 @@ def save_jsonl(rows: Iterable[Row], path: Path) -> None:
         raise DebatelabError(f"cannot write dataset {path}: {exc.strerror}") from None
 
 
-def load_jsonl(path: Path) -> list[Row]:
+def load_jsonl(path: Path) -> list[Record]:
     return [row for _, row in read_jsonl(path, "dataset")]
 
 

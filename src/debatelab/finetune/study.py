@@ -30,7 +30,7 @@ from typing import Any, Iterator
 from ..config import ExperimentConfig, load_config
 from ..errors import DebatelabError
 from .study_config import StudyConfig, check_files, load_study
-from .table1 import Row, table_rows, write_table
+from .table1 import TableRow, table_rows, write_table
 
 __all__ = ["StudyConfig", "Variant", "load_study", "run_study"]
 
@@ -265,9 +265,9 @@ def _table1(study: StudyConfig, out: Path, variants: list[Variant], runs: dict[s
     """Paper Table 1 (``table1.csv`` and ``table1.md``): base, every variant, comparison models."""
     from ..analysis.frames import load
 
-    rows = [Row(study.model, "base", None, ("base",))]
-    rows += [Row(study.model, v.method, v.r, tuple(a.name for a in v.adapters)) for v in variants]
-    rows += [Row(model, "reference", None, (f"compare-{i}",)) for i, model in enumerate(study.benchmarks.compare)]
+    rows = [TableRow(study.model, "base", None, ("base",))]
+    rows += [TableRow(study.model, v.method, v.r, tuple(a.name for a in v.adapters)) for v in variants]
+    rows += [TableRow(model, "reference", None, (f"compare-{i}",)) for i, model in enumerate(study.benchmarks.compare)]
     attitudes = {name: default_final(load(run, complete_only=True), study.table_topic) for name, run in runs.items()}
     return write_table(table_rows(rows, scores, attitudes, study.table_topic), study.table_topic, out)
 

@@ -23,7 +23,7 @@ METHOD_ORDER = {"base": 0, "SFT": 1, "SFT+DPO": 2, "reference": 3}
 
 
 @dataclass(frozen=True)
-class Row:
+class TableRow:
     """One Table 1 row: what it is and the names of the models (seeds) it averages."""
 
     model: str
@@ -53,7 +53,7 @@ def _score(scores: Mapping[str, Any], name: str, task: str) -> float | None:
     return None if value is None else float(value)
 
 
-def table_rows(rows: Sequence[Row], scores: Mapping[str, Any], attitudes: Mapping[str, float],
+def table_rows(rows: Sequence[TableRow], scores: Mapping[str, Any], attitudes: Mapping[str, float],
                topic: str) -> list[dict[str, Any]]:
     """Table 1 as records: for each row, every metric's mean and sd over the row's members."""
     records = []

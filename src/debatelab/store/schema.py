@@ -15,6 +15,9 @@ from typing import Callable
 
 from ..errors import DebatelabError
 
+DB_NAME = "run.sqlite"
+"""The run database's file name inside a run directory."""
+
 APPLICATION_ID = 0x44424C42
 """``PRAGMA application_id`` of every run database ("DBLB"). Databases made before it existed
 have 0 and are recognised by their ``_migrations`` table; they get the marker when next opened."""

@@ -1,0 +1,29 @@
+"""Which errors come from the run database: the store is the only user of SQLite, so it alone
+recognises SQLite's errors, for the CLI's last-resort handler and for :mod:`debatelab.files`'
+full-disk line (registered here, since :mod:`debatelab.files` must not import SQLite)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from ..files import recognise_disk_full
+
+_FULL = "database or disk is full"  # SQLite's own text for SQLITE_FULL
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is an error of the run database (SQLite) itself."""
+    return isinstance(exc, sqlite3.Error)
+
+
+def database_full_detail(exc: BaseException) -> str | None:
+    """What to say when ``exc`` is SQLite reporting a full disk (SQLITE_FULL, also for a size
+    limit such as ``max_page_count``); None for any other error."""
+    # An error raised by SQLite carries its result code; one made in Python (a test's) has none.
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(exc, sqlite3.Error) and (code == sqlite3.SQLITE_FULL or _FULL in str(exc)):
+        return _FULL
+    return None
+
+
+recognise_disk_full(database_full_detail)
