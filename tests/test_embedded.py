@@ -16,6 +16,7 @@ from debatelab.errors import DebatelabError
 from debatelab.experiment import run_experiment
 from debatelab.llm import embedded
 from debatelab.llm.registry import load_llm
+from debatelab.llm.wrappers import Wrapper
 from debatelab.prompts import SURVEY_PREFIX
 from debatelab.survey import parse_rating
 
@@ -39,21 +40,16 @@ def test_cached_conversion_loads_fast(llm):
     assert llm.tokenizer.tokenize("10") == ["1", "0"]
 
 
-class _Recording:
+class _Recording(Wrapper):
     """Forwards to the real model and keeps every generate request (temperatures, prefixes)."""
 
     def __init__(self, inner):
-        self.inner, self.generated = inner, []
+        super().__init__(inner)
+        self.generated = []
 
     def generate(self, requests):
         self.generated.extend(requests)
         return self.inner.generate(requests)
-
-    def score_options(self, requests):
-        return self.inner.score_options(requests)
-
-    def identity(self):
-        return self.inner.identity()
 
 
 def _attitudes(run_dir):

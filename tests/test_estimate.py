@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import math
+import sys
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
 from debatelab.cli import main
 from debatelab.config import load_config
-from debatelab.estimate import PRICES, estimate_run, format_estimate
+from debatelab.dryrun import CountingLLM, Tally, TokenRules, dry_run, filler
+from debatelab.estimate import PRICES, estimate_run, format_estimate, token_counter
 from debatelab.experiment import run_experiment
+from debatelab.llm.base import Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest
 from debatelab.llm.registry import load_llm
 from debatelab.llm.scripted import ScriptedLLM
+from debatelab.personas import load_bank
+from debatelab.prompts import SURVEY_OPTIONS, SURVEY_PREFIX
 
 from conftest import write_config
 
@@ -77,10 +84,13 @@ def test_history_growth_assumes_every_reply_uses_max_tokens(tmp_path, bank):
 
 
 def test_dry_run_creates_no_run_directory_and_loads_no_model(tmp_path, bank, capsys, monkeypatch):
-    import debatelab.experiment as experiment
+    import debatelab.experiment  # noqa: F401  (so its names are patched too)
 
-    for name in ("run_experiment", "load_llm"):
-        monkeypatch.setattr(experiment, name, lambda *a, **k: pytest.fail("a dry run must run and load nothing"))
+    # Wherever a module holds run_experiment or load_llm (they move between modules), it fails.
+    for module in [m for name, m in sys.modules.items() if name.split(".")[0] == "debatelab"]:
+        for name in ("run_experiment", "load_llm"):
+            if name in vars(module):
+                monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("a dry run must run and load nothing"))
     cfg = write_config(tmp_path / "c.yaml", personas=str(bank))
     code = main(["run", str(cfg), "--out", str(tmp_path / "run"), "--dry-run"])
     out = capsys.readouterr().out
@@ -125,3 +135,96 @@ def test_dry_run_of_an_infeasible_config_is_one_line_error(tmp_path, bank, capsy
     assert code == 2 and err.startswith("error:") and len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()
 
+
+class CountingScripted(ScriptedLLM):
+    """The scripted backend, counting calls and requests as :class:`debatelab.dryrun.Tally` does."""
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name, keep_history=False)
+        self.tally = Tally()
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
+        self.tally.generate_calls += 1
+        self.tally.generate_requests += len(requests)
+        return super().generate(requests)
+
+    def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
+        self.tally.score_calls += 1
+        self.tally.score_requests += len(requests)
+        return super().score_options(requests)
+
+    def calls(self) -> tuple[int, int, int, int]:
+        return self.tally.as_tuple()[:4]
+
+
+BLUE = {"role": "democrat", "model": "scripted:blue"}
+
+
+@pytest.mark.parametrize("method", ["both", "generate", "logprobs"])
+@pytest.mark.parametrize("seats", ["one model", "per-agent model"])
+@pytest.mark.parametrize("personas", ["bank", "generated"])
+def test_dry_run_makes_exactly_the_calls_of_a_scripted_run(tmp_path, bank, method, seats, personas):
+    """Per model: the same generate and score calls with the same numbers of requests; more
+    debates (5) than in flight (2), so admission into later waves counts too."""
+    agents = ["republican", BLUE if seats == "per-agent model" else "democrat", "default"]
+    config = _config(tmp_path, bank, agents=agents, rounds=2, repetitions=5, max_in_flight=2,
+                     survey={"method": method}, personas=str(bank) if personas == "bank" else None)
+    dry = dry_run(config, TokenRules(token_counter(config)[0]))
+    llm, blue = CountingScripted(), CountingScripted("blue")
+    run_experiment(config, tmp_path / "run", llm=llm,
+                   seat_llms={"scripted:blue": blue} if seats == "per-agent model" else None)
+    assert (dry.persona_calls + dry.models[""]).as_tuple()[:4] == llm.calls()
+    assert dry.models.get("scripted:blue", Tally()).as_tuple()[:4] == blue.calls()
+    assert set(dry.models) == ({"", "scripted:blue"} if seats == "per-agent model" else {""})
+    assert dry.persona_calls.generate_calls == (personas == "generated")
+    assert (blue.calls()[0] > 0) == (seats == "per-agent model")
+    est = estimate_run(config)
+    total = dry.total().as_tuple()
+    assert (est.generate_calls, est.generate_requests, est.score_calls, est.score_requests) == total[:4]
+    assert (est.prompt_tokens, est.completion_tokens) == total[4:]
+
+
+def test_dry_run_seats_the_personas_a_run_seats(tmp_path, bank):
+    """Generated personas get their ids, names and parties from the real generation code."""
+    config = _config(tmp_path, bank, personas=None, repetitions=2)
+    dry = dry_run(config, TokenRules(token_counter(config)[0]))
+    run_experiment(config, tmp_path / "run", llm=ScriptedLLM())
+    real = load_bank(tmp_path / "run" / "personas.jsonl")
+    assert [(p.id, p.name, p.party) for p in dry.bank] == [(p.id, p.name, p.party) for p in real]
+    assert {p.background for p in dry.bank} == {filler(config.persona_generation.max_tokens)}
+
+
+def test_echo_scoring_sends_each_option_and_the_bare_prompt():
+    request = ScoreRequest(Prompt(text="Rating: "), SURVEY_OPTIONS)
+    for echo, sends, completion in [(False, 1, 1), (True, 12, 0)]:
+        llm = CountingLLM(TokenRules(lambda prompt: 10, score_echo=echo, score_completion=completion))
+        (scores,) = llm.score_options([request])
+        assert llm.tally == Tally(score_calls=1, score_requests=1, prompt_tokens=10 * sends,
+                                  completion_tokens=completion)
+        assert sum(math.exp(lp) for lp in scores.logprobs) == pytest.approx(1)  # uniform, valid
+
+
+def test_api_token_rules(tmp_path, bank):
+    """On legacy completions with echo each scored survey prompt goes out 12 times and samples
+    nothing; on chat it goes out once and samples one token (whose logprobs are read)."""
+    config = _config(tmp_path, bank, model="openai:gpt-4o", survey={"method": "logprobs"})
+    chat = estimate_run(config)
+    legacy = estimate_run(config.model_copy(update={
+        "model": "openai:gpt-3.5-turbo-instruct", "backend": config.backend.model_copy(update={"api": "completions"})}))
+    count = token_counter(config)[0]
+    surveys_only = dry_run(config, TokenRules(lambda p: count(p) if p.assistant_prefix == SURVEY_PREFIX else 0))
+    assert legacy.score_requests == chat.score_requests
+    assert legacy.prompt_tokens - chat.prompt_tokens == 11 * surveys_only.total().prompt_tokens > 0
+    assert chat.completion_tokens == chat.reply_requests * 96 + chat.survey_requests
+    assert legacy.completion_tokens == legacy.reply_requests * 96
+
+
+def test_a_paper_preset_estimates_fast():
+    import time
+
+    config = load_config(Path(__file__).parents[1] / "experiments" / "paper" / "fig3_three_way.yaml")
+    config = config.model_copy(update={"model": "scripted"})  # characters / 4, as for API models
+    start = time.process_time()
+    est = estimate_run(config)
+    assert time.process_time() - start < 5
+    assert est.debates == 160 and est.reply_requests == 160 * 9 and est.persona_requests == 80

@@ -148,7 +148,7 @@ def test_failed_debates_are_recorded_reported_and_resumed(tmp_path, bank, capsys
     run_experiment(cfg, tmp_path / "clean", llm=ScriptedLLM())
     first = plan_debates(cfg, load_bank(bank), ScriptedLLM().identity())[0]
     broken = {first.agents[0].name}  # a partisan seated in exactly one repetition
-    monkeypatch.setattr("debatelab.experiment.load_llm", lambda *a, **k: FlakyLLM(broken))
+    monkeypatch.setattr("debatelab.executor.load_llm", lambda *a, **k: FlakyLLM(broken))
     assert main(["run", str(cfg_path), "--out", str(tmp_path / "run"), "--quiet"]) == 1
     out, err = capsys.readouterr()
     assert "3/4 debates complete" in out
@@ -164,7 +164,7 @@ def test_failed_debates_are_recorded_reported_and_resumed(tmp_path, bank, capsys
     assert "3 complete; left out of this report: 1 failed" in html
     assert failed[0]["debate_id"] in html and failed[0]["error"] in html
 
-    monkeypatch.setattr("debatelab.experiment.load_llm", lambda *a, **k: ScriptedLLM())
+    monkeypatch.setattr("debatelab.executor.load_llm", lambda *a, **k: ScriptedLLM())
     assert main(["run", str(cfg_path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     for name in ("turns.csv", "attitudes.csv"):
         assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
@@ -175,7 +175,7 @@ def test_failed_debates_are_recorded_reported_and_resumed(tmp_path, bank, capsys
 
 def test_invalid_survey_answers_are_counted_in_exports_and_summary(tmp_path, bank, capsys, monkeypatch):
     cfg = write_config(tmp_path / "c.yaml", personas=str(bank), survey={"method": "generate"})
-    monkeypatch.setattr("debatelab.experiment.load_llm",
+    monkeypatch.setattr("debatelab.executor.load_llm",
                         lambda *a, **k: ScriptedLLM(reply_fn=lambda r: "6 or 7"))
     assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     assert "invalid survey answers: 27/27 (100.0 %)" in capsys.readouterr().out
@@ -292,7 +292,7 @@ def test_hostile_names_and_text_never_reach_paths_shells_or_templates(tmp_path, 
     save_bank(personas, work / "bank.jsonl")
     cfg = write_config(work / "c.yaml", personas=str(work / "bank.jsonl"), agents=["republican", "democrat"],
                        repetitions=2, survey={"method": "generate"})
-    monkeypatch.setattr("debatelab.experiment.load_llm",
+    monkeypatch.setattr("debatelab.executor.load_llm",
                         lambda *a, **k: ScriptedLLM(reply_fn=lambda r: f"{story} $(touch PWNED4) 5"))
     assert main(["run", str(cfg), "--out", "run", "--quiet"]) == 0
     html = build_report([work / "run"], work / "report").read_text()

@@ -97,7 +97,7 @@ def test_a_busy_preset_folder_is_refused_before_any_model_loads(tmp_path, monkey
     fcntl.flock(fd, fcntl.LOCK_EX)  # another writer (an open file description of its own)
     loads = []
     monkeypatch.setattr("debatelab.reproduce.load_llm", lambda *a, **k: loads.append(a))
-    monkeypatch.setattr("debatelab.experiment.load_llm", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr("debatelab.executor.load_llm", lambda *a, **k: loads.append(a))
     try:
         with pytest.raises(DebatelabError, match="in use by another debatelab process"):
             reproduce(["fig3_three_way", "fig8_echo_republican"], tmp_path / "paper", model="scripted",

@@ -137,17 +137,20 @@ class _AdapterView(ScriptedLLM):
         super().__init__(f"view-{adapter}")
         self.engine, self.adapter = engine, adapter
 
+    def shares_engine(self, other):
+        return isinstance(other, _AdapterView) and other.engine is self.engine
+
     def generate(self, requests):
         self.engine.calls.append(("generate", [self.adapter] * len(requests)))
         return super().generate(requests)
 
-    def generate_mixed(self, requests, adapters):
-        self.engine.calls.append(("generate_mixed", list(adapters)))
-        return ScriptedLLM.generate(self, requests)
+    def generate_mixed(self, parts):
+        self.engine.calls.append(("generate_mixed", [view.adapter for view, reqs in parts for _ in reqs]))
+        return [ScriptedLLM.generate(view, reqs) for view, reqs in parts]
 
-    def score_options_mixed(self, requests, adapters):
-        self.engine.calls.append(("score_mixed", list(adapters)))
-        return ScriptedLLM.score_options(self, requests)
+    def score_options_mixed(self, parts):
+        self.engine.calls.append(("score_mixed", [view.adapter for view, reqs in parts for _ in reqs]))
+        return [ScriptedLLM.score_options(view, reqs) for view, reqs in parts]
 
 
 def test_adapter_views_of_one_engine_share_one_call_per_wave(tmp_path, bank):

@@ -76,11 +76,11 @@ def test_failed_export_leaves_the_previous_set_of_exports(tmp_path, bank, capsys
     run_experiment(cfg, tmp_path / "clean", llm=ScriptedLLM())
     first = plan_debates(cfg, load_bank(bank), ScriptedLLM().identity())[0]
     run = tmp_path / "run"
-    monkeypatch.setattr("debatelab.experiment.load_llm", lambda *a, **k: FlakyLLM({first.agents[0].name}))
+    monkeypatch.setattr("debatelab.executor.load_llm", lambda *a, **k: FlakyLLM({first.agents[0].name}))
     assert main(["run", str(cfg_path), "--out", str(run), "--quiet"]) == 1  # 3 of 4 debates complete
     before = {name: (run / name).read_bytes() for name in CSVS}
 
-    monkeypatch.setattr("debatelab.experiment.load_llm", lambda *a, **k: ScriptedLLM())
+    monkeypatch.setattr("debatelab.executor.load_llm", lambda *a, **k: ScriptedLLM())
     fault(monkeypatch, "turns.csv")  # written after debates.csv and attitudes.csv
     capsys.readouterr()
     assert main(["run", str(cfg_path), "--out", str(run), "--quiet"]) == 1
@@ -90,7 +90,7 @@ def test_failed_export_leaves_the_previous_set_of_exports(tmp_path, bank, capsys
     assert not list(run.glob(".*.tmp"))
 
     monkeypatch.undo()
-    monkeypatch.setattr("debatelab.experiment.load_llm", lambda *a, **k: ScriptedLLM())
+    monkeypatch.setattr("debatelab.executor.load_llm", lambda *a, **k: ScriptedLLM())
     assert main(["run", str(cfg_path), "--out", str(run), "--quiet"]) == 0
     for name in ("turns.csv", "attitudes.csv"):  # debates.csv also keeps the failure's history
         assert (run / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name

@@ -191,7 +191,7 @@ def test_another_configs_run_is_refused_read_only_before_the_model_loads(run, fi
     con.close()
     before = (run / "run.sqlite").read_bytes()
     loads = []
-    monkeypatch.setattr("debatelab.experiment.load_llm", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr("debatelab.executor.load_llm", lambda *a, **k: loads.append(a))
     code, err = _cli(capsys, "run", str(other), "--out", str(run), "--quiet")
     assert code == 2 and "different config" in err
     assert loads == [] and (run / "run.sqlite").read_bytes() == before  # ... and still not migrated

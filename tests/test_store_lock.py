@@ -109,7 +109,7 @@ def test_second_writer_is_refused_before_its_model_is_loaded(tmp_path, bank, cap
     try:
         assert holder.stdout.readline().strip() == "locked"
         loads = []
-        monkeypatch.setattr("debatelab.experiment.load_llm", lambda *a, **k: loads.append(a) or ScriptedLLM())
+        monkeypatch.setattr("debatelab.executor.load_llm", lambda *a, **k: loads.append(a) or ScriptedLLM())
         code, err = _run(capsys, write_config(tmp_path / "c.yaml", personas=str(bank)), run)
         assert code == 2 and err == f"error: run directory {run} is in use by another debatelab process"
         assert loads == []  # refused before the (possibly minutes-long) model load
@@ -136,7 +136,7 @@ def test_model_loads_while_the_lock_is_held_and_a_failed_load_leaves_no_director
             os.close(fd)
         raise DebatelabError("cannot load model x: no such model")
 
-    monkeypatch.setattr("debatelab.experiment.load_llm", failing_load)
+    monkeypatch.setattr("debatelab.executor.load_llm", failing_load)
     code, err = _run(capsys, write_config(tmp_path / "c.yaml", personas=str(bank)), run)
     assert code == 2 and err == "error: cannot load model x: no such model" and seen == ["locked"]
     assert not (tmp_path / "new").exists()  # bad input: what taking the lock created is gone

@@ -1,12 +1,14 @@
 """Dry-run estimate: the requests a config will issue and their tokens (and cost), before anything runs.
 
-Counts are exact for a fresh run: they follow the wave engine, where the debates in flight advance
-in lockstep (one generate call per reply step, one call per survey step) and a new group starts
-when the last finishes. Persona generation is counted for one attempt; malformed stories are
-regenerated, so it can take more. Tokens are estimates: prompts are the real rendered prompts,
-with every earlier reply assumed to use its whole ``max_tokens`` (so completions are an upper
-bound and the history grows by ``max_tokens`` per reply); counted with the model's own tokenizer
-when one is at hand without loading the model, else as characters / 4.
+The counts come from the real engine: :func:`debatelab.dryrun.dry_run` generates the personas,
+plans the debates and runs the waves exactly as a fresh local run does, on counting backends that
+answer every request with ``max_tokens`` filler words (so completions are an upper bound and the
+history grows by ``max_tokens`` per reply). Call and request counts are therefore exact for a fresh
+local run, except that persona generation is counted for one attempt (malformed stories are
+regenerated, so it can take more), agents whose models are adapter views of one engine (vllm:)
+share calls, and under ``executor: ray`` every worker makes its own calls (the same requests).
+Tokens are estimates: the prompts are the real rendered prompts, counted with the model's own
+tokenizer when one is at hand without loading the model, else as characters / 4.
 """
 
 from __future__ import annotations
@@ -16,16 +18,11 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .config import ExperimentConfig
-from .debate import Reply, Survey, schedule
+from .dryrun import Counter, TokenRules, dry_run
 from .llm.base import Prompt
 from .llm.registry import split_model
-from .personas import draw_names, load_bank, persona_topics
-from .planning import check_feasible, personas_needed, plan_debates
-from .prompts import SURVEY_OPTIONS, persona_prompt, reply_prompt, survey_prompt
-from .types import DebateSpec, Persona, Turn
 
 PRICES_AS_OF = "2025-06-01"
 PRICES: dict[str, tuple[float, float]] = {
@@ -40,8 +37,6 @@ PRICES: dict[str, tuple[float, float]] = {
 OPENAI_URL = "https://api.openai.com"
 CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD = 4  # tokens a chat format adds around each message (role markers, separators)
-
-Counter = Callable[[Prompt], int]
 
 
 @dataclass(frozen=True)
@@ -75,84 +70,29 @@ class RunEstimate:
 def estimate_run(config: ExperimentConfig) -> RunEstimate:
     """Everything :func:`debatelab.experiment.run_experiment` would issue for ``config`` (fresh run)."""
     kind, _ = split_model(config.model)
-    bank = load_bank(config.personas) if config.personas else None
-    check_feasible(config, bank)
-    stories = placeholder_bank(config) if bank is None else []
-    specs = plan_debates(config, bank or stories, identity={})
     count, token_method = token_counter(config)
-    calls = count_calls(config, specs, len(stories))
-    story_tokens = config.persona_generation.max_tokens if bank is None else 0
-    prompt, completion = _debate_tokens(config, specs, count, story_tokens, api=kind == "openai")
-    topics = persona_topics(config.resolved_topics())
-    prompt += sum(count(persona_prompt(p.name, p.party, topics)) for p in stories)
-    completion += len(stories) * config.persona_generation.max_tokens
+    run = dry_run(config, token_rules(config, count))
+    total = run.total()
     price, note = price_for(config) if kind == "openai" else (None, f"no price known for {config.model!r}")
-    return RunEstimate(**calls, persona_requests=len(stories), prompt_tokens=prompt, completion_tokens=completion,
-                       token_method=token_method, price=price, price_note=note)
+    return RunEstimate(
+        debates=run.debates, agents=run.agents, rounds=config.rounds, reply_requests=run.replies,
+        survey_requests=run.surveys, survey_method=config.survey.method,
+        persona_requests=run.persona_calls.generate_requests, generate_calls=total.generate_calls,
+        generate_requests=total.generate_requests, score_calls=total.score_calls,
+        score_requests=total.score_requests, prompt_tokens=total.prompt_tokens,
+        completion_tokens=total.completion_tokens, token_method=token_method, price=price, price_note=note,
+        models=len(set(config.seat_models())),
+    )
 
 
-def count_calls(config: ExperimentConfig, specs: list[DebateSpec], personas: int = 0) -> dict[str, int | str]:
-    """Requests and backend calls of the debates, plus one call for ``personas`` generated stories."""
-    agents = len(specs[0].agents) if specs else len(config.agents)
-    steps = schedule(agents, config.rounds, 0)
-    reply_steps = sum(isinstance(s, Reply) for s in steps)
-    survey_steps = len(steps) - reply_steps
-    groups = math.ceil(len(specs) / config.max_in_flight)
-    replies = len(specs) * reply_steps
-    surveys = len(specs) * survey_steps * agents
-    greedy, scored = config.survey.records_greedy, config.survey.records_distribution
-    models = len(set(config.seat_models()))  # a wave calls each model of the roster once
-    return {
-        "models": models,
-        "debates": len(specs), "agents": agents, "rounds": config.rounds, "reply_requests": replies,
-        "survey_requests": surveys, "survey_method": config.survey.method,
-        "generate_calls": groups * (reply_steps + (survey_steps if greedy else 0)) * models + (personas > 0),
-        "generate_requests": replies + (surveys if greedy else 0) + personas,
-        "score_calls": groups * survey_steps * models if scored else 0,
-        "score_requests": surveys if scored else 0,
-    }
-
-
-def _debate_tokens(config: ExperimentConfig, specs: list[DebateSpec], count: Counter, story_tokens: int,
-                   api: bool) -> tuple[int, int]:
-    """Prompt and completion tokens of all replies and surveys; each earlier reply counts as
-    ``reply.max_tokens`` tokens (its text is left empty when rendering, then added)."""
-    reply_len = config.reply.max_tokens
-    greedy, scored = config.survey.records_greedy, config.survey.records_distribution
-    # Completions with echo score every option as its own prompt, plus the bare one (as
-    # llm.openai_scoring does while the server accepts echo).
+def token_rules(config: ExperimentConfig, count: Counter) -> TokenRules:
+    """The experiment's model's token rules (every seat is counted as that model). An API answers
+    each scored survey with one sampled token; legacy completions with echo instead score every
+    option as its own prompt, plus the bare one (as llm.openai_scoring does while the server
+    accepts echo), and sample nothing."""
+    api = split_model(config.model)[0] == "openai"
     echo = api and config.backend.api == "completions" and config.backend.score_echo
-    sends = int(greedy) + (len(SURVEY_OPTIONS) + 1 if echo else 1) * int(scored)
-    prompt = completion = 0
-    for spec in specs:
-        extra = [story_tokens if a.role != "default" else 0 for a in spec.agents]
-        for step in schedule(len(spec.agents), spec.rounds, spec.first_speaker):
-            if isinstance(step, Reply):
-                turns = _empty_turns(step.iteration - 1)
-                prompt += count(reply_prompt(spec.agents, step.agent, spec.topic, turns)) + extra[step.agent]
-                prompt += len(turns) * reply_len
-                completion += reply_len
-            elif isinstance(step, Survey):
-                turns = _empty_turns(step.iteration)
-                for agent in step.agents:
-                    one = count(survey_prompt(spec.agents, agent, spec.topic, turns)) + extra[agent]
-                    prompt += sends * (one + len(turns) * reply_len)
-                    completion += config.survey.max_tokens if greedy else 0
-                    completion += int(api and scored and not echo)  # one logprob token per scored survey
-    return prompt, completion
-
-
-def _empty_turns(n: int) -> list[Turn]:
-    return [Turn(iteration=i + 1, agent_index=0, text="") for i in range(n)]
-
-
-def placeholder_bank(config: ExperimentConfig) -> list[Persona]:
-    """Stand-ins for the personas a run would generate (same parties, counts and names; empty stories)."""
-    counts = personas_needed(config)
-    wanted = [(party, i) for party in ("republican", "democrat") for i in range(counts.get(party, 0))]
-    names = draw_names(len(wanted), config.seed)
-    return [Persona(id=f"{party[0]}{i:03d}", party=party, name=name, background="")
-            for (party, i), name in zip(wanted, names)]
+    return TokenRules(count, score_echo=echo, score_completion=int(api and not echo))
 
 
 # ---- token counting ---------------------------------------------------------------------------

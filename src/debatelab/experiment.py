@@ -16,16 +16,15 @@ from typing import Any, Mapping
 
 from . import stopping
 from .config import ExperimentConfig
-from .errors import DebatelabError, RunInterrupted
+from .errors import DebatelabError, RunInterrupted, first_line
+from .executor import Executor, open_executor
 from .export import export_run
 from .files import disk_full_error, is_disk_full
 from .llm.base import LLM
-from .llm.registry import load_llm, split_model
+from .llm.registry import split_model
 from .personas import generate_personas, load_bank, persona_topics, save_bank
 from .planning import check_feasible, personas_needed, plan_debates
 from .prompts import TEMPLATE_VERSION
-from .ray_executor import RayPool
-from .runner import WaveRunner
 from .store import RunLock, RunStore, check_claimable, lock_run_dir, open_store
 from .types import DebateSpec, Persona
 
@@ -95,7 +94,7 @@ def _run(config: ExperimentConfig, run_dir: Path, llm: LLM | None, progress: boo
         check_claimable(run_dir, fingerprint)  # read-only, before the model loads
         return _run_locked(config, run_dir, llm, bank, progress, seat_llms, start, lock, fingerprint)
     except BaseException as exc:
-        undo = isinstance(exc, DebatelabError) and exc.exit_code == 2 and not is_disk_full(exc)
+        undo = isinstance(exc, DebatelabError) and exc.bad_input and not is_disk_full(exc)
         raise
     finally:
         if held is None:
@@ -105,77 +104,54 @@ def _run(config: ExperimentConfig, run_dir: Path, llm: LLM | None, progress: boo
 def _run_locked(config: ExperimentConfig, run_dir: Path, llm: LLM | None, bank: list[Persona] | None,
                 progress: bool, seat_llms: Mapping[str, LLM] | None, start: float, lock: RunLock,
                 fingerprint: str) -> RunSummary:
-    pool = RayPool(config) if llm is None and config.executor.kind == "ray" else None
-    try:
-        return _run_with(config, run_dir, pool or llm or load_llm(config.model, config.backend,
-                                                                  adapters=_seat_adapters(config)),
-                         bank, progress, seat_llms, start, lock, fingerprint)
-    finally:
-        if pool is not None:
-            pool.close()
-
-
-def _run_with(config: ExperimentConfig, run_dir: Path, llm: LLM, bank: list[Persona] | None, progress: bool,
-              seat_llms: Mapping[str, LLM] | None, start: float, lock: RunLock, fingerprint: str) -> RunSummary:
-    seats = llm.seats if isinstance(llm, RayPool) else load_seat_llms(config, llm, seat_llms)
-    store = open_store(run_dir, lock, checked=True)  # check_claimable verified it under this lock
-    try:
-        store.claim(fingerprint, _provenance(config))
-        _check_identity(store, llm, seats)
+    with open_executor(config, llm, seat_llms) as executor:  # the models load here, under the lock
+        store = open_store(run_dir, lock, checked=True)  # check_claimable verified it under this lock
         try:
-            summary = _debate(config, llm, seats, store, run_dir, bank, progress)
-        except stopping.StopRequested as stop:
-            _record_state(store, "interrupted", stop.name)
-            raise
-        except Exception as exc:
-            error = disk_full_error(exc, run_dir) or exc  # run_experiment raises it as this too
-            if not (isinstance(error, DebatelabError) and error.exit_code == 2):  # bad input leaves the run as it was
-                _record_state(store, "failed", _one_line(error))
-            raise
-        summary.seconds = time.monotonic() - start
-        return summary
-    finally:
-        store.close()
+            store.claim(fingerprint, _provenance(config))
+            _check_identity(store, executor.llm, executor.seats)
+            try:
+                summary = _debate(config, executor, store, run_dir, bank, progress)
+            except stopping.StopRequested as stop:
+                _record_state(store, "interrupted", stop.name)
+                raise
+            except Exception as exc:
+                error = disk_full_error(exc, run_dir) or exc  # run_experiment raises it as this too
+                if not (isinstance(error, DebatelabError) and error.bad_input):  # bad input leaves the run as it was
+                    _record_state(store, "failed", _failure_detail(error))
+                raise
+            summary.seconds = time.monotonic() - start
+            return summary
+        finally:
+            store.close()
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc) if isinstance(exc, DebatelabError) else f"{type(exc).__name__}: {exc}"
-    return text.splitlines()[0] if text else type(exc).__name__
+def _failure_detail(exc: BaseException) -> str:
+    """The one line recorded as why a run failed: our errors are written to be read alone; any
+    other keeps its type's name in front (a bare ``KeyError: 'x'`` says nothing without it)."""
+    if isinstance(exc, DebatelabError) or not str(exc).strip():
+        return first_line(exc)  # the type's name alone when there is no message
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
-def _debate(config: ExperimentConfig, llm: LLM, seats: dict[str, LLM], store: RunStore, run_dir: Path,
+def _debate(config: ExperimentConfig, executor: Executor, store: RunStore, run_dir: Path,
             bank: list[Persona] | None, progress: bool) -> RunSummary:
+    llm = executor.llm
     if bank is None:
         bank = _run_personas(config, llm, store, run_dir)
-    specs = plan_debates(config, bank, llm.identity(), {k: s.identity() for k, s in seats.items()})
+    specs = plan_debates(config, bank, llm.identity(), {k: s.identity() for k, s in executor.seats.items()})
     _check_no_strays(store, specs)
     store.register(specs)
+    failed = 0
     with _Progress(len(specs), store, llm, enabled=progress) as bar:
-        if isinstance(llm, RayPool):
-            failed = _run_on_ray(llm, store, specs, bar)
-        else:
-            runner = WaveRunner(llm, store, config, on_progress=bar.update, seat_llms=seats)
-            runner.run(specs)
-            failed = runner.failed
+        for wave in executor.run(specs, store):
+            failed += len(wave.failed)
+            bar.update(len(wave.finished), len(wave.turns))
     export_run(store, run_dir)
     complete = store.counts().get("complete", 0)
     store.set_state("complete" if complete == len(specs) else "incomplete",
                     f"{len(specs) - complete} debate(s) failed; run again to retry" if complete < len(specs) else "")
     surveys, invalid = store.survey_counts()
     return RunSummary(run_dir, len(specs), complete, 0.0, failed, invalid, surveys, *store.distribution_counts())
-
-
-def _run_on_ray(pool: RayPool, store: RunStore, specs: list[DebateSpec], bar: "_Progress") -> int:
-    """Workers run the waves; every wave they stream back is committed here, as it arrives."""
-    pending = [s for s in specs if store.status(s.debate_id) != "complete"]
-    progress = {s.debate_id: store.progress(s.debate_id) for s in pending}
-    store.mark_running(s.debate_id for s in pending)
-    failed = 0
-    for turns, surveys, finished, fails in pool.run(pending, progress):
-        store.add_results(turns, surveys, finished, fails)
-        failed += len(fails)
-        bar.update(len(finished), len(turns))
-    return failed
 
 
 def _record_state(store: RunStore, state: str, detail: str) -> None:
@@ -203,25 +179,6 @@ def _writable(path: Path) -> bool:
     while not probe.exists():
         probe = probe.parent
     return os.access(probe, os.W_OK)
-
-
-def _seat_adapters(config: ExperimentConfig) -> list[str]:
-    """Adapters of agents on the experiment's own model (a vllm: engine serves them all)."""
-    return [o.adapter for m, o in config.seat_backends().values() if m == config.model and o.adapter]
-
-
-def load_seat_llms(config: ExperimentConfig, llm: LLM, given: Mapping[str, LLM] | None = None) -> dict[str, LLM]:
-    """One backend per distinct per-agent model. A seat on the experiment's model with another
-    adapter shares the loaded engine when the backend can switch adapters per request."""
-    seats: dict[str, LLM] = {}
-    for key, (model, options) in config.seat_backends().items():
-        if given and key in given:
-            seats[key] = given[key]
-        elif model == config.model and options.adapter and hasattr(llm, "with_adapter"):
-            seats[key] = llm.with_adapter(options.adapter)
-        else:
-            seats[key] = load_llm(model, options)
-    return seats
 
 
 def _check_identity(store: RunStore, llm: LLM, seats: Mapping[str, LLM]) -> None:
@@ -280,7 +237,7 @@ class _Progress:
         self.bar.update(finished)
 
     def _tokens(self) -> int:
-        usage = getattr(self.llm, "usage", None)
+        usage = self.llm.usage
         return usage.completion_tokens if usage else 0
 
     def __enter__(self) -> "_Progress":

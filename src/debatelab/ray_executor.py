@@ -1,10 +1,11 @@
 """Run debates across a Ray cluster: shards of debates on workers, one SQLite writer here.
 
-Each worker (a Ray actor) loads its own backend and runs its shard with the ordinary
-:class:`~debatelab.runner.WaveRunner`, but its results go to a buffer that an actor-method
-generator streams back, one wave at a time. This process receives the waves and commits each
-to the run's store as it arrives, so the database, resume and exports behave exactly as in a
-local run: a worker's wave that never reached the driver is simply redone on resume.
+:class:`RayExecutor` implements :class:`debatelab.executor.Executor`. Each worker (a Ray actor)
+loads its own backend and runs its shard with the ordinary :class:`~debatelab.runner.WaveRunner`
+on a sink that only knows the progress it was sent; an actor-method generator streams every
+:class:`~debatelab.runner.Wave` back. This process commits each wave to the run's store as it
+arrives, then yields it, so the database, resume and exports behave exactly as in a local run: a
+worker's wave that never reached the driver is simply redone on resume.
 
 Persona generation and the identity check go through :class:`RayPool`, an LLM whose calls are
 answered by worker 0, so no model is loaded in this process.
@@ -18,10 +19,12 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from .config import ExperimentConfig
 from .errors import DebatelabError, RunFailed
-from .llm.base import Completion, GenerateRequest, OptionScores, ScoreRequest, Usage
+from .llm.base import LLM, Completion, GenerateRequest, OptionScores, ScoreRequest, Usage
+from .llm.registry import load_llm
+from .runner import ResultSink, Wave, WaveRunner
+from .seats import load_seat_llms, seat_adapters
 from .types import DebateSpec, SurveyAnswer, Turn
 
-Wave = tuple[list[tuple[str, Turn]], list[tuple[str, SurveyAnswer]], list[str], list[tuple[str, int, str]]]
 Progress = dict[str, tuple[list[Turn], set[tuple[int, int]]]]
 
 
@@ -34,11 +37,11 @@ def _import_ray() -> Any:
 
 
 class _ShardSink:
-    """The ResultSink of a worker: knows the committed progress it was sent, buffers one wave."""
+    """The ResultSink of a worker: knows the committed progress it was sent; commits nothing (the
+    worker yields each wave to the driver, which commits it)."""
 
     def __init__(self, progress: Progress):
         self._progress = progress
-        self.wave: Wave | None = None
 
     def status(self, debate_id: str) -> str:
         return "pending"  # the driver sends unfinished debates only
@@ -51,18 +54,15 @@ class _ShardSink:
 
     def add_results(self, turns: list[tuple[str, Turn]], surveys: list[tuple[str, SurveyAnswer]],
                     finished: list[str], failed: Iterable[tuple[str, int, str]] = ()) -> None:
-        self.wave = (turns, surveys, finished, list(failed))
+        pass  # the runner yields this very wave, and the worker streams it to the driver
 
 
 class DebateWorker:
     """Body of the Ray actor (made remote lazily, so this module imports without Ray)."""
 
     def __init__(self, config: ExperimentConfig):
-        from .experiment import _seat_adapters, load_seat_llms
-        from .llm.registry import load_llm
-
         self.config = config
-        self.llm = load_llm(config.model, config.backend, adapters=_seat_adapters(config))
+        self.llm = load_llm(config.model, config.backend, adapters=seat_adapters(config))
         self.seats = load_seat_llms(config, self.llm)
 
     def identities(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -75,16 +75,28 @@ class DebateWorker:
         return self.llm.score_options(requests)
 
     def run(self, specs: list[DebateSpec], progress: Progress) -> Iterator[Wave]:
-        from .runner import WaveRunner
-
-        sink = _ShardSink(progress)
-        runner = WaveRunner(self.llm, sink, self.config, seat_llms=self.seats)
-        for _ in runner.waves(specs):
-            assert sink.wave is not None
-            yield sink.wave
+        yield from WaveRunner(self.llm, _ShardSink(progress), self.config, seat_llms=self.seats).waves(specs)
 
 
-class _SeatIdentity:
+class RayPool(LLM):
+    """Worker 0 seen from the driver as the experiment's LLM (persona generation, identity).
+    ``usage`` counts the completion tokens of the waves the driver received, for progress."""
+
+    def __init__(self, ray: Any, worker: Any, identity: dict[str, Any]):
+        self._ray, self._worker, self._identity = ray, worker, identity
+        self.usage: Usage = Usage()
+
+    def identity(self) -> dict[str, Any]:
+        return dict(self._identity)
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
+        return self._ray.get(self._worker.generate.remote(list(requests)))
+
+    def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
+        return self._ray.get(self._worker.score_options.remote(list(requests)))
+
+
+class _SeatIdentity(LLM):
     """Stands in for a per-agent backend on the driver: only its identity is needed here."""
 
     def __init__(self, identity: dict[str, Any]):
@@ -93,9 +105,15 @@ class _SeatIdentity:
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
 
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
+        raise RuntimeError("a per-agent model of a Ray run is served on the workers, not the driver")
 
-class RayPool:
-    """Ray workers for one run, seen from the driver as an LLM (answered by worker 0)."""
+    def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
+        raise RuntimeError("a per-agent model of a Ray run is served on the workers, not the driver")
+
+
+class RayExecutor:
+    """Ray workers for one run (``config.executor``); this process is the run's only writer."""
 
     def __init__(self, config: ExperimentConfig):
         ray = self._ray = _import_ray()
@@ -106,23 +124,25 @@ class RayPool:
         actor = ray.remote(num_cpus=ex.cpus_per_worker, num_gpus=ex.gpus_per_worker)(DebateWorker)
         self.workers = [actor.remote(config) for _ in range(ex.workers)]
         try:
-            self._identity, seats = ray.get(self.workers[0].identities.remote())
+            identity, seats = ray.get(self.workers[0].identities.remote())
         except ray.exceptions.RayError as exc:
             self.close()
-            raise RunFailed(f"Ray workers failed to start: {_first_line(exc)}") from None
-        self.seats = {key: _SeatIdentity(ident) for key, ident in seats.items()}
-        self.usage = Usage()
+            raise RunFailed(f"Ray workers failed to start: {_last_line(exc)}") from None
+        self.llm = RayPool(ray, self.workers[0], identity)
+        self.seats: dict[str, LLM] = {key: _SeatIdentity(ident) for key, ident in seats.items()}
 
-    def identity(self) -> dict[str, Any]:
-        return dict(self._identity)
+    def run(self, specs: Sequence[DebateSpec], store: ResultSink) -> Iterator[Wave]:
+        """Send the unfinished debates of ``specs`` to the workers with their committed progress;
+        commit every wave that comes back, as it arrives, and yield it."""
+        pending = [s for s in specs if store.status(s.debate_id) != "complete"]
+        progress = {s.debate_id: store.progress(s.debate_id) for s in pending}
+        store.mark_running(s.debate_id for s in pending)
+        for wave in self._stream(pending, progress):
+            store.add_results(wave.turns, wave.surveys, wave.finished, wave.failed)
+            self.llm.usage.completion_tokens += sum(t.completion_tokens for _, t in wave.turns)
+            yield wave
 
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
-        return self._ray.get(self.workers[0].generate.remote(list(requests)))
-
-    def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
-        return self._ray.get(self.workers[0].score_options.remote(list(requests)))
-
-    def run(self, specs: Sequence[DebateSpec], progress: Progress) -> Iterator[Wave]:
+    def _stream(self, specs: Sequence[DebateSpec], progress: Progress) -> Iterator[Wave]:
         """Shard ``specs`` round-robin over the workers and yield every wave as it arrives."""
         shards = [list(specs[i::len(self.workers)]) for i in range(len(self.workers))]
         inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
@@ -135,7 +155,6 @@ class RayPool:
         while running:
             kind, item = inbox.get()
             if kind == "wave":
-                self.usage.completion_tokens += sum(t.completion_tokens for _, t in item[0])
                 yield item
             elif kind == "error":
                 raise RunFailed(f"a Ray worker failed: {item}")
@@ -147,15 +166,24 @@ class RayPool:
             for ref in stream:
                 inbox.put(("wave", self._ray.get(ref)))
         except Exception as exc:  # surfaced in the driver's thread, which owns the store
-            inbox.put(("error", _first_line(exc)))
+            inbox.put(("error", _last_line(exc)))
         inbox.put(("done", None))
 
     def close(self) -> None:
+        """Stop the workers (idempotent)."""
         for worker in self.workers:
             self._ray.kill(worker)
         self.workers = []
 
+    def __enter__(self) -> RayExecutor:
+        return self
 
-def _first_line(exc: BaseException) -> str:
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _last_line(exc: BaseException) -> str:
+    """The LAST line of an error's message: Ray wraps a worker's error in its traceback and puts
+    the real cause last (:func:`debatelab.errors.first_line` would give Ray's header)."""
     text = str(exc).strip().splitlines()
     return text[-1] if text else type(exc).__name__

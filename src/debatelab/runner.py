@@ -4,13 +4,14 @@ A wave gathers the next step of each active debate (a reply, or the survey of it
 sends all generation requests to the backend in one ``generate`` call and all option-scoring
 requests in one ``score_options`` call, then commits the wave's results in one transaction.
 When agents run on their own models (per-agent seats), a wave makes those two calls once per
-model, each with every request that model serves.
+model, each with every request that model serves; models that are views of one loaded engine
+(``shares_engine``, e.g. vLLM adapters) share one ``generate_mixed`` / ``score_options_mixed`` call.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 from . import prompts, survey
 from .config import ExperimentConfig
@@ -46,6 +47,20 @@ class _Pending:
 SurveyKey = tuple[str, int, int]  # debate_id, iteration, agent_index
 
 
+@dataclass(frozen=True)
+class Wave:
+    """One committed wave: exactly what the runner handed its sink's ``add_results`` in one call."""
+
+    turns: list[tuple[str, Turn]]
+    """(debate_id, turn) of every reply the wave produced."""
+    surveys: list[tuple[str, SurveyAnswer]]
+    """(debate_id, answer) of every survey answer the wave produced."""
+    finished: list[str]
+    """Debates whose last step this wave was."""
+    failed: list[tuple[str, int, str]]
+    """(debate_id, iteration, first error) of debates whose request failed; their step is dropped."""
+
+
 @dataclass
 class _WaveResult:
     turns: list[tuple[str, Turn]] = field(default_factory=list)
@@ -72,8 +87,9 @@ class _WaveResult:
 
 
 class ResultSink(Protocol):
-    """Where a runner reads progress and writes each wave: the run's SQLite store, or (on a Ray
-    worker) a buffer that streams every wave back to the driver, the run's single writer."""
+    """Where a runner reads progress and writes each wave: the run's SQLite store; on a Ray
+    worker, a sink that only knows the progress it was sent (the worker streams each
+    :class:`Wave` back to the driver, the run's single writer); an in-memory one for estimates."""
 
     def status(self, debate_id: str) -> str: ...
 
@@ -99,12 +115,12 @@ class WaveRunner:
         for _ in self.waves(specs):
             pass
 
-    def waves(self, specs: Sequence[DebateSpec]) -> Iterator[None]:
-        """Run every unfinished debate of ``specs``, yielding after each committed wave."""
+    def waves(self, specs: Sequence[DebateSpec]) -> Iterator[Wave]:
+        """Run every unfinished debate of ``specs``, yielding each wave once it is committed."""
         queue = [s for s in reversed(specs) if self.store.status(s.debate_id) != "complete"]
         active: list[LiveDebate] = []
         while queue or active:
-            admitted = []
+            admitted: list[LiveDebate] = []
             while queue and len(active) + len(admitted) < self.config.max_in_flight:
                 spec = queue.pop()
                 turns, surveys = self.store.progress(spec.debate_id)
@@ -112,10 +128,11 @@ class WaveRunner:
             if admitted:  # each debate is marked once, when it enters, not on every wave
                 self.store.mark_running(d.spec.debate_id for d in admitted)
                 active += admitted
-            active = self._wave(active)
-            yield
+            wave, active = self._wave(active)
+            yield wave
 
-    def _wave(self, active: list[LiveDebate]) -> list[LiveDebate]:
+    def _wave(self, active: list[LiveDebate]) -> tuple[Wave, list[LiveDebate]]:
+        """Advance every debate in ``active`` one step and commit; the wave and the debates still going."""
         pending: dict[str, _Pending] = {}
         for debate in active:
             step = debate.next()
@@ -123,23 +140,36 @@ class WaveRunner:
                 self._add_reply(pending, debate, step)
             elif isinstance(step, Survey):
                 self._add_survey(pending, debate, step)
-        wave = _WaveResult()
-        for llm, requests in _merge_shared_engines(self.llms, pending):
-            self._call(llm, requests, wave)
+        result = _WaveResult()
+        for keys in self._engine_groups(pending):
+            self._call([(self.llms[k], pending[k]) for k in keys], result)
         # A debate with a failed request drops its whole step, so a survey is never half-stored.
-        turns = [(d, t) for d, t in wave.turns if d not in wave.failed]
-        surveys = wave.surveys(self.config.survey.method)
+        turns = [(d, t) for d, t in result.turns if d not in result.failed]
+        surveys = result.surveys(self.config.survey.method)
         by_id = {d.spec.debate_id: d for d in active}
         for debate_id, turn in turns:
             by_id[debate_id].turns.append(turn)
         for debate_id, answer in surveys:
             by_id[debate_id].surveys_done.add((answer.iteration, answer.agent_index))
-        finished = [d for d in active if d.spec.debate_id not in wave.failed and d.next() is None]
-        failed = [(d, by_id[d].next().iteration, error) for d, error in wave.failed.items()]
-        self.store.add_results(turns, surveys, [d.spec.debate_id for d in finished], failed)
+        finished = [d for d in active if d.spec.debate_id not in result.failed and d.next() is None]
+        failed = [(d, by_id[d].next().iteration, error) for d, error in result.failed.items()]
+        wave = Wave(turns, surveys, [d.spec.debate_id for d in finished], failed)
+        self.store.add_results(wave.turns, wave.surveys, wave.finished, wave.failed)
         self.failed += len(failed)
         self.on_progress(len(finished), len(turns))
-        return [d for d in active if d not in finished and d.spec.debate_id not in wave.failed]
+        return wave, [d for d in active if d not in finished and d.spec.debate_id not in result.failed]
+
+    def _engine_groups(self, pending: Mapping[str, _Pending]) -> list[list[str]]:
+        """The wave's model keys, in bucket order, grouped so that keys whose backends share one
+        loaded engine (adapter views of it) go out together; every other key is a group of one."""
+        groups: list[list[str]] = []
+        for key in pending:
+            group = next((g for g in groups if self.llms[g[0]].shares_engine(self.llms[key])), None)
+            if group is None:
+                groups.append([key])
+            else:
+                group.append(key)
+        return groups
 
     def _add_reply(self, pending: dict[str, _Pending], debate: LiveDebate, step: Reply) -> None:
         spec = debate.spec
@@ -167,65 +197,43 @@ class WaveRunner:
                     prompt, temperature=0.0, max_tokens=self.config.survey.max_tokens, seed=seed))
 
     @staticmethod
-    def _call(llm: LLM, pending: _Pending, wave: _WaveResult) -> None:
-        if pending.gen_requests:
-            outs = llm.generate(pending.gen_requests)
-            for (debate, iteration, agent, kind), out in zip(pending.generate, outs):
-                debate_id = debate.spec.debate_id
-                if out.error is not None:
-                    wave.failed.setdefault(debate_id, out.error)
-                elif kind == "reply":
-                    text = prompts.clean_reply(out.text, debate.spec.agents[agent].name)
-                    wave.turns.append((debate_id, Turn(
-                        iteration=iteration, agent_index=agent, text=text, prompt_tokens=out.prompt_tokens,
-                        completion_tokens=out.completion_tokens, finish_reason=out.finish_reason)))
-                else:
-                    wave.greedy[(debate_id, iteration, agent)] = out
-        if pending.score_requests:
-            scores = llm.score_options(pending.score_requests)
-            for (debate, iteration, agent), sc in zip(pending.score, scores):
-                if sc.error is not None:
-                    wave.failed.setdefault(debate.spec.debate_id, sc.error)
-                else:
-                    wave.dists[(debate.spec.debate_id, iteration, agent)] = sc
+    def _call(parts: list[tuple[LLM, _Pending]], result: _WaveResult) -> None:
+        """One generate and one score call for a group of models: a group of one asks its backend;
+        views of one engine are asked together through the first view, each part answered apart."""
+        leader, alone = parts[0][0], len(parts) == 1
+        gen = [(llm, p) for llm, p in parts if p.gen_requests]
+        if gen:
+            outs = ([leader.generate(gen[0][1].gen_requests)] if alone
+                    else leader.generate_mixed([(llm, p.gen_requests) for llm, p in gen]))
+            for (_, p), completions in zip(gen, outs):
+                _record_generated(p.generate, completions, result)
+        score = [(llm, p) for llm, p in parts if p.score_requests]
+        if score:
+            scores = ([leader.score_options(score[0][1].score_requests)] if alone
+                      else leader.score_options_mixed([(llm, p.score_requests) for llm, p in score]))
+            for (_, p), option_scores in zip(score, scores):
+                _record_scored(p.score, option_scores, result)
 
 
-class _Mixed:
-    """Views of one engine with different adapters (e.g. vllm:), sent as ONE mixed-adapter call."""
-
-    def __init__(self, view: Any, gen_adapters: list[Any], score_adapters: list[Any]):
-        self.view, self.gen_adapters, self.score_adapters = view, gen_adapters, score_adapters
-
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[Any]:
-        return self.view.generate_mixed(requests, self.gen_adapters)
-
-    def score_options(self, requests: Sequence[ScoreRequest]) -> list[Any]:
-        return self.view.score_options_mixed(requests, self.score_adapters)
-
-
-def _merge_shared_engines(llms: Mapping[str, LLM], pending: dict[str, _Pending]) -> list[tuple[Any, _Pending]]:
-    """One (backend, requests) pair per call to make: per model, except that models which are
-    adapter views of one engine are merged into a single call."""
-    calls: list[tuple[Any, _Pending]] = []
-    shared: dict[int, list[str]] = {}
-    for key in pending:
-        engine = getattr(llms[key], "engine", None)
-        if engine is not None and hasattr(llms[key], "generate_mixed"):
-            shared.setdefault(id(engine), []).append(key)
+def _record_generated(owners: list[tuple[LiveDebate, int, int, str]], outs: Sequence[Completion],
+                      result: _WaveResult) -> None:
+    for (debate, iteration, agent, kind), out in zip(owners, outs):
+        debate_id = debate.spec.debate_id
+        if out.error is not None:
+            result.failed.setdefault(debate_id, out.error)
+        elif kind == "reply":
+            text = prompts.clean_reply(out.text, debate.spec.agents[agent].name)
+            result.turns.append((debate_id, Turn(
+                iteration=iteration, agent_index=agent, text=text, prompt_tokens=out.prompt_tokens,
+                completion_tokens=out.completion_tokens, finish_reason=out.finish_reason)))
         else:
-            calls.append((llms[key], pending[key]))
-    for keys in shared.values():
-        if len(keys) == 1:
-            calls.append((llms[keys[0]], pending[keys[0]]))
-            continue
-        merged, gen_adapters, score_adapters = _Pending(), [], []
-        for key in keys:
-            part, adapter = pending[key], getattr(llms[key], "adapter", None)
-            merged.generate += part.generate
-            merged.gen_requests += part.gen_requests
-            merged.score += part.score
-            merged.score_requests += part.score_requests
-            gen_adapters += [adapter] * len(part.gen_requests)
-            score_adapters += [adapter] * len(part.score_requests)
-        calls.append((_Mixed(llms[keys[0]], gen_adapters, score_adapters), merged))
-    return calls
+            result.greedy[(debate_id, iteration, agent)] = out
+
+
+def _record_scored(owners: list[tuple[LiveDebate, int, int]], scores: Sequence[OptionScores],
+                   result: _WaveResult) -> None:
+    for (debate, iteration, agent), sc in zip(owners, scores):
+        if sc.error is not None:
+            result.failed.setdefault(debate.spec.debate_id, sc.error)
+        else:
+            result.dists[(debate.spec.debate_id, iteration, agent)] = sc

@@ -126,3 +126,20 @@ def test_tree_scoring_with_eager_attention_equals_sdpa(cached: HFLLM) -> None:
         cached.model.set_attn_implementation("sdpa")
     for a, b in zip(eager, sdpa):
         assert list(a.logprobs) == pytest.approx(list(b.logprobs), abs=1e-4)
+
+
+def test_the_cache_is_reached_through_the_llm_contract(cached: HFLLM) -> None:
+    """cache_stats / clear_cache / without_cache (what the bench uses) over ``prefix_cache``."""
+    store = cached.prefix_cache
+    req = GenerateRequest(prompt(0, [], "Write your next reply.", "Alice:"), temperature=0.0, max_tokens=2)
+    cached.generate([req])
+    assert cached.cache_stats() == store.stats.as_dict() and store.entries
+    cached.clear_cache()
+    assert not store.entries and cached.cache_stats()["lookups"] == store.stats.lookups  # stats stay
+    lookups = store.stats.lookups
+    with cached.without_cache():
+        assert cached.prefix_cache is None and cached.cache_stats() is None
+        cached.generate([req])
+    assert cached.prefix_cache is store and store.stats.lookups == lookups
+    plain = twin(cached, prefix_cache_mb=0)
+    assert plain.cache_stats() is None and plain.clear_cache() is None

@@ -24,6 +24,7 @@ from debatelab.errors import DebatelabError
 from debatelab.llm import load_llm
 from debatelab.llm.base import GenerateRequest, Message, Prompt, ScoreRequest
 from debatelab.llm.options import BackendOptions
+from debatelab.llm.wrappers import Wrapper
 from debatelab.llm.vllm_backend import (
     VLLMLLM,
     VLLMEngine,
@@ -365,16 +366,36 @@ def test_views_share_the_engine_and_send_their_adapter(tokenizer: Any, tmp_path:
     assert a.engine is b.engine is base.engine and a.with_adapter(None).identity() == base.identity()
     assert "adapter" not in base.identity() and a.identity()["adapter"]["path"] == str(a_dir.resolve())
     assert a.identity()["adapter"]["weights"] != b.identity()["adapter"]["weights"]
+    assert a.shares_engine(b) and base.shares_engine(a) and not a.shares_engine(fake_backend(tokenizer))
     req = GenerateRequest(chat("hi"), seed=1)
     a.generate([req, req])
-    base.generate_mixed([req, req, req], [a_dir, b_dir, None])
+    outs = base.generate_mixed([(a, [req]), (b, [req]), (base, [req])])
     (_, _, lora_a), (_, _, mixed) = base.engine.llm.calls
     assert [x.lora_int_id for x in lora_a] == [1, 1] and lora_a[0].lora_path == str(a_dir.resolve())
-    assert [x.lora_int_id if x else None for x in mixed] == [1, 2, None]
-    base.score_options_mixed([ScoreRequest(chat("q"), SCALE)] * 2, [b_dir, None])
+    assert [x.lora_int_id if x else None for x in mixed] == [1, 2, None] and [len(o) for o in outs] == [1, 1, 1]
+    base.score_options_mixed([(b, [ScoreRequest(chat("q"), SCALE)]), (base, [ScoreRequest(chat("q"), SCALE)])])
     assert [x.lora_int_id if x else None for x in base.engine.llm.calls[2][2]] == [2, None]
-    with pytest.raises(ValueError, match="adapters"):
-        base.generate_mixed([req], [])
+    with pytest.raises(ValueError, match="views of this engine"):
+        base.generate_mixed([(fake_backend(tokenizer), [req])])
+
+
+def test_a_mixed_call_of_two_views_is_one_engine_call_split_in_order(tokenizer: Any, tmp_path: Path) -> None:
+    base = fake_backend(tokenizer)
+    a = base.with_adapter(make_adapter(tmp_path / "a"))
+    reqs_a = [GenerateRequest(chat(f"a{i}"), seed=i, max_tokens=3 + i) for i in range(2)]
+    reqs_b = [GenerateRequest(chat(f"b{i}"), seed=10 + i) for i in range(3)]
+    alone = [a.generate(reqs_a), base.generate(reqs_b)]
+    calls = len(base.engine.llm.calls)
+    wrapped = Wrapper(base)  # a wrapper's views still reach the engine together
+    mixed = wrapped.generate_mixed([(wrapped.with_adapter(tmp_path / "a"), reqs_a), (wrapped, reqs_b)])
+    assert len(base.engine.llm.calls) == calls + 1
+    (prompts, _, loras) = base.engine.llm.calls[-1]
+    assert prompts == [encode(tokenizer, r.prompt) for r in reqs_a + reqs_b]
+    assert [x.lora_int_id if x else None for x in loras] == [1, 1, None, None, None]
+    assert mixed == alone
+    scores = [ScoreRequest(chat(f"q{i}"), SCALE) for i in range(3)]
+    got = base.score_options_mixed([(base, scores[:1]), (a, scores[1:])])
+    assert got == [base.score_options(scores[:1]), a.score_options(scores[1:])]
 
 
 def test_adapters_are_checked(tokenizer: Any, tmp_path: Path) -> None:
@@ -508,11 +529,12 @@ def test_gpu_two_adapters_in_one_call(gpu: tuple[VLLMLLM, Path, list[Path]]) -> 
     llm, _, (a_dir, b_dir) = gpu
     req = GenerateRequest(_prompts(1)[0], temperature=0.0, max_tokens=24)
     calls = llm.engine.calls
-    outs = llm.generate_mixed([req, req, req], [a_dir, b_dir, None])
+    a, b = llm.with_adapter(a_dir), llm.with_adapter(b_dir)
+    outs = [o for part in llm.generate_mixed([(a, [req]), (b, [req]), (llm, [req])]) for o in part]
     assert llm.engine.calls == calls + 1
     assert outs[0].text != outs[1].text
-    assert llm.with_adapter(a_dir).generate([req])[0].text == outs[0].text
+    assert a.generate([req])[0].text == outs[0].text
     score = ScoreRequest(_prompts(1)[0], SCALE)
-    sa, sb = llm.score_options_mixed([score, score], [a_dir, b_dir])
+    [sa], [sb] = llm.score_options_mixed([(a, [score]), (b, [score])])
     assert max(abs(x - y) for x, y in zip(probs(sa.logprobs), probs(sb.logprobs))) > 1e-3
     assert llm.with_adapter(a_dir).identity() != llm.with_adapter(b_dir).identity() != llm.identity()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import sqlite3
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -15,7 +14,7 @@ from ..experiment import run_experiment
 from ..llm.base import LLM, GenerateRequest, Prompt, ScoreRequest
 from ..llm.registry import load_llm
 from ..prompts import SURVEY_OPTIONS
-from ..store import DB_NAME
+from ..store import read_transcript
 from ..survey import normalise, parse_rating
 from .agreement import compare_backends
 from .workload import (ROSTER, BenchSettings, OneAtATime, PeakRss, Recorder, Stopwatch, bench_config,
@@ -72,8 +71,7 @@ def _run_modes(settings: BenchSettings, llm: LLM, recorder: Recorder) -> tuple[d
 
 
 def _cache_stats(llm: LLM) -> dict[str, float]:
-    store = getattr(llm, "prefix_cache", None)
-    return store.stats.as_dict() if store is not None else {}
+    return llm.cache_stats() or {}
 
 
 def _cache_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float] | None:
@@ -117,20 +115,6 @@ def _run_mode(llm: LLM, config: Any, run_dir: Path) -> tuple[ModeResult, dict[st
     tokens = sum(t[1] for t in transcript["turns"].values())
     return ModeResult(clock.seconds, len(transcript["turns"]), len(transcript["surveys"]), tokens,
                       rss.peak / 2**20), transcript
-
-
-def read_transcript(run_dir: Path) -> dict[str, Any]:
-    """Turns as {(debate, iteration): (text, completion tokens)}, surveys as {(debate, iteration,
-    agent): (score, expected score)}."""
-    db = sqlite3.connect(run_dir / DB_NAME)
-    try:
-        turns = {(d, i): (text, n or 0) for d, i, text, n in
-                 db.execute("SELECT debate_id, iteration, text, completion_tokens FROM turns")}
-        surveys = {(d, i, a): (s, e) for d, i, a, s, e in
-                   db.execute("SELECT debate_id, iteration, agent_index, score, expected_score FROM surveys")}
-    finally:
-        db.close()
-    return {"turns": turns, "surveys": surveys}
 
 
 def compare_transcripts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -10,14 +10,14 @@ import os
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import ContextManager, Sequence
 
 from ..config import ExperimentConfig
 from ..llm.base import LLM, Completion, GenerateRequest, OptionScores, ScoreRequest
 from ..llm.options import BackendOptions
+from ..llm.wrappers import Wrapper
 from ..personas import save_bank
 from ..types import Persona
 
@@ -78,32 +78,18 @@ def bench_config(settings: BenchSettings, bank: Path, debates: int) -> Experimen
     )
 
 
-@contextmanager
-def prefix_cache_off(llm: LLM) -> Iterator[None]:
+def prefix_cache_off(llm: LLM) -> ContextManager[None]:
     """Runs without the backend's prompt-prefix cache (if it has one), and leaves it as it was."""
-    store = getattr(llm, "prefix_cache", None)
-    if store is not None:
-        llm.prefix_cache = None  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        if store is not None:
-            llm.prefix_cache = store  # type: ignore[attr-defined]
+    return llm.without_cache()
 
 
 def clear_prefix_cache(llm: LLM) -> None:
-    store = getattr(llm, "prefix_cache", None)
-    if store is not None:
-        store.clear()
+    llm.clear_cache()
 
 
-class OneAtATime:
+class OneAtATime(Wrapper):
     """Sends every request alone and computes every prompt in full, as peer tools and the
     paper's scripts call a model (no prompt-prefix reuse between calls)."""
-
-    def __init__(self, inner: LLM):
-        self.inner = inner
-        self.usage = getattr(inner, "usage", None)
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
         with prefix_cache_off(self.inner):
@@ -113,27 +99,25 @@ class OneAtATime:
         with prefix_cache_off(self.inner):
             return [self.inner.score_options([r])[0] for r in requests]
 
-    def identity(self) -> dict[str, Any]:
-        return self.inner.identity()
+    def shares_engine(self, other: LLM) -> bool:
+        return False  # never merged into a mixed call: that would send requests together
 
 
-class Recorder:
+class Recorder(Wrapper):
     """Forwards whole waves unchanged and keeps the survey (scoring) requests it saw."""
 
     def __init__(self, inner: LLM):
-        self.inner = inner
-        self.usage = getattr(inner, "usage", None)
+        super().__init__(inner)
         self.score_requests: list[ScoreRequest] = []
-
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
-        return self.inner.generate(requests)
 
     def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
         self.score_requests.extend(requests)
         return self.inner.score_options(requests)
 
-    def identity(self) -> dict[str, Any]:
-        return self.inner.identity()
+    def score_options_mixed(self, parts: Sequence[tuple[LLM, Sequence[ScoreRequest]]]) -> list[list[OptionScores]]:
+        for _, requests in parts:
+            self.score_requests.extend(requests)
+        return super().score_options_mixed(parts)
 
 
 class PeakRss:

@@ -2,19 +2,26 @@
 
 Both calls take a whole list of requests so the engine can hand a backend an entire wave of
 debate turns (or survey questions) at once; backends decide how to batch or parallelise them.
+
+Capabilities beyond the three abstract methods (usage counters, closing, adapter views on one
+loaded model, mixed-adapter calls, prompt-prefix cache statistics) are methods with defaults on
+:class:`LLM`, so callers never probe a backend with ``hasattr`` and wrappers
+(:mod:`.wrappers`) pass them through by construction.
 """
 
 from __future__ import annotations
 
+import abc
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, ContextManager, Literal, Sequence
 
-Role = Literal["system", "user", "assistant"]
+MessageRole = Literal["system", "user", "assistant"]
 
 
 @dataclass(frozen=True)
 class Message:
-    role: Role
+    role: MessageRole
     content: str
 
     def as_dict(self) -> dict[str, str]:
@@ -97,24 +104,6 @@ class OptionScores:
     """As :attr:`Completion.error`: this request failed for good; ``logprobs`` is then empty."""
 
 
-@runtime_checkable
-class LLM(Protocol):
-    """A language model backend. Implementations must be safe to call repeatedly."""
-
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
-        """One completion per request, in order."""
-        ...
-
-    def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
-        """One set of option log-probabilities per request, in order."""
-        ...
-
-    def identity(self) -> dict[str, Any]:
-        """Everything that makes this backend's outputs differ from another's (model, revision,
-        adapter, base URL, dtype...). Used in debate ids so two models never share results."""
-        ...
-
-
 @dataclass
 class Usage:
     """Running token counts a backend keeps for progress reporting."""
@@ -123,3 +112,62 @@ class Usage:
     completion_tokens: int = 0
     calls: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class LLM(abc.ABC):
+    """A language model backend. Implementations must be safe to call repeatedly.
+
+    Subclasses implement :meth:`generate`, :meth:`score_options` and :meth:`identity`; every other
+    method is a capability with a default that is right for a backend without it.
+    """
+
+    usage: Usage | None = None
+    """Running token counts for progress reporting; backends set their own instance (None: none kept)."""
+
+    @abc.abstractmethod
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
+        """One completion per request, in order."""
+
+    @abc.abstractmethod
+    def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
+        """One set of option log-probabilities per request, in order."""
+
+    @abc.abstractmethod
+    def identity(self) -> dict[str, Any]:
+        """Everything that makes this backend's outputs differ from another's (model, revision,
+        adapter, base URL, dtype...). Used in debate ids so two models never share results."""
+
+    def close(self) -> None:
+        """Release what the backend holds (connections, engines); the default holds nothing."""
+
+    def with_adapter(self, adapter: str | None) -> LLM | None:
+        """A view on the SAME loaded model that serves ``adapter`` (None: the base model), or None
+        when this backend cannot switch adapters and the caller must load a separate backend."""
+        return None
+
+    def shares_engine(self, other: LLM) -> bool:
+        """Whether ``other`` runs on the same loaded engine, so their requests can go out as one
+        :meth:`generate_mixed` call; by default a backend shares with nothing."""
+        return False
+
+    def generate_mixed(self, parts: Sequence[tuple[LLM, Sequence[GenerateRequest]]]) -> list[list[Completion]]:
+        """The requests of several views (``shares_engine`` with this one), answered per part and
+        in order. The default asks each view on its own; an engine serving adapters per request
+        overrides it to send every part in one call."""
+        return [view.generate(requests) for view, requests in parts]
+
+    def score_options_mixed(self, parts: Sequence[tuple[LLM, Sequence[ScoreRequest]]]) -> list[list[OptionScores]]:
+        """As :meth:`generate_mixed`, for option scoring."""
+        return [view.score_options(requests) for view, requests in parts]
+
+    def cache_stats(self) -> dict[str, float] | None:
+        """Cumulative prompt-prefix cache statistics (``CacheStats.as_dict()``), or None when the
+        backend keeps no such cache (or it is off)."""
+        return None
+
+    def clear_cache(self) -> None:
+        """Drop every prompt-prefix cache entry (statistics stay); the default has none to drop."""
+
+    def without_cache(self) -> ContextManager[None]:
+        """A context in which calls compute every prompt in full, the cache restored after it."""
+        return nullcontext()

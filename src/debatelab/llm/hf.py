@@ -17,7 +17,8 @@ from __future__ import annotations
 import inspect
 import math
 import os
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import torch
 from transformers import (
@@ -29,7 +30,7 @@ from transformers import (
 )
 
 from . import chat
-from .base import Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest, Usage
+from .base import LLM, Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest, Usage
 from .hf_kv import Layout, Row, layout, look_up, prefix_cache_budget, remember, supports_prefix_cache
 from .hf_options import OptionTree, option_tree, tree_logprobs
 from .options import BackendOptions
@@ -87,13 +88,15 @@ class _RowStop(StoppingCriteria):
         return done
 
 
-class HFLLM:
+class HFLLM(LLM):
+    """A transformers model and tokenizer; ``prefix_cache`` (None: off) reuses prompt prefixes."""
+
     def __init__(self, model: Any, tokenizer: Any, identity: dict[str, Any], options: BackendOptions):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.options = options
         self._identity = identity
-        self.usage = Usage()
+        self.usage: Usage = Usage()
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
@@ -135,6 +138,22 @@ class HFLLM:
 
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
+
+    # ---- the prompt-prefix cache, as the LLM contract exposes it --------------------------
+    def cache_stats(self) -> dict[str, float] | None:
+        return None if self.prefix_cache is None else self.prefix_cache.stats.as_dict()
+
+    def clear_cache(self) -> None:
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
+
+    @contextmanager
+    def without_cache(self) -> Iterator[None]:
+        store, self.prefix_cache = self.prefix_cache, None
+        try:
+            yield
+        finally:
+            self.prefix_cache = store
 
     # ---- prompt rendering -------------------------------------------------------------
     def uses_chat_template(self, prompt: Prompt) -> bool:

@@ -26,11 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable, Coroutine, Sequence, TypeVar
 
 from ..errors import DebatelabError, RunFailed
-from .base import Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest, Usage
+from .base import LLM, Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest, Usage
 from .concurrency import AdaptiveLimit, Gate
 from .openai_keys import redact, resolve_key
 from .openai_scoring import OptionScorer, top_logprobs_of
-from .openai_wire import (Batch, Reply, Unreachable, chat_messages, connect_failure, cut_at_stop, normalise_url,
+from .openai_wire import (Batch, WireReply, Unreachable, chat_messages, connect_failure, cut_at_stop, normalise_url,
                           read_reply)
 from .options import BackendOptions
 from .retry import GaveUp, RetryPolicy, is_transient, with_retries
@@ -83,7 +83,9 @@ async def gather_in_order(coros: Sequence[Awaitable[T]]) -> list[T]:
         raise
 
 
-class OpenAICompatLLM:
+class OpenAICompatLLM(LLM):
+    """One model behind an OpenAI-compatible server; a fresh client per batch (nothing to close)."""
+
     def __init__(self, model: str, options: BackendOptions):
         self._openai = _import_openai()
         self.model = model
@@ -96,7 +98,7 @@ class OpenAICompatLLM:
         self._reached = False  # the server has answered (anything) at least once
         self._policy = RetryPolicy(options.max_retries, options.retry_budget, options.retry_backoff)
         self.limit = AdaptiveLimit(options.concurrency)
-        self.usage = Usage(extra={**{name: 0 for name in COUNTERS}, "concurrency": options.concurrency})
+        self.usage: Usage = Usage(extra={**{name: 0 for name in COUNTERS}, "concurrency": options.concurrency})
 
     def identity(self) -> dict[str, Any]:
         ident = {"backend": "openai", "model": self.model, "api": self.options.api,
@@ -206,7 +208,7 @@ class OpenAICompatLLM:
 
     # --- one request ---------------------------------------------------------------------------
 
-    async def call(self, batch: Batch, prompt: Prompt, hint: str, params: dict[str, Any]) -> Reply:
+    async def call(self, batch: Batch, prompt: Prompt, hint: str, params: dict[str, Any]) -> WireReply:
         """One request, retried as :mod:`.retry` allows; its token counts are added to usage."""
         send = self._sender(batch.client, prompt, hint, params)
         reply = await self._request(batch, send, lambda response: read_reply(response, prompt, self.options.api))

@@ -39,7 +39,7 @@ from typing import Any, Callable, Literal, Protocol, Sequence, TypeVar
 from ..errors import DebatelabError
 from .base import OptionScores, Prompt, ScoreRequest, Usage
 from .options import TOP_LOGPROBS_CAP, BackendOptions, top_logprobs_error
-from .openai_wire import Batch, Reply, reading_body, used_tokens
+from .openai_wire import Batch, WireReply, reading_body, used_tokens
 
 T = TypeVar("T")
 
@@ -200,7 +200,7 @@ class Link(Protocol):
 
     usage: Usage
 
-    async def call(self, batch: Batch, prompt: Prompt, hint: str, params: dict[str, Any]) -> Reply: ...
+    async def call(self, batch: Batch, prompt: Prompt, hint: str, params: dict[str, Any]) -> WireReply: ...
 
     async def complete(self, batch: Batch, prompts: list[str], params: dict[str, Any],
                        read: Callable[[Any], T]) -> T: ...
@@ -282,7 +282,7 @@ class OptionScorer:
         # that cannot end the answer), not an option the API left out.
         return OptionScores(scores, "logprobs", req.options[best] if best is not None else None)
 
-    async def _top_k(self, batch: Batch, req: ScoreRequest, reply: Reply, greedy: dict[str, Any]) -> OptionScores:
+    async def _top_k(self, batch: Batch, req: ScoreRequest, reply: WireReply, greedy: dict[str, Any]) -> OptionScores:
         token = reply.token if reply.token is not None else reply.text
         scores = list(map_alternatives(reply.alternatives, req.options))
         head = open_prefix(reply.alternatives, req.options, scores) if self.api == "completions" else None

@@ -28,7 +28,7 @@ class Batch:
 
 
 @dataclass(frozen=True)
-class Reply:
+class WireReply:
     text: str
     finish_reason: str
     token: str | None = None  # first generated token, when logprobs came back
@@ -81,7 +81,7 @@ def used_tokens(response: Any, field: str) -> int:
     return int(getattr(usage, field) or 0) if usage else 0
 
 
-def read_reply(response: Any, prompt: Prompt, api: str) -> Reply:
+def read_reply(response: Any, prompt: Prompt, api: str) -> WireReply:
     """The reply in a 2xx response of the ``chat`` or ``completions`` API, with its token counts."""
     with reading_body():
         choice = response.choices[0]
@@ -91,23 +91,23 @@ def read_reply(response: Any, prompt: Prompt, api: str) -> Reply:
     return dataclasses.replace(reply, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
 
-def chat_reply(choice: Any, prompt: Prompt) -> Reply:
+def chat_reply(choice: Any, prompt: Prompt) -> WireReply:
     text = strip_prefix(choice.message.content or "", prompt.assistant_prefix)
     content = choice.logprobs.content if choice.logprobs else None
     if not content:
-        return Reply(text, choice.finish_reason)
+        return WireReply(text, choice.finish_reason)
     first = content[0]
     alternatives = tuple((alt.token, alt.logprob) for alt in first.top_logprobs or ())
-    return Reply(text, choice.finish_reason, first.token, alternatives)
+    return WireReply(text, choice.finish_reason, first.token, alternatives)
 
 
-def completion_reply(choice: Any) -> Reply:
+def completion_reply(choice: Any) -> WireReply:
     logprobs = choice.logprobs
     tops = logprobs.top_logprobs if logprobs else None
     if not tops or not tops[0]:
-        return Reply(choice.text or "", choice.finish_reason)
+        return WireReply(choice.text or "", choice.finish_reason)
     token = logprobs.tokens[0] if logprobs.tokens else None
-    return Reply(choice.text, choice.finish_reason, token, tuple(tops[0].items()))
+    return WireReply(choice.text, choice.finish_reason, token, tuple(tops[0].items()))
 
 
 def strip_prefix(text: str, prefix: str) -> str:

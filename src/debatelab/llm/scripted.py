@@ -10,7 +10,7 @@ import hashlib
 import math
 from typing import Any, Callable, Sequence
 
-from .base import Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest, Usage
+from .base import LLM, Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest, Usage
 from .options import BackendOptions
 
 ReplyFn = Callable[[GenerateRequest], str]
@@ -46,7 +46,9 @@ def default_scores(request: ScoreRequest) -> list[float]:
     return [math.log(w / total) for w in weights]
 
 
-class ScriptedLLM:
+class ScriptedLLM(LLM):
+    """Replies from ``reply_fn`` and scores from ``score_fn`` (both pure), with a call history."""
+
     def __init__(self, name: str = "", reply_fn: ReplyFn | None = None, score_fn: ScoreFn | None = None,
                  keep_history: bool = True):
         self.name = name or "default"
@@ -56,7 +58,7 @@ class ScriptedLLM:
         self.keep_history = keep_history
         self.generate_calls: list[list[GenerateRequest]] = []
         self.score_calls: list[list[ScoreRequest]] = []
-        self.usage = Usage()
+        self.usage: Usage = Usage()
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
         if self.keep_history:

@@ -21,10 +21,10 @@ Adapters per request: ``BackendOptions.adapter``, or several in ``VLLMSettings(a
 on vLLM's LoRA (``max_lora_rank``: their largest ``r``, at least 16; only a LoRA-enabled engine takes
 adapters later). ``llm.with_adapter(path)`` returns a light view on the SAME engine that sends that
 adapter's ``LoRARequest`` with each request (None: base model), with its own identity and usage:
-one view per agent. ``generate_mixed(requests, adapters)``
-and ``score_options_mixed`` send requests with different adapters in ONE engine call (views share an
-engine when ``a.engine is b.engine``). Load one engine per model and process: each reserves
-``gpu_memory_utilization`` of the GPU.
+one view per agent. Views of one engine ``shares_engine`` each other, and ``generate_mixed(parts)``
+/ ``score_options_mixed(parts)`` send the requests of several views in ONE engine call, each with
+its view's adapter, and split the results back per view. Load one engine per model and process:
+each reserves ``gpu_memory_utilization`` of the GPU.
 
 Safety as in ``hf:``: ``load_format="safetensors"`` unless ``allow_pickle``; adapters need
 ``adapter_model.safetensors``; ``trust_remote_code`` off. Only :func:`load_vllm` imports vLLM.
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import DebatelabError, first_line
-from .base import Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest, Usage
+from .base import LLM, Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest, Usage
 from .options import BackendOptions
 from .vllm_support import (  # noqa: F401  (re-exported: the backend's public helpers)
     VLLMSettings,
@@ -57,6 +57,7 @@ from .vllm_support import (  # noqa: F401  (re-exported: the backend's public he
     Adapter,
     TopTokens,
 )
+from .wrappers import unwrap
 
 
 class VLLMEngine:
@@ -144,45 +145,62 @@ class VLLMEngine:
         return list(self.tokenizer("\n", add_special_tokens=False).input_ids)
 
 
-class VLLMLLM:
+class VLLMLLM(LLM):
     """A view of a :class:`VLLMEngine` with one adapter (or none); cheap to create."""
 
     def __init__(self, engine: VLLMEngine, adapter: Adapter = None):
         self.engine = engine
-        self.adapter = adapter  # read by the wave runner to merge views of one engine into one call
+        self.adapter = adapter
         self._lora, self._adapter_identity = engine.adapter(adapter)
-        self.usage = Usage()
+        self.usage: Usage = Usage()
 
     def with_adapter(self, adapter: Adapter) -> VLLMLLM:
         """The same engine, sending ``adapter``'s LoRARequest with every request (None: the base)."""
         return VLLMLLM(self.engine, adapter)
+
+    def shares_engine(self, other: LLM) -> bool:
+        other = unwrap(other)
+        return isinstance(other, VLLMLLM) and other.engine is self.engine
 
     def identity(self) -> dict[str, Any]:
         extra = {"adapter": dict(self._adapter_identity)} if self._adapter_identity else {}
         return {**self.engine.identity, **extra}
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
-        return self._generate(requests, [self._lora] * len(requests))
-
-    def generate_mixed(self, requests: Sequence[GenerateRequest], adapters: Sequence[Adapter]
-                       ) -> list[Completion]:
-        """One engine call in which request i runs on ``adapters[i]`` (None: the base model)."""
-        return self._generate(requests, self._loras(requests, adapters))
+        results = self._generate(requests, [self] * len(requests))
+        self.usage.calls += 1
+        return results
 
     def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
-        return self._score(requests, [self._lora] * len(requests))
+        results = self._score(requests, [self] * len(requests))
+        self.usage.calls += 1
+        return results
 
-    def score_options_mixed(self, requests: Sequence[ScoreRequest], adapters: Sequence[Adapter]
-                            ) -> list[OptionScores]:
-        return self._score(requests, self._loras(requests, adapters))
+    def generate_mixed(self, parts: Sequence[tuple[LLM, Sequence[GenerateRequest]]]) -> list[list[Completion]]:
+        """ONE engine call for the requests of every part, each run on its part's view's adapter;
+        the results come back per part, in order, and each view counts its own usage."""
+        views, flat, owners = self._flatten(parts)
+        return _split(self._generate(flat, owners), [len(requests) for _, requests in parts], views)
 
-    def _loras(self, requests: Sequence[Any], adapters: Sequence[Adapter]) -> list[Any]:
-        if len(adapters) != len(requests):
-            raise ValueError(f"{len(requests)} requests but {len(adapters)} adapters")
-        return [self.engine.lora(a) for a in adapters]
+    def score_options_mixed(self, parts: Sequence[tuple[LLM, Sequence[ScoreRequest]]]) -> list[list[OptionScores]]:
+        views, flat, owners = self._flatten(parts)
+        return _split(self._score(flat, owners), [len(requests) for _, requests in parts], views)
+
+    def _flatten(self, parts: Sequence[tuple[LLM, Sequence[Any]]]) -> tuple[list[VLLMLLM], list[Any], list[VLLMLLM]]:
+        """(each part's view, every request in part order, the view each request belongs to)."""
+        views = []
+        for view, _ in parts:
+            bare = unwrap(view)
+            if not (isinstance(bare, VLLMLLM) and self.shares_engine(bare)):
+                raise ValueError(f"a mixed vllm call takes views of this engine only, not {type(bare).__name__}")
+            views.append(bare)
+        flat = [r for _, requests in parts for r in requests]
+        owners = [view for view, (_, requests) in zip(views, parts) for _ in requests]
+        return views, flat, owners
 
     # ---- generation -------------------------------------------------------------------
-    def _generate(self, requests: Sequence[GenerateRequest], loras: list[Any]) -> list[Completion]:
+    def _generate(self, requests: Sequence[GenerateRequest], owners: list[VLLMLLM]) -> list[Completion]:
+        """Request k runs on ``owners[k]``'s adapter and counts in its usage (calls not counted)."""
         eng = self.engine
         ids = [encode(eng.tokenizer, r.prompt) for r in requests]
         errors = [eng.precheck(len(i), r.max_tokens) for i, r in zip(ids, requests)]
@@ -190,9 +208,8 @@ class VLLMLLM:
         live = [k for k, e in enumerate(errors) if e is None]
         stop_ids = sorted(eng.stop_ids)
         params = [eng.sampling_params(**sampling_kwargs(requests[k], stop_ids)) for k in live]
-        for k, out in zip(live, eng.run([ids[k] for k in live], params, [loras[k] for k in live])):
-            results[k] = self._completion(requests[k], out)
-        self.usage.calls += 1
+        for k, out in zip(live, eng.run([ids[k] for k in live], params, [owners[k]._lora for k in live])):
+            results[k] = owners[k]._completion(requests[k], out)
         return results
 
     def _completion(self, req: GenerateRequest, out: Any) -> Completion:
@@ -210,10 +227,11 @@ class VLLMLLM:
         self.usage.extra["cached_prompt_tokens"] = self.usage.extra.get("cached_prompt_tokens", 0) + cached
 
     # ---- option scoring ---------------------------------------------------------------
-    def _score(self, requests: Sequence[ScoreRequest], loras: list[Any]) -> list[OptionScores]:
+    def _score(self, requests: Sequence[ScoreRequest], owners: list[VLLMLLM]) -> list[OptionScores]:
         """At most two engine calls: the first tokens together with every fallback prompt, then
-        the second steps of two-token options."""
+        the second steps of two-token options. Request k runs on ``owners[k]``'s adapter."""
         eng = self.engine
+        loras = [o._lora for o in owners]
         ctx = [encode(eng.tokenizer, r.prompt) for r in requests]
         opts = [[list(eng.tokenizer(o, add_special_tokens=False).input_ids) for o in r.options] for r in requests]
         errors = [eng.precheck(len(c) + max(map(len, o), default=0) + 1, 1) for c, o in zip(ctx, opts)]
@@ -229,8 +247,8 @@ class VLLMLLM:
         for (k, prompt), out in zip(slow, outs[len(fast):]):
             fallback.setdefault(k, []).append(continuation_logprob(_prompt_logprobs(out), prompt, len(ctx[k])))
         scores.update((k, renormalise(lps)) for k, lps in fallback.items())
-        self.usage.prompt_tokens += sum(len(ctx[k]) for k in live)
-        self.usage.calls += 1
+        for k in live:
+            owners[k].usage.prompt_tokens += len(ctx[k])
         return [OptionScores(scores[k]) if e is None else OptionScores((), error=e) for k, e in enumerate(errors)]
 
     def _second_steps(self, fast: list[int], ctx: list[list[int]], opts: list[list[list[int]]],
@@ -242,6 +260,17 @@ class VLLMLLM:
         for (k, t), out in zip(pairs, outs):
             after[k][t] = self.engine.top_tokens(out)
         return {k: option_logprobs(opts[k], firsts[k], after[k]) for k in fast}
+
+
+def _split(results: list[Any], sizes: list[int], views: list[VLLMLLM]) -> list[list[Any]]:
+    """``results`` cut back into one list per part; each part's view counts the call once."""
+    out, start = [], 0
+    for size in sizes:
+        out.append(results[start : start + size])
+        start += size
+    for view in {id(v): v for v in views}.values():
+        view.usage.calls += 1
+    return out
 
 
 def _prompt_logprobs(out: Any) -> list[dict[int, float] | None]:
