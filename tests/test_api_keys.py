@@ -16,7 +16,7 @@ import pytest
 from fakes.openai_server import FakeOpenAIServer
 
 from debatelab.cli import main
-from debatelab.errors import DebatelabError, RunFailed
+from debatelab.errors import DebatelabError, EXIT_BAD_INPUT, RunFailed
 from debatelab.llm.base import GenerateRequest, Message, Prompt
 from debatelab.llm.openai_compat import load_openai
 from debatelab.llm.openai_keys import key_problem, redact
@@ -72,7 +72,7 @@ def test_a_malformed_key_in_the_environment_is_refused_before_any_request(
     with pytest.raises(DebatelabError) as info:
         load_openai("m", BackendOptions(base_url=server.url))
     message = str(info.value)
-    assert type(info.value) is DebatelabError and info.value.exit_code == 2
+    assert type(info.value) is DebatelabError and info.value.exit_code == EXIT_BAD_INPUT
     assert message.startswith("the API key in $OPENAI_API_KEY contains " + NAMED[problem])
     assert "\n" not in message and "printable ASCII without spaces" in message
     assert_no_piece(message)
@@ -174,10 +174,10 @@ def test_cli_run_refuses_a_malformed_key_and_it_appears_nowhere(
         # without a bank, persona generation would be the first request
         no_bank = write_config(tmp_path / "c2.yaml", model="openai:fake-model",
                                backend={"base_url": server.url, **backend})
-        assert main(["run", str(no_bank), "--out", str(tmp_path / "run2"), "--quiet"]) == 2
+        assert main(["run", str(no_bank), "--out", str(tmp_path / "run2"), "--quiet"]) == EXIT_BAD_INPUT
         received += server.received
     out, err = capsys.readouterr()
-    assert exit_.value.code == 2
+    assert exit_.value.code == EXIT_BAD_INPUT
     first = err.splitlines()[0]
     assert first.startswith("error: the API key in ") and NAMED[problem] in first
     assert received == []
@@ -198,6 +198,6 @@ def test_cli_personas_refuses_a_malformed_key(
     monkeypatch.setenv("OPENAI_BASE_URL", server.url)
     code = main(["personas", "--model", "openai:fake-model", "--per-party", "1", "--out", str(tmp_path / "p.jsonl")])
     out, err = capsys.readouterr()
-    assert code == 2 and err.count("\n") == 1 and NAMED[problem] in err
+    assert code == EXIT_BAD_INPUT and err.count("\n") == 1 and NAMED[problem] in err
     assert_no_piece(out + err)
     assert server.received == [] and not (tmp_path / "p.jsonl").exists()

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import pytest
 
+from debatelab.errors import EXIT_BAD_INPUT
 from debatelab.cli import main
 
 from conftest import run_snapshot, write_config
@@ -89,10 +90,10 @@ BENCH = ["bench", "--model", "scripted", "--debates", "2", "--one-at-a-time-deba
 # (case id, argv builder, exit code, needle that names the problem)
 CASES: list[tuple[str, Callable[[Ctx], list[str]], int, str]] = [
     # --- sizes in the config, past their bounds ---
-    ("rounds a billion", lambda c: c.run_argv(c.config(rounds=10**9)), 2, "rounds: Input should be less than or equal to 100"),
-    ("rounds 101", lambda c: c.run_argv(c.config(rounds=101)), 2, "rounds: Input should be less than or equal to 100"),
-    ("rounds true", lambda c: c.run_argv(c.config(rounds=True)), 2, "rounds: Input should be a valid integer"),
-    ("rounds 3.0", lambda c: c.run_argv(c.config(rounds=3.0)), 2, "rounds: Input should be a valid integer"),
+    ("rounds a billion", lambda c: c.run_argv(c.config(rounds=10**9)), EXIT_BAD_INPUT, "rounds: Input should be less than or equal to 100"),
+    ("rounds 101", lambda c: c.run_argv(c.config(rounds=101)), EXIT_BAD_INPUT, "rounds: Input should be less than or equal to 100"),
+    ("rounds true", lambda c: c.run_argv(c.config(rounds=True)), EXIT_BAD_INPUT, "rounds: Input should be a valid integer"),
+    ("rounds 3.0", lambda c: c.run_argv(c.config(rounds=3.0)), EXIT_BAD_INPUT, "rounds: Input should be a valid integer"),
     ("repetitions 10001", lambda c: c.run_argv(c.config(repetitions=10_001)), 2,
      "repetitions: Input should be less than or equal to 10000"),
     ("reply max_tokens 10**12", lambda c: c.run_argv(c.config(reply={"max_tokens": 10**12})), 2,
@@ -108,12 +109,12 @@ CASES: list[tuple[str, Callable[[Ctx], list[str]], int, str]] = [
     ("persona max_attempts 101", lambda c: c.run_argv(c.config(persona_generation={"max_attempts": 101})), 2,
      "persona_generation.max_attempts: Input should be less than or equal to 100"),
     ("persona min_words above max_tokens", lambda c: c.run_argv(c.config(
-        persona_generation={"min_words": 300, "max_tokens": 200})), 2, "min_words (300) must not exceed max_tokens (200)"),
+        persona_generation={"min_words": 300, "max_tokens": 200})), EXIT_BAD_INPUT, "min_words (300) must not exceed max_tokens (200)"),
     ("survey max_tokens 65", lambda c: c.run_argv(c.config(survey={"max_tokens": 65})), 2,
      "survey.max_tokens: Input should be less than or equal to 64"),
     ("executor workers 1025", lambda c: c.run_argv(c.config(executor={"workers": 1025})), 2,
      "executor.workers: Input should be less than or equal to 1024"),
-    ("executor empty address", lambda c: c.run_argv(c.config(executor={"address": ""})), 2, "executor.address"),
+    ("executor empty address", lambda c: c.run_argv(c.config(executor={"address": ""})), EXIT_BAD_INPUT, "executor.address"),
     ("65 agents", lambda c: c.run_argv(c.config(agents=["default"] * 65, rounds=1)), 2,
      "agents: List should have at most 64 items"),
     ("1001 topics", lambda c: c.run_argv(c.config(topics=[f"t{i}" for i in range(1001)])), 2,
@@ -123,9 +124,9 @@ CASES: list[tuple[str, Callable[[Ctx], list[str]], int, str]] = [
     ("topic id of 65 characters", lambda c: c.run_argv(c.config(topics=["x" * 65])), 2,
      "topics.0: String should have at most 64 characters"),
     ("inline question of 2001 characters", lambda c: c.run_argv(c.config(
-        topics=[{"id": "q", "name": "Q", "question": "why " * 500 + "x"}])), 2, "topics.0.question: String should have at most 2000"),
+        topics=[{"id": "q", "name": "Q", "question": "why " * 500 + "x"}])), EXIT_BAD_INPUT, "topics.0.question: String should have at most 2000"),
     ("inline topic name of 201 characters", lambda c: c.run_argv(c.config(
-        topics=[{"id": "q", "name": "n" * 201, "question": "Why?"}])), 2, "topics.0.name: String should have at most 200"),
+        topics=[{"id": "q", "name": "n" * 201, "question": "Why?"}])), EXIT_BAD_INPUT, "topics.0.name: String should have at most 200"),
     ("inline topic with 17 positions", lambda c: c.run_argv(c.config(
         topics=[{"id": "q", "name": "Q", "question": "Why?", "positions": {f"p{i}": "x" for i in range(17)}}])), 2,
      "topics.0.positions: Dictionary should have at most 16 items"),
@@ -136,9 +137,9 @@ CASES: list[tuple[str, Callable[[Ctx], list[str]], int, str]] = [
     ("12 million replies", lambda c: c.run_argv(c.config(
         topics=["climate_change", "racism", "gun_violence", "illegal_immigration"], repetitions=10_000, rounds=100)), 2,
      "the run plans 12,000,000 replies"),
-    ("seed 2**64", lambda c: c.run_argv(c.config(seed=2**64)), 2, "seed: Input should be less than 9223372036854775808"),
-    ("name of 256 characters", lambda c: c.run_argv(c.config(name="n" * 256)), 2, "name: String should have at most 255"),
-    ("name over two lines", lambda c: c.run_argv(c.config(name="two\nlines")), 2, "name: must be printable text on one line"),
+    ("seed 2**64", lambda c: c.run_argv(c.config(seed=2**64)), EXIT_BAD_INPUT, "seed: Input should be less than 9223372036854775808"),
+    ("name of 256 characters", lambda c: c.run_argv(c.config(name="n" * 256)), EXIT_BAD_INPUT, "name: String should have at most 255"),
+    ("name over two lines", lambda c: c.run_argv(c.config(name="two\nlines")), EXIT_BAD_INPUT, "name: must be printable text on one line"),
     ("model string of 1001 characters", lambda c: c.run_argv(c.config(model="scripted:" + "x" * 992)), 2,
      "model: String should have at most 1000"),
     ("NUL byte in the personas path", lambda c: c.run_argv(c.config(personas="bank\x00.jsonl")), 2,
@@ -162,29 +163,29 @@ CASES: list[tuple[str, Callable[[Ctx], list[str]], int, str]] = [
      "duplicate key 'rounds' on line 8 (first on line 4)"),
     ("duplicate nested key", lambda c: c.run_argv(c.yaml(BASE + "reply:\n  max_tokens: 5\n  max_tokens: 6\n")), 2,
      "duplicate key 'max_tokens' on line 10 (first on line 9)"),
-    ("billion laughs", lambda c: c.run_argv(c.yaml(BILLION_LAUGHS)), 2, "aliases expand to more than"),
-    ("alias that contains itself", lambda c: c.run_argv(c.yaml(BASE + "loop: &x [*x]\n")), 2, "an alias refers to itself"),
+    ("billion laughs", lambda c: c.run_argv(c.yaml(BILLION_LAUGHS)), EXIT_BAD_INPUT, "aliases expand to more than"),
+    ("alias that contains itself", lambda c: c.run_argv(c.yaml(BASE + "loop: &x [*x]\n")), EXIT_BAD_INPUT, "an alias refers to itself"),
     ("integer of 5000 digits", lambda c: c.run_argv(c.yaml(BASE.replace("rounds: 2", "rounds: " + "9" * 5000))), 2,
      "an integer of more than 4300 digits"),
     ("flow nesting 2000 deep", lambda c: c.run_argv(c.yaml(BASE + "deep: " + "[" * 2000 + "]" * 2000 + "\n")), 2,
      "nest"),
-    ("block nesting 80 deep", lambda c: c.run_argv(c.yaml(_deep_block(80))), 2, "nests deeper than 64 levels"),
+    ("block nesting 80 deep", lambda c: c.run_argv(c.yaml(_deep_block(80))), EXIT_BAD_INPUT, "nests deeper than 64 levels"),
     ("nesting 80 deep through an alias", lambda c: c.run_argv(c.yaml(
         BASE + "a: &a " + "[" * 40 + "1" + "]" * 40 + "\nb: " + "[" * 40 + "*a" + "]" * 40 + "\n")), 2,
      "nests deeper than 64 levels"),
-    ("config larger than 4 MiB", lambda c: c.run_argv(c.yaml(BASE + "#" * (4 * 2**20) + "\n")), 2, "is larger than 4 MiB"),
-    ("config is /dev/zero", lambda c: c.run_argv("/dev/zero"), 2, "is larger than 4 MiB"),
-    ("binary garbage", lambda c: c.run_argv(c.text("garbage.yaml", bytes(range(256)) * 8)), 2, "not UTF-8"),
+    ("config larger than 4 MiB", lambda c: c.run_argv(c.yaml(BASE + "#" * (4 * 2**20) + "\n")), EXIT_BAD_INPUT, "is larger than 4 MiB"),
+    ("config is /dev/zero", lambda c: c.run_argv("/dev/zero"), EXIT_BAD_INPUT, "is larger than 4 MiB"),
+    ("binary garbage", lambda c: c.run_argv(c.text("garbage.yaml", bytes(range(256)) * 8)), EXIT_BAD_INPUT, "not UTF-8"),
     ("NUL character in the YAML", lambda c: c.run_argv(c.text("nul.yaml", "model: scripted\x00\n")), 2,
      "not valid YAML"),
-    ("config is a directory", lambda c: c.run_argv(str(c.run)), 2, "config file is a directory"),
-    ("config is a scalar", lambda c: c.run_argv(c.yaml("42\n")), 2, "must be a YAML mapping"),
-    ("config is empty", lambda c: c.run_argv(c.yaml("")), 2, "must be a YAML mapping"),
+    ("config is a directory", lambda c: c.run_argv(str(c.run)), EXIT_BAD_INPUT, "config file is a directory"),
+    ("config is a scalar", lambda c: c.run_argv(c.yaml("42\n")), EXIT_BAD_INPUT, "must be a YAML mapping"),
+    ("config is empty", lambda c: c.run_argv(c.yaml("")), EXIT_BAD_INPUT, "must be a YAML mapping"),
     ("config name too long for the file system", lambda c: c.run_argv(str(c.tmp / ("x" * 300 + ".yaml"))), 2,
      "File name too long"),
     # --- topic files and study files go through the same reader ---
     ("duplicate key in a topic file", lambda c: _topic_file(
-        c, "- id: a\n  name: A\n  question: Why?\n  question: How?\n"), 2, "duplicate key 'question' on line 4"),
+        c, "- id: a\n  name: A\n  question: Why?\n  question: How?\n"), EXIT_BAD_INPUT, "duplicate key 'question' on line 4"),
     ("topic defined twice in a topic file", lambda c: _topic_file(c, json.dumps(_topics(2) + _topics(1))), 2,
      "defines topic 't0' more than once"),
     ("1001 topics in a topic file", lambda c: _topic_file(c, json.dumps(_topics(1001))), 2,
@@ -194,8 +195,8 @@ CASES: list[tuple[str, Callable[[Ctx], list[str]], int, str]] = [
     ("topic file question of 2001 characters", lambda c: _topic_file(
         c, json.dumps([{"id": "a", "name": "A", "question": "q" * 2001}])), 2,
      "topic 1: question: String should have at most 2000"),
-    ("topic file is a mapping", lambda c: _topic_file(c, "id: a\nname: A\n"), 2, "must hold a list of topics"),
-    ("alias bomb in a topic file", lambda c: _topic_file(c, LAUGHING_TOPICS), 2, "aliases expand to more than"),
+    ("topic file is a mapping", lambda c: _topic_file(c, "id: a\nname: A\n"), EXIT_BAD_INPUT, "must hold a list of topics"),
+    ("alias bomb in a topic file", lambda c: _topic_file(c, LAUGHING_TOPICS), EXIT_BAD_INPUT, "aliases expand to more than"),
     ("duplicate key in a study file", lambda c: _study(c, "model: embedded\nmodel: embedded\n"), 2,
      "duplicate key 'model' on line 2 (first on line 1)"),
     # --- CLI flags ---
@@ -203,7 +204,7 @@ CASES: list[tuple[str, Callable[[Ctx], list[str]], int, str]] = [
      "argument --repetitions: must be at most 10,000, got 10,001"),
     ("--repetitions of 5000 digits", lambda c: c.run_argv(str(c.cfg), "--repetitions", "7" * 5000), 2,
      "argument --repetitions: expected a whole number"),
-    ("--repetitions -5", lambda c: c.run_argv(str(c.cfg), "--repetitions", "-5"), 2, "must be at least 1, got -5"),
+    ("--repetitions -5", lambda c: c.run_argv(str(c.cfg), "--repetitions", "-5"), EXIT_BAD_INPUT, "must be at least 1, got -5"),
     ("reproduce --repetitions 10001", lambda c: ["reproduce", "--repetitions", "10001", "--out", str(c.run)], 2,
      "argument --repetitions: must be at most 10,000"),
     ("personas --per-party 10001", lambda c: ["personas", "--model", "scripted", "--per-party", "10001",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from debatelab.errors import EXIT_BAD_INPUT, EXIT_FAILED
 from debatelab.cli import main
 from debatelab.config import load_config
 
@@ -50,7 +51,7 @@ def test_bad_config_one_line_exit_2(tmp_path, capsys, case):
     values, needle = BAD_CONFIGS[case]
     cfg = write_config(tmp_path / "c.yaml", **values)
     code, err = _run(capsys, "run", str(cfg), "--out", str(tmp_path / "run"), "--quiet")
-    assert code == 2
+    assert code == EXIT_BAD_INPUT
     assert len(err.splitlines()) == 1 and err.startswith("error:") and needle in err
     assert "Traceback" not in err
     assert not (tmp_path / "run").exists()  # nothing written, nothing claimed
@@ -65,7 +66,7 @@ def test_bad_config_one_line_exit_2(tmp_path, capsys, case):
 def test_bad_cli_values(tmp_path, capsys, argv, needle):
     cfg = write_config(tmp_path / "c.yaml")
     code, err = _run(capsys, *[a.replace("{cfg}", str(cfg)) for a in argv])
-    assert code == 2 and len(err.splitlines()) == 1 and needle in err
+    assert code == EXIT_BAD_INPUT and len(err.splitlines()) == 1 and needle in err
 
 
 def test_not_yaml_mapping_and_corrupt_yaml(tmp_path, capsys):
@@ -73,33 +74,33 @@ def test_not_yaml_mapping_and_corrupt_yaml(tmp_path, capsys):
     (tmp_path / "broken.yaml").write_text("model: [unclosed\n")
     for name, needle in (("list.yaml", "mapping"), ("broken.yaml", "not valid YAML")):
         code, err = _run(capsys, "run", str(tmp_path / name))
-        assert code == 2 and needle in err and len(err.splitlines()) == 1
+        assert code == EXIT_BAD_INPUT and needle in err and len(err.splitlines()) == 1
 
 
 def test_non_utf8_inputs(tmp_path, capsys, bank):
     (tmp_path / "latin1.yaml").write_bytes("model: scripted # caf\xe9\n".encode("latin-1"))
     code, err = _run(capsys, "run", str(tmp_path / "latin1.yaml"))
-    assert code == 2 and "not UTF-8" in err
+    assert code == EXIT_BAD_INPUT and "not UTF-8" in err
     (tmp_path / "bank.jsonl").write_bytes(b"\xff\xfe garbage")
     code, err = _run(capsys, "run", str(write_config(tmp_path / "c.yaml", personas="bank.jsonl")))
-    assert code == 2 and "not UTF-8" in err and len(err.splitlines()) == 1
+    assert code == EXIT_BAD_INPUT and "not UTF-8" in err and len(err.splitlines()) == 1
 
 
 def test_bank_too_small_leaves_no_run_directory(tmp_path, capsys):
     small = make_bank(tmp_path / "small.jsonl", per_party=1)
     cfg = write_config(tmp_path / "c.yaml", personas=str(small), agents=["republican", "republican"])
     code, err = _run(capsys, "run", str(cfg), "--out", str(tmp_path / "run"), "--quiet")
-    assert code == 2 and "seats 2 republican" in err and not (tmp_path / "run").exists()
+    assert code == EXIT_BAD_INPUT and "seats 2 republican" in err and not (tmp_path / "run").exists()
     cfg = write_config(tmp_path / "d.yaml", personas=str(small), agents=["republican", "democrat"], repetitions=2)
     code, err = _run(capsys, "run", str(cfg), "--out", str(tmp_path / "run"), "--quiet")
-    assert code == 2 and "only 1 distinct persona combination" in err and not (tmp_path / "run").exists()
+    assert code == EXIT_BAD_INPUT and "only 1 distinct persona combination" in err and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("target", ["dir", "/proc/no/such/bank.jsonl"])
 def test_personas_unwritable_out_is_one_line(tmp_path, capsys, target):
     out = tmp_path if target == "dir" else target
     code, err = _run(capsys, "personas", "--model", "scripted", "--per-party", "1", "--out", str(out), "--force")
-    assert code == 2 and "cannot write persona bank" in err and len(err.splitlines()) == 1
+    assert code == EXIT_BAD_INPUT and "cannot write persona bank" in err and len(err.splitlines()) == 1
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.parent.glob(f".{tmp_path.name}.*.tmp"))
 
 
@@ -109,7 +110,7 @@ def test_cli_run_and_resume_on_scripted(tmp_path, capsys, bank):
     assert "2/2 debates complete" in capsys.readouterr().out
     assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet", "--repetitions", "2"]) == 0
     code, err = _run(capsys, "run", str(cfg), "--out", str(tmp_path / "run"), "--quiet", "--repetitions", "3")
-    assert code == 2 and "different config" in err
+    assert code == EXIT_BAD_INPUT and "different config" in err
 
 
 def test_corrupt_database_is_refused(tmp_path, capsys, bank):
@@ -117,7 +118,7 @@ def test_corrupt_database_is_refused(tmp_path, capsys, bank):
     (tmp_path / "run" / "run.sqlite").write_bytes(b"this is not a database" * 100)
     code, err = _run(capsys, "run", str(write_config(tmp_path / "c.yaml", personas=str(bank))),
                      "--out", str(tmp_path / "run"), "--quiet")
-    assert code == 2 and "corrupt" in err
+    assert code == EXIT_BAD_INPUT and "corrupt" in err
 
 
 def test_console_script_and_light_import():
@@ -127,13 +128,13 @@ def test_console_script_and_light_import():
     script = Path(sys.executable).parent / "debatelab"  # the installed console entry point
     assert script.exists()
     res = subprocess.run([str(script), "run", "/no/such.yaml"], capture_output=True, text=True)
-    assert res.returncode == 2 and res.stderr.strip() == "error: config file not found: /no/such.yaml"
+    assert res.returncode == EXIT_BAD_INPUT and res.stderr.strip() == "error: config file not found: /no/such.yaml"
 
 
 def test_model_that_fails_to_load_leaves_no_run_directory(tmp_path, capsys, bank):
     cfg = write_config(tmp_path / "c.yaml", personas=str(bank), model="hf:/no/such/model/dir")
     code, err = _run(capsys, "run", str(cfg), "--out", str(tmp_path / "run"), "--quiet")
-    assert code == 2 and "cannot load model" in err and len(err.splitlines()) == 1
+    assert code == EXIT_BAD_INPUT and "cannot load model" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()
 
 
@@ -145,7 +146,7 @@ def test_personas_command_writes_bank_and_refuses_overwrite(tmp_path, capsys):
     bank = load_bank(out)
     assert len(bank) == 6 and len({p.name for p in bank}) == 6
     code, err = _run(capsys, "personas", "--model", "scripted", "--out", str(out))
-    assert code == 2 and "--force" in err
+    assert code == EXIT_BAD_INPUT and "--force" in err
 
 
 def test_reproduce_and_report_commands(tmp_path, capsys):
@@ -161,7 +162,7 @@ def test_reproduce_and_report_commands(tmp_path, capsys):
                  "--reference", str(out / "fig3_three_way")]) == 0
     assert (tmp_path / "r2" / "report.html").exists()
     code, err = _run(capsys, "report", str(tmp_path / "nothing"), "--out", str(tmp_path / "r3"))
-    assert code == 2 and "no run database" in err and not (tmp_path / "r3" / "report.html").exists()
+    assert code == EXIT_BAD_INPUT and "no run database" in err and not (tmp_path / "r3" / "report.html").exists()
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "run.sqlite").write_bytes(b"not a database" * 200)
     (tmp_path / "file").write_text("x")
@@ -170,7 +171,7 @@ def test_reproduce_and_report_commands(tmp_path, capsys):
                          (["report", str(out / "fig4_two_way"), "--out", "/proc/nope"], "cannot write the report"),
                          (["report", str(out / "fig4_two_way"), "--out", str(tmp_path / "r5"), "--overlay"], "two run")):
         code, err = _run(capsys, *argv)
-        assert code == 2 and needle in err and len(err.splitlines()) == 1, (argv, err)
+        assert code == EXIT_BAD_INPUT and needle in err and len(err.splitlines()) == 1, (argv, err)
 
 
 def test_report_on_a_run_without_complete_debates(tmp_path, capsys, bank):
@@ -179,7 +180,7 @@ def test_report_on_a_run_without_complete_debates(tmp_path, capsys, bank):
     store = open_store(tmp_path / "empty")  # a run that has started but finished nothing
     store.close()
     code, err = _run(capsys, "report", str(tmp_path / "empty"), "--out", str(tmp_path / "r"))
-    assert code == 2 and "no complete debate" in err and not (tmp_path / "r").exists()
+    assert code == EXIT_BAD_INPUT and "no complete debate" in err and not (tmp_path / "r").exists()
 
 
 # --- no traceback for any input: the last-resort handlers in cli.main -------------------------
@@ -198,7 +199,7 @@ def test_a_bug_is_one_line_and_debug_shows_the_traceback(capsys, monkeypatch):
     monkeypatch.delenv("DEBATELAB_DEBUG", raising=False)
     _raising(monkeypatch, RuntimeError("boom\nsecond line"))
     code, err = _run(capsys, "topics")
-    assert code == 1 and len(err.splitlines()) == 1
+    assert code == EXIT_FAILED and len(err.splitlines()) == 1
     assert err.startswith("internal error: RuntimeError: boom second line (please report it")
     monkeypatch.setenv("DEBATELAB_DEBUG", "1")  # a genuine bug is never swallowed for good
     with pytest.raises(RuntimeError, match="boom"):
@@ -206,11 +207,11 @@ def test_a_bug_is_one_line_and_debug_shows_the_traceback(capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("exc, code, needle", [
-    (PermissionError(13, "Permission denied", "/srv/results/x.csv"), 2, "error: Permission denied: /srv/results/x.csv"),
-    (IsADirectoryError(21, "Is a directory", "/tmp"), 2, "error: Is a directory: /tmp"),
-    (OSError(28, "No space left on device", "/data/run.sqlite"), 1, "error: No space left on device: /data/run.sqlite"),
-    (OSError(5, "Input/output error"), 1, "error: Input/output error"),
-    (FileExistsError(17, "File exists", "a", None, "b"), 2, "error: File exists: a -> b"),
+    (PermissionError(13, "Permission denied", "/srv/results/x.csv"), EXIT_BAD_INPUT, "error: Permission denied: /srv/results/x.csv"),
+    (IsADirectoryError(21, "Is a directory", "/tmp"), EXIT_BAD_INPUT, "error: Is a directory: /tmp"),
+    (OSError(28, "No space left on device", "/data/run.sqlite"), EXIT_FAILED, "error: No space left on device: /data/run.sqlite"),
+    (OSError(5, "Input/output error"), EXIT_FAILED, "error: Input/output error"),
+    (FileExistsError(17, "File exists", "a", None, "b"), EXIT_BAD_INPUT, "error: File exists: a -> b"),
 ])
 def test_unanticipated_os_errors_are_one_line(capsys, monkeypatch, exc, code, needle):
     _raising(monkeypatch, exc)
@@ -235,7 +236,7 @@ def test_user_text_in_a_message_cannot_break_the_line(capsys, monkeypatch):
     assert len(one_line("x" * 10_000)) == MAX_MESSAGE and one_line("x" * 10_000).endswith("...")
     _raising(monkeypatch, DebatelabError("unknown topic 'a\nb' \u2029 \x00"))
     code, err = _run(capsys, "topics")
-    assert code == 2 and err == "error: unknown topic 'a b'   \\x00"
+    assert code == EXIT_BAD_INPUT and err == "error: unknown topic 'a b'   \\x00"
 
 
 def test_closed_stdout_is_quiet():
@@ -328,7 +329,7 @@ def test_personas_takes_model_and_backend_options_from_a_config(tmp_path, server
                                           ("persona_generation", 1e-300)])
 def test_temperatures_that_would_overflow_sampling_are_refused(tmp_path, capsys, where, value):
     cfg = write_config(tmp_path / "c.yaml", **{where: {"temperature": value}})
-    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: invalid config {cfg}: {where}.temperature: a temperature must be 0 (greedy) or between")
     assert not (tmp_path / "run").exists()
@@ -344,7 +345,7 @@ def test_zero_and_ordinary_temperatures_are_accepted(tmp_path):
 def test_personas_beyond_the_name_list_are_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
     loads = []
     monkeypatch.setattr("debatelab.llm.registry.load_llm", lambda *a, **k: loads.append(a))
-    assert main(["personas", "--per-party", "150", "--out", str(tmp_path / "bank.jsonl")]) == 2
+    assert main(["personas", "--per-party", "150", "--out", str(tmp_path / "bank.jsonl")]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert "needs 300 distinct names; the name list has 200 (at most 100 per party)" in err
     assert loads == [] and not (tmp_path / "bank.jsonl").exists()

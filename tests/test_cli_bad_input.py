@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from debatelab.errors import EXIT_BAD_INPUT
 from debatelab.cli import main
 
 from conftest import make_bank, run_snapshot, write_config
@@ -70,7 +71,7 @@ def test_bad_input_leaves_the_finished_run_untouched(finished, tmp_path, capsys,
     with pytest.raises(SystemExit) as exit_:
         sys.exit(main(["run", str(cfg), "--out", str(run), "--quiet", *argv]))
     err = capsys.readouterr().err.strip()
-    assert exit_.value.code == 2, err
+    assert exit_.value.code == EXIT_BAD_INPUT, err
     assert len(err.splitlines()) == 1 and err.startswith("error:") and needle in err, err
     assert "Traceback" not in err
     assert run_snapshot(run) == before
@@ -83,7 +84,7 @@ def test_unwritable_output_directory(tmp_path, capsys, bank, out):
     cfg = write_config(tmp_path / "c.yaml", personas=str(bank))
     code = main(["run", str(cfg), "--out", str(target), "--quiet"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and str(target) in err, err
+    assert code == EXIT_BAD_INPUT and len(err.splitlines()) == 1 and str(target) in err, err
     assert (tmp_path / "file").read_text() == "x"
 
 
@@ -96,5 +97,5 @@ def test_key_file_readable_by_others_is_refused(tmp_path, capsys, bank):
                                 "api_key_file": str(key)})
     code = main(["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and str(key) in err and "600" in err, err
+    assert code == EXIT_BAD_INPUT and len(err.splitlines()) == 1 and str(key) in err and "600" in err, err
     assert "sk-test" not in err and not (tmp_path / "run").exists()

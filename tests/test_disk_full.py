@@ -21,7 +21,7 @@ import pytest
 
 from debatelab import experiment, files
 from debatelab.cli import main
-from debatelab.errors import DebatelabError
+from debatelab.errors import DebatelabError, EXIT_FAILED
 from debatelab.store import RunStore
 
 from conftest import write_config
@@ -46,7 +46,7 @@ def _run(capsys, cfg: Path, out: Path) -> tuple[int, str]:
 
 
 def _assert_disk_full_line(code: int, err: str, run: Path) -> None:
-    assert code == 1, err
+    assert code == EXIT_FAILED, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith(f"error: disk full while writing run directory {run}: "), err
     assert err.endswith("; free space and run the same command again to resume"), err

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import pytest
 
+from debatelab.errors import EXIT_BAD_INPUT
 from debatelab.cli import main
 from debatelab.config import load_config
 from debatelab.dryrun import CountingLLM, Tally, TokenRules, dry_run, filler
@@ -132,7 +133,7 @@ def test_dry_run_of_an_infeasible_config_is_one_line_error(tmp_path, bank, capsy
     cfg = write_config(tmp_path / "c.yaml", personas=str(bank), repetitions=500)
     code = main(["run", str(cfg), "--out", str(tmp_path / "run"), "--dry-run"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("error:") and len(err.splitlines()) == 1
+    assert code == EXIT_BAD_INPUT and err.startswith("error:") and len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()
 
 

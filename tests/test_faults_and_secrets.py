@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from fakes.openai_server import FAULT_KINDS, FakeOpenAIServer
 
+from debatelab.errors import EXIT_FAILED
 from debatelab.cli import main
 from debatelab.config import load_config
 from debatelab.llm.scripted import ScriptedLLM
@@ -65,7 +66,7 @@ def test_a_debate_whose_requests_keep_failing_fails_visibly_and_resumes(tmp_path
         seated = plan_debates(load_config(cfg), load_bank(bank), ScriptedLLM().identity())[0].agents[0].name
         server.fail_when = lambda body: "503" if seated in str(body) else None
         code, output = _cli(capsys, "run", str(cfg), "--out", str(tmp_path / "run"), "--quiet")
-        assert code == 1 and "3/4 debates complete" in output and "1 debate(s) failed" in output, output
+        assert code == EXIT_FAILED and "3/4 debates complete" in output and "1 debate(s) failed" in output, output
         debates = (tmp_path / "run" / "debates.csv").read_text()
         assert ",failed," in debates and "gave up after" in debates
         server.fail_when = None
@@ -94,7 +95,7 @@ def test_sentinel_key_is_in_no_file_or_output(tmp_path, bank, capsys, monkeypatc
         seated = plan_debates(load_config(cfg), load_bank(bank), ScriptedLLM().identity())[0].agents[0].name
         server.fail_when = lambda body: "500" if seated in str(body) else None
         code, output = _cli(capsys, "run", str(cfg), "--out", str(tmp_path / "run"), "--quiet")
-        assert code == 1, output
+        assert code == EXIT_FAILED, output
         assert server.authorization == f"Bearer {SENTINEL}"  # the key was really used
         server.fail_when = None
         # Resume with more retries (a runtime knob): at a 30 % fault rate, 4 faults in a row on one

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from debatelab.errors import EXIT_BAD_INPUT, EXIT_FAILED
 from debatelab import stopping
 from debatelab.cli import main
 from debatelab.config import load_config
@@ -112,7 +113,7 @@ def test_second_run_on_a_busy_directory_is_refused_and_first_finishes(tmp_path, 
     capsys.readouterr()
     proc = _driver(cfg, tmp_path / "run", tmp_path / "trace", slow=0.05)
     _wait_for(tmp_path / "trace", "commit add_results", proc)
-    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert err == f"error: run directory {tmp_path / 'run'} is in use by another debatelab process"
     assert proc.wait(60) == 0, proc.stderr.read()
@@ -149,7 +150,7 @@ def test_failed_debates_are_recorded_reported_and_resumed(tmp_path, bank, capsys
     first = plan_debates(cfg, load_bank(bank), ScriptedLLM().identity())[0]
     broken = {first.agents[0].name}  # a partisan seated in exactly one repetition
     monkeypatch.setattr("debatelab.executor.load_llm", lambda *a, **k: FlakyLLM(broken))
-    assert main(["run", str(cfg_path), "--out", str(tmp_path / "run"), "--quiet"]) == 1
+    assert main(["run", str(cfg_path), "--out", str(tmp_path / "run"), "--quiet"]) == EXIT_FAILED
     out, err = capsys.readouterr()
     assert "3/4 debates complete" in out
     assert err.strip().startswith("error: 1 debate(s) failed") and "run the same command again" in err

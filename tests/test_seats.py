@@ -8,6 +8,7 @@ import sqlite3
 
 import pytest
 
+from debatelab.errors import EXIT_BAD_INPUT
 from debatelab.cli import main
 from debatelab.config import Seat, load_config
 from debatelab.experiment import run_experiment
@@ -45,7 +46,7 @@ def test_seat_config_parses_and_plain_rosters_keep_their_ids(tmp_path, bank):
 ])
 def test_bad_seats_are_one_line(tmp_path, bank, capsys, agents, needle):
     cfg = write_config(tmp_path / "c.yaml", personas=str(bank), agents=agents)
-    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err and not (tmp_path / "run").exists()
 

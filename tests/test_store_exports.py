@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from debatelab.errors import EXIT_FAILED
 from debatelab.cli import main
 from debatelab.config import load_config
 from debatelab.experiment import run_experiment
@@ -77,13 +78,13 @@ def test_failed_export_leaves_the_previous_set_of_exports(tmp_path, bank, capsys
     first = plan_debates(cfg, load_bank(bank), ScriptedLLM().identity())[0]
     run = tmp_path / "run"
     monkeypatch.setattr("debatelab.executor.load_llm", lambda *a, **k: FlakyLLM({first.agents[0].name}))
-    assert main(["run", str(cfg_path), "--out", str(run), "--quiet"]) == 1  # 3 of 4 debates complete
+    assert main(["run", str(cfg_path), "--out", str(run), "--quiet"]) == EXIT_FAILED  # 3 of 4 debates complete
     before = {name: (run / name).read_bytes() for name in CSVS}
 
     monkeypatch.setattr("debatelab.executor.load_llm", lambda *a, **k: ScriptedLLM())
     fault(monkeypatch, "turns.csv")  # written after debates.csv and attitudes.csv
     capsys.readouterr()
-    assert main(["run", str(cfg_path), "--out", str(run), "--quiet"]) == 1
+    assert main(["run", str(cfg_path), "--out", str(run), "--quiet"]) == EXIT_FAILED
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"error: disk full while writing run directory {run}: "), err
     assert {name: (run / name).read_bytes() for name in CSVS} == before  # all old, none half or new

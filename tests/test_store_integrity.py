@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from debatelab.cli import main
-from debatelab.errors import DebatelabError
+from debatelab.errors import DebatelabError, EXIT_BAD_INPUT
 
 from conftest import make_bank, write_config
 
@@ -41,7 +41,7 @@ def _cli(capsys, *argv: str) -> tuple[int, str]:
 
 def _refused(capsys, code_err: tuple[int, str], needle: str) -> None:
     code, err = code_err
-    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: cannot read run database "), err
+    assert code == EXIT_BAD_INPUT and len(err.splitlines()) == 1 and err.startswith("error: cannot read run database "), err
     assert needle in err and "Traceback" not in err, err
 
 
@@ -176,7 +176,7 @@ def test_run_database_that_is_a_link_is_refused_and_its_target_untouched(tmp_pat
     run_dir.mkdir()
     (run_dir / "run.sqlite").symlink_to(target)
     code, err = _cli(capsys, "run", str(cfg), "--out", str(run_dir), "--quiet")
-    assert code == 2 and "symbolic link" in err and len(err.splitlines()) == 1
+    assert code == EXIT_BAD_INPUT and "symbolic link" in err and len(err.splitlines()) == 1
     assert target.read_bytes() == b""
 
 
@@ -193,7 +193,7 @@ def test_another_configs_run_is_refused_read_only_before_the_model_loads(run, fi
     loads = []
     monkeypatch.setattr("debatelab.executor.load_llm", lambda *a, **k: loads.append(a))
     code, err = _cli(capsys, "run", str(other), "--out", str(run), "--quiet")
-    assert code == 2 and "different config" in err
+    assert code == EXIT_BAD_INPUT and "different config" in err
     assert loads == [] and (run / "run.sqlite").read_bytes() == before  # ... and still not migrated
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from debatelab.cli import main
-from debatelab.errors import DebatelabError
+from debatelab.errors import DebatelabError, EXIT_BAD_INPUT
 from debatelab.llm.scripted import ScriptedLLM
 from debatelab.store import open_store
 
@@ -64,7 +64,7 @@ def test_lock_path_that_is_not_a_regular_file_is_refused_and_nothing_is_written(
     held = _make_lock(kind, run, outside)
     try:
         code, err = _run(capsys, write_config(tmp_path / "c.yaml", personas=str(bank)), run)
-        assert code == 2
+        assert code == EXIT_BAD_INPUT
         _one_line(err, f"error: cannot lock run directory {run}: {run / '.lock'} is ")
         assert "not a regular file" in err
         if kind == "symlink to a file":
@@ -111,7 +111,7 @@ def test_second_writer_is_refused_before_its_model_is_loaded(tmp_path, bank, cap
         loads = []
         monkeypatch.setattr("debatelab.executor.load_llm", lambda *a, **k: loads.append(a) or ScriptedLLM())
         code, err = _run(capsys, write_config(tmp_path / "c.yaml", personas=str(bank)), run)
-        assert code == 2 and err == f"error: run directory {run} is in use by another debatelab process"
+        assert code == EXIT_BAD_INPUT and err == f"error: run directory {run} is in use by another debatelab process"
         assert loads == []  # refused before the (possibly minutes-long) model load
         assert sorted(p.name for p in run.iterdir()) == [".lock"]
     finally:
@@ -138,7 +138,7 @@ def test_model_loads_while_the_lock_is_held_and_a_failed_load_leaves_no_director
 
     monkeypatch.setattr("debatelab.executor.load_llm", failing_load)
     code, err = _run(capsys, write_config(tmp_path / "c.yaml", personas=str(bank)), run)
-    assert code == 2 and err == "error: cannot load model x: no such model" and seen == ["locked"]
+    assert code == EXIT_BAD_INPUT and err == "error: cannot load model x: no such model" and seen == ["locked"]
     assert not (tmp_path / "new").exists()  # bad input: what taking the lock created is gone
 
 

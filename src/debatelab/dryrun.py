@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from .config import ExperimentConfig
 from .llm.base import LLM, Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest
-from .personas import generate_personas, load_bank, persona_topics
-from .planning import check_feasible, personas_needed, plan_debates
+from .personas import load_bank
+from .planning import check_feasible, generate_bank, plan_debates
 from .runner import WaveRunner
 from .types import Persona, SurveyAnswer, Turn
 
@@ -162,7 +162,7 @@ def dry_run(config: ExperimentConfig, rules: TokenRules) -> DryRun:
     check_feasible(config, bank)
     persona_llm = CountingLLM(rules)
     if bank is None:
-        bank = _generate_bank(config, persona_llm)
+        bank = generate_bank(config, persona_llm)
     llm = CountingLLM(rules)
     seats = {key: CountingLLM(rules, key) for key in config.seat_backends()}
     specs = plan_debates(config, bank, llm.identity(), {k: s.identity() for k, s in seats.items()})
@@ -173,11 +173,3 @@ def dry_run(config: ExperimentConfig, rules: TokenRules) -> DryRun:
     return DryRun(len(specs), agents, bank, persona_llm.tally, models, sink.replies, sink.surveys)
 
 
-def _generate_bank(config: ExperimentConfig, llm: LLM) -> list[Persona]:
-    # The arguments experiment._run_personas passes (less resuming, which a fresh run never needs).
-    gen = config.persona_generation
-    return generate_personas(
-        llm, config.model, personas_needed(config), config.seed, topics=persona_topics(config.resolved_topics()),
-        temperature=gen.temperature, max_tokens=gen.max_tokens, min_words=gen.min_words,
-        max_attempts=gen.max_attempts,
-    )

@@ -22,8 +22,8 @@ from .export import export_run
 from .files import disk_full_error, is_disk_full
 from .llm.base import LLM
 from .llm.registry import split_model
-from .personas import generate_personas, load_bank, persona_topics, save_bank
-from .planning import check_feasible, personas_needed, plan_debates
+from .personas import load_bank, save_bank
+from .planning import check_feasible, generate_bank, plan_debates
 from .prompts import TEMPLATE_VERSION
 from .store import RunLock, RunStore, check_claimable, lock_run_dir, open_store
 from .types import DebateSpec, Persona
@@ -193,12 +193,7 @@ def _check_identity(store: RunStore, llm: LLM, seats: Mapping[str, LLM]) -> None
 
 
 def _run_personas(config: ExperimentConfig, llm: LLM, store: RunStore, run_dir: Path) -> list[Persona]:
-    gen = config.persona_generation
-    bank = generate_personas(
-        llm, config.model, personas_needed(config), config.seed, topics=persona_topics(config.resolved_topics()),
-        temperature=gen.temperature, max_tokens=gen.max_tokens, min_words=gen.min_words,
-        max_attempts=gen.max_attempts, on_batch=store.add_personas, existing=store.personas(),
-    )
+    bank = generate_bank(config, llm, on_batch=store.add_personas, existing=store.personas())
     save_bank(bank, run_dir / "personas.jsonl")
     return bank
 

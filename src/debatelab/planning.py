@@ -1,4 +1,5 @@
-"""From a config and a persona bank to the list of debates to run (pure, deterministic)."""
+"""From a config to its personas and the list of debates to run (deterministic; only
+:func:`generate_bank` calls a model)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import json
 import math
 import random
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .config import ExperimentConfig
 from .debate import derive_seed
 from .errors import DebatelabError
-from .personas import draw_names, first_names
+from .llm.base import LLM
+from .personas import draw_names, first_names, generate_personas, persona_topics
 from .prompts import TEMPLATE_VERSION
 from .topics import Topic
 from .types import DEFAULT_CONTEXT, Agent, DebateSpec, Persona
@@ -25,6 +27,18 @@ def personas_needed(config: ExperimentConfig) -> dict[str, int]:
     seats = Counter(r for r in config.roles if r != "default")
     per_party = config.persona_generation.per_party
     return {party: per_party or n * config.repetitions for party, n in seats.items()}
+
+
+def generate_bank(config: ExperimentConfig, llm: LLM, on_batch: Callable[[list[Persona]], None] | None = None,
+                  existing: Sequence[Persona] = ()) -> list[Persona]:
+    """The personas a run of ``config`` generates (``existing``: those an interrupted run kept;
+    ``on_batch`` receives each accepted batch, for committing it at once)."""
+    gen = config.persona_generation
+    return generate_personas(
+        llm, config.model, personas_needed(config), config.seed, topics=persona_topics(config.resolved_topics()),
+        temperature=gen.temperature, max_tokens=gen.max_tokens, min_words=gen.min_words,
+        max_attempts=gen.max_attempts, on_batch=on_batch, existing=existing,
+    )
 
 
 def check_feasible(config: ExperimentConfig, bank: Sequence[Persona] | None) -> None:

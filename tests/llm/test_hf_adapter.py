@@ -10,7 +10,7 @@ from peft import LoraConfig, get_peft_model
 from tiny_model import build_tiny_model
 from transformers import AutoModelForCausalLM
 
-from debatelab.errors import DebatelabError
+from debatelab.errors import DebatelabError, EXIT_BAD_INPUT
 from debatelab.llm import load_llm
 from debatelab.llm.base import Message, Prompt, ScoreRequest
 from debatelab.llm.options import BackendOptions
@@ -116,5 +116,5 @@ def test_bad_adapter_config_is_one_line_for_run_adapter(dirs, tmp_path, case, ca
                           rounds=1, repetitions=1, backend={"device": "cpu", "threads": 1}, reply={"max_tokens": 4})
     code = main(["run", str(config), "--adapter", str(folder), "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "\n" not in err and "Traceback" not in err
+    assert code == EXIT_BAD_INPUT and "\n" not in err and "Traceback" not in err
     assert err.startswith("error: ") and BAD_CONFIGS[case][1] in err

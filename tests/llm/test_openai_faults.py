@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import pytest
 from fakes.openai_server import FAULT_KINDS, Body, FakeOpenAIServer
 
-from debatelab.errors import DebatelabError, RunFailed
+from debatelab.errors import DebatelabError, EXIT_FAILED, RunFailed
 from debatelab.llm.base import GenerateRequest, Message, Prompt, ScoreRequest
 from debatelab.llm.concurrency import AdaptiveLimit
 from debatelab.llm.openai_compat import OpenAICompatLLM, load_openai
@@ -236,7 +236,7 @@ def test_401_stops_the_run_with_one_line_and_no_key() -> None:
         seen = server.received
     message = str(info.value)
     assert "401" in message and "check the API key" in message and "Bearer ***" in message
-    assert KEY not in message and "\n" not in message and info.value.exit_code == 1
+    assert KEY not in message and "\n" not in message and info.value.exit_code == EXIT_FAILED
     assert KEY not in "".join(traceback.format_exception(info.value))
     assert all(r.authorization == f"Bearer {KEY}" for r in seen) and len(seen) <= 5  # no retries
 

@@ -21,7 +21,7 @@ from fakes.openai_server import FakeOpenAIServer, peaked_distribution
 
 from debatelab.cli import main
 from debatelab.config import load_config
-from debatelab.errors import DebatelabError
+from debatelab.errors import DebatelabError, EXIT_BAD_INPUT
 from debatelab.llm.base import Message, Prompt, ScoreRequest
 from debatelab.llm.openai_compat import OpenAICompatLLM, load_openai
 from debatelab.llm.openai_scoring import EchoRow, echo_scores
@@ -98,7 +98,7 @@ def test_over_the_cap_via_the_cli_exits_2_before_any_request(tmp_path: Path, ban
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     cfg = write_config(tmp_path / "c.yaml", model="openai:m", personas=str(bank),
                        backend={"base_url": server.url, "api": "completions", "top_logprobs": 20})
-    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and "limit of 5" in err
     assert server.received == [] and not (tmp_path / "run").exists()

@@ -19,7 +19,7 @@ from fakes.openai_server import FakeOpenAIServer, SilentServer, unused_port
 
 import debatelab.llm.registry as registry
 from debatelab.cli import main
-from debatelab.errors import RunFailed
+from debatelab.errors import EXIT_FAILED, RunFailed
 from debatelab.llm.base import GenerateRequest, Message, Prompt
 from debatelab.llm.openai_compat import load_openai
 from debatelab.llm.options import BackendOptions
@@ -50,7 +50,7 @@ def test_connection_refused_stops_at_once_without_retries() -> None:
     assert time.monotonic() - started < 1.0  # five retries with 1 s back-off would take 31 s
     message = str(info.value)
     assert message.startswith(f"cannot reach {url}: connection refused")
-    assert "\n" not in message and info.value.exit_code == 1
+    assert "\n" not in message and info.value.exit_code == EXIT_FAILED
     assert llm.usage.extra["retries"] == 0
 
 
@@ -115,7 +115,7 @@ def test_cli_run_generating_personas_reports_an_unreachable_server(
         if silent:
             silent.__exit__(None, None, None)
     line = _one_error_line(capsys.readouterr().err)
-    assert code == 1 and elapsed < 10
+    assert code == EXIT_FAILED and elapsed < 10
     why = "connection refused" if kind == "refused" else r"no answer within 0\.3 s"
     assert re.match(rf"error: cannot reach {re.escape(url)}: {why}", line), line
 
@@ -138,6 +138,6 @@ def test_cli_personas_reports_an_unreachable_server(
         if silent:
             silent.__exit__(None, None, None)
     line = _one_error_line(capsys.readouterr().err)
-    assert code == 1 and elapsed < 10 and not out.exists()
+    assert code == EXIT_FAILED and elapsed < 10 and not out.exists()
     why = "connection refused" if kind == "refused" else r"no answer within 0\.3 s"
     assert re.match(rf"error: cannot reach {re.escape(url)}: {why}", line), line
