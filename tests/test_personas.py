@@ -57,7 +57,7 @@ def test_bank_errors_are_one_line(tmp_path):
     with pytest.raises(DebatelabError, match="duplicate persona ids"):
         load_bank(tmp_path / "dup.jsonl")
     (tmp_path / "bad.jsonl").write_text(lines[0] + "\n{not json\n")
-    with pytest.raises(DebatelabError, match="line 2 is malformed"):
+    with pytest.raises(DebatelabError, match="line 2 is not valid JSON"):
         load_bank(tmp_path / "bad.jsonl")
     with pytest.raises(DebatelabError, match="not found"):
         load_bank(tmp_path / "missing.jsonl")
@@ -95,5 +95,5 @@ def test_a_request_that_failed_for_good_is_reported_as_such_not_as_malformed():
 def test_a_bank_line_nested_too_deeply_is_one_clear_error(tmp_path):
     path = tmp_path / "deep.jsonl"
     path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
-    with pytest.raises(DebatelabError, match="line 1 is malformed: nested too deeply"):
+    with pytest.raises(DebatelabError, match="line 1 cannot be read \\(nested too deeply"):
         load_bank(path)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 from .cli_io import (BAD_PATH_ERRNOS, MAX_SURVEY_PROMPTS, Parser, check_output_file, check_output_folder,
                      describe_os_error, positive, say, seed, silence_stdout, upto)
 from .config import MAX_IN_FLIGHT, MAX_PER_PARTY, MAX_REPETITIONS, MAX_ROUNDS, MAX_TOKENS
-from .errors import DebatelabError, RunInterrupted
+from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, DebatelabError, RunInterrupted
 from .llm.options import MAX_BATCH, MAX_PREFIX_CACHE_MB, MAX_THREADS
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def _incomplete(summary: RunSummary) -> int:
         return 0
     print(f"error: {missing} debate(s) failed (errors in {summary.run_dir / 'debates.csv'}); "
           "run the same command again to retry them", file=sys.stderr)
-    return 1
+    return EXIT_FAILED
 
 
 def _cmd_personas(args: argparse.Namespace) -> int:
@@ -320,28 +320,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         say("interrupted", "run the same command again to resume")
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `debatelab topics | head -1`: stop quietly, as shell tools do
         silence_stdout()
         return 128 + 13
     except OSError as exc:  # a file-system error no command anticipated: one line, path included
         say("error", describe_os_error(exc))
-        return 2 if exc.errno in BAD_PATH_ERRNOS else 1
+        return EXIT_BAD_INPUT if exc.errno in BAD_PATH_ERRNOS else EXIT_FAILED
     except MemoryError:
         say("error", "out of memory")
-        return 1
+        return EXIT_FAILED
     except Exception as exc:
         # Imported on this path only, as cli.py keeps its module-level imports light.
         from .store import is_database_error
 
         if is_database_error(exc):
             say("error", f"database error: {exc}")
-            return 1
+            return EXIT_FAILED
         if os.environ.get("DEBATELAB_DEBUG"):
             raise
         # Last resort: a bug. Say what it was, on one line, and how to see the traceback.
         say("internal error", f"{type(exc).__name__}: {exc} (please report it; DEBATELAB_DEBUG=1 shows the traceback)")
-        return 1
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ module wrote always reads back identical, and banks written raw by older version
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from functools import lru_cache
@@ -24,12 +23,13 @@ from pydantic import ValidationError
 
 from .debate import derive_seed
 from .errors import DebatelabError, RunFailed
-from .readers import read_text
+from .readers import read_jsonl
 from .files import atomic_open
 from .llm.base import LLM, GenerateRequest
 from .prompts import TEMPLATE_VERSION, persona_prompt
 from .topics import BUILTIN_TOPICS, Topic
 from .types import Persona
+from .validation import describe
 
 PARTIES = ("republican", "democrat")
 
@@ -140,19 +140,12 @@ def save_bank(personas: Sequence[Persona], path: Path) -> None:
 
 
 def load_bank(path: Path) -> list[Persona]:
-    # "\n" only: str.splitlines() would also cut at U+2028 and friends inside a story.
-    lines = read_text(path, "persona bank").split("\n")
     personas = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for number, row in read_jsonl(path, "persona bank"):
         try:
-            personas.append(Persona.model_validate(json.loads(line)))
-        except (json.JSONDecodeError, ValidationError) as exc:
-            raise DebatelabError(f"persona bank {path} line {number} is malformed: {str(exc).splitlines()[0]}") from None
-        except (RecursionError, ValueError):  # nested too deeply; an integer of over 4,300 digits
-            raise DebatelabError(f"persona bank {path} line {number} is malformed: nested too deeply "
-                                 "or a number too long") from None
+            personas.append(Persona.model_validate(row))
+        except ValidationError as exc:
+            raise DebatelabError(f"persona bank {path} line {number} is malformed: {describe(exc)}") from None
     _check_bank(personas, path)
     return personas
 

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from .topics import Topic
+from .validation import StrictModel
 
 Party = Literal["republican", "democrat"]
 Role = Literal["republican", "democrat", "default"]
@@ -14,10 +15,9 @@ ROLES: tuple[str, ...] = ("republican", "democrat", "default")
 DEFAULT_CONTEXT = "You are an American."
 
 
-class Persona(BaseModel):
-    """One generated partisan agent: a name and a background story."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Persona(StrictModel):
+    """One generated partisan agent: a name and a background story (read from user banks, so
+    as strict as a config)."""
 
     id: str
     party: Party

@@ -145,7 +145,7 @@ def verify(db: sqlite3.Connection, path: Path) -> None:
         _check_identity(db, path, tables)
         _check_integrity(db, path, tables)
     except sqlite3.DatabaseError as exc:
-        raise _refusal(path, f"it is corrupt ({_one_line(str(exc))})") from None
+        raise _refusal(path, f"it is corrupt ({_sqlite_message(str(exc))})") from None
 
 
 def _connect_read_only(path: Path, immutable: bool) -> sqlite3.Connection:
@@ -191,7 +191,7 @@ def _applied(db: sqlite3.Connection) -> dict[int, str] | None:
 def _check_integrity(db: sqlite3.Connection, path: Path, tables: set[str]) -> None:
     result = [row[0] for row in db.execute("PRAGMA integrity_check(1)")]
     if result != ["ok"]:
-        raise _refusal(path, f"it is corrupt (SQLite integrity check: {_one_line(' '.join(result))})")
+        raise _refusal(path, f"it is corrupt (SQLite integrity check: {_sqlite_message(' '.join(result))})")
     for table, column, bad_shape, label in _JSON_CHECKS:
         if table not in tables:
             continue
@@ -202,7 +202,7 @@ def _check_integrity(db: sqlite3.Connection, path: Path, tables: set[str]) -> No
                                  "expected shape)")
 
 
-def _one_line(text: str) -> str:
+def _sqlite_message(text: str) -> str:
     lines = [line for line in text.splitlines() if line.strip() and not line.startswith("*** in database")]
     return "; ".join(lines)[:300] or "unknown error"
 

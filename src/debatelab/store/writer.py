@@ -45,7 +45,7 @@ class RunStore:
             if db is not None:
                 db.close()
             if self._own_lock:
-                self._lock.release(undo=isinstance(exc, DebatelabError) and exc.exit_code == 2)
+                self._lock.release(undo=isinstance(exc, DebatelabError) and exc.bad_input)
             if isinstance(exc, sqlite3.DatabaseError):
                 raise disk_full_error(exc, path.parent) or DebatelabError(
                     f"cannot read run database {path}: it is corrupt or unreadable ({exc})") from None
