@@ -50,7 +50,7 @@ CASES = [
     ("another model without its API key", {"model": "openai:gpt-4o", "backend": {"base_url": "https://api.example.com/v1",
                                                                "api_key_env": "DEBATELAB_NO_SUCH_KEY"}},
      [], "different config"),
-    ("corrupt persona file", "corrupt", [], "line 2 is malformed"),
+    ("corrupt persona file", "corrupt", [], "line 2 is not valid JSON"),
     ("duplicate persona names", "duplicate names", [], "duplicate persona names"),
     ("empty persona file", "empty", [], "is empty"),
     ("unknown party in bank", "bad party", [], "party"),
