@@ -1,7 +1,7 @@
 """A dry run: the real engine (persona generation, debate plan, wave runner) on counting backends.
 
 Nothing here re-implements the engine: :func:`dry_run` calls the same functions a real run does
-(:func:`~debatelab.personas.generate_personas`, :func:`~debatelab.planning.plan_debates`,
+(:func:`~debatelab.planning.generate_bank`, :func:`~debatelab.planning.plan_debates`,
 :class:`~debatelab.runner.WaveRunner`) with a :class:`CountingLLM` per model in place of the
 backends and a :class:`MemorySink` in place of the run's database, so the calls and requests it
 counts are the ones a fresh local run sends, and nothing touches the disk.
