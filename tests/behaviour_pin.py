@@ -1,7 +1,8 @@
 """Behaviour pins: sha256 of every export of small seeded runs, recorded before a refactor.
 
 ``python tests/behaviour_pin.py --record`` runs each pinned config through the CLI (run, report,
-show) and writes ``data/behaviour/hashes.json``; ``tests/test_behaviour_pinned.py`` reruns them and
+show) and writes ``data/behaviour/hashes.json`` (the committed one was recorded on commit 1875dfa,
+the code before issue 12's refactor, by copying this module and the configs into a checkout of it); ``tests/test_behaviour_pinned.py`` reruns them and
 compares. Besides the exact hash of each file, a *rounded* hash (every float cell to 4 decimals,
 the precision compare_runs documents) is kept: float kernels differ between CPU models (AMD EPYC,
 Intel Xeon with AMX), so the exact hashes of an embedded run are only comparable on the CPU model
@@ -75,7 +76,14 @@ def fingerprints(name: str, files: dict[str, bytes]) -> dict[str, dict[str, str]
 
 def record(out_root: Path) -> dict[str, object]:
     pins = {name: fingerprints(name, run_pinned(name, out_root / name)) for name in CONFIGS}
-    return {"cpu_model": cpu_model(), "threads": threads(), "python": sys.version.split()[0], "runs": pins}
+    return {"recorded_at_commit": _commit(), "cpu_model": cpu_model(), "threads": threads(), "python": sys.version.split()[0], "runs": pins}
+
+
+def _commit() -> str:
+    import subprocess
+
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=PIN_DIR)
+    return done.stdout.strip() or "unknown"
 
 
 def threads() -> int:
