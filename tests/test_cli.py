@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from debatelab.errors import EXIT_BAD_INPUT, EXIT_FAILED
+from debatelab.errors import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, EXIT_FAILED
 from debatelab.cli import main
 from debatelab.config import load_config
 
@@ -47,7 +47,7 @@ BAD_CONFIGS = {
 
 
 @pytest.mark.parametrize("case", BAD_CONFIGS)
-def test_bad_config_one_line_exit_2(tmp_path, capsys, case):
+def test_bad_config_is_one_line_bad_input(tmp_path, capsys, case):
     values, needle = BAD_CONFIGS[case]
     cfg = write_config(tmp_path / "c.yaml", **values)
     code, err = _run(capsys, "run", str(cfg), "--out", str(tmp_path / "run"), "--quiet")
@@ -223,9 +223,9 @@ def test_database_and_memory_errors_are_one_line(capsys, monkeypatch):
     import sqlite3
 
     _raising(monkeypatch, sqlite3.OperationalError("database is locked"))
-    assert _run(capsys, "topics") == (1, "error: database error: database is locked")
+    assert _run(capsys, "topics") == (EXIT_FAILED, "error: database error: database is locked")
     _raising(monkeypatch, MemoryError())
-    assert _run(capsys, "topics") == (1, "error: out of memory")
+    assert _run(capsys, "topics") == (EXIT_FAILED, "error: out of memory")
 
 
 def test_user_text_in_a_message_cannot_break_the_line(capsys, monkeypatch):
@@ -246,7 +246,7 @@ def test_closed_stdout_is_quiet():
     err = proc.stderr.read()
     proc.wait(timeout=60)
     proc.stderr.close()
-    assert err == b"" and proc.returncode == 141
+    assert err == b"" and proc.returncode == EXIT_BROKEN_PIPE
 
 
 # --- YAML: one reader for configs, topic files and study files -------------------------------

@@ -9,6 +9,7 @@ import pytest
 
 from debatelab import executor as executor_module
 from debatelab import ray_executor
+from debatelab import seats as seats_module
 from debatelab.config import load_config
 from debatelab.errors import RunFailed
 from debatelab.executor import Executor, LocalExecutor, Wave, open_executor
@@ -61,6 +62,30 @@ def test_the_runner_yields_each_wave_it_committed(tmp_path, bank):
     local, again = LocalExecutor(cfg, ScriptedLLM(), {}), MemorySink()
     with local as ex:
         assert list(ex.run(specs, again)) == again.waves == yielded
+
+
+class _Closing(ScriptedLLM):
+    def __init__(self, name="", closed=None):
+        super().__init__(name)
+        self.closed = closed if closed is not None else []
+
+    def close(self):
+        self.closed.append(self.name)
+
+
+def test_an_executor_closes_the_backends_it_loaded_and_no_other(tmp_path, bank, monkeypatch):
+    cfg = load_config(write_config(tmp_path / "c.yaml", personas=str(bank), agents=[
+        "republican", {"role": "democrat", "model": "scripted:blue"}, "default"]))
+    closed: list[str] = []
+    monkeypatch.setattr(executor_module, "load_llm", lambda *a, **k: _Closing("loaded", closed))
+    monkeypatch.setattr(seats_module, "load_llm", lambda model, *a, **k: _Closing(model, closed))
+    with open_executor(cfg):
+        assert closed == []
+    assert sorted(closed) == ["loaded", "scripted:blue"]
+    closed.clear()
+    with open_executor(cfg, _Closing("given", closed), {"scripted:blue": _Closing("blue", closed)}):
+        pass
+    assert closed == []  # the caller's backends stay open
 
 
 def test_open_executor_loads_locally_unless_given_a_model(tmp_path, bank, monkeypatch):
@@ -230,7 +255,7 @@ def _flat(calls, kind: str) -> list[tuple[str, object]]:
     return [(view.name, r) for k, _, parts in calls if k == kind for view, reqs in parts for r in reqs]
 
 
-def test_views_of_one_engine_go_out_together_in_bucket_order(tmp_path, bank):
+def test_views_of_one_engine_go_out_together_after_the_other_models(tmp_path, bank):
     mixed, mixed_waves, _, plain = _run_views(tmp_path, bank, shared=True)
     apart, apart_waves, _, _ = _run_views(tmp_path, bank, shared=False)
     assert list(map(_contents, mixed_waves)) == list(map(_contents, apart_waves))  # the same results, wave for wave
@@ -242,3 +267,25 @@ def test_views_of_one_engine_go_out_together_in_bucket_order(tmp_path, bank):
     assert len(mixed) <= 2 * len(mixed_waves) < len(apart)
     assert any(len(parts) == 2 for _, _, parts in mixed)
     assert all(leader is parts[0][0] for _, leader, parts in mixed if len(parts) == 1)
+
+
+def test_other_models_are_asked_before_a_shared_engine(tmp_path, bank):
+    order = []
+    cfg = load_config(write_config(tmp_path / "c.yaml", personas=str(bank), agents=[
+        {"role": "republican", "model": "scripted:red"}, "democrat", {"role": "default", "model": "scripted:grey"}]))
+    engine = _Engine(shared=True)
+
+    class Logged(ScriptedLLM):
+        def generate(self, requests):
+            order.append(self.name)
+            return super().generate(requests)
+
+    class LoggedView(View):
+        def generate_mixed(self, parts):
+            order.append("engine")
+            return super().generate_mixed(parts)
+
+    base, red, grey = LoggedView(engine, "base"), LoggedView(engine, "red"), Logged("grey")
+    seats = {"scripted:red": red, "scripted:grey": grey}
+    WaveRunner(base, MemorySink(), cfg, seat_llms=seats).run(_specs(cfg, base, seats))
+    assert order and order[0] == "grey" and order[1] == "engine"  # grey's bucket comes last, yet goes first

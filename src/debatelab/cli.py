@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 from .cli_io import (BAD_PATH_ERRNOS, MAX_SURVEY_PROMPTS, Parser, check_output_file, check_output_folder,
                      describe_os_error, positive, say, seed, silence_stdout, upto)
 from .config import MAX_IN_FLIGHT, MAX_PER_PARTY, MAX_REPETITIONS, MAX_ROUNDS, MAX_TOKENS
-from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, DebatelabError, RunInterrupted
+from .errors import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_INTERRUPTED, DebatelabError, RunInterrupted
 from .llm.options import MAX_BATCH, MAX_PREFIX_CACHE_MB, MAX_THREADS
 
 if TYPE_CHECKING:
@@ -323,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `debatelab topics | head -1`: stop quietly, as shell tools do
         silence_stdout()
-        return 128 + 13
+        return EXIT_BROKEN_PIPE
     except OSError as exc:  # a file-system error no command anticipated: one line, path included
         say("error", describe_os_error(exc))
         return EXIT_BAD_INPUT if exc.errno in BAD_PATH_ERRNOS else EXIT_FAILED

@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+
 from .readers import read_jsonl
 
 PRECISION = 1e-4

@@ -20,13 +20,20 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from .config import ExperimentConfig
-from .llm.base import LLM, Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest
+from .llm.base import (
+    LLM,
+    Completion,
+    GenerateRequest,
+    OptionScores,
+    Prompt,
+    ScoreRequest,
+)
 from .personas import load_bank
 from .planning import check_feasible, generate_bank, plan_debates
 from .runner import WaveRunner
 from .types import Persona, SurveyAnswer, Turn
 
-Counter = Callable[[Prompt], int]
+TokenCounter = Callable[[Prompt], int]
 
 # "the" is one token for the usual tokenizers, and "the " is 4 characters, so under the
 # characters / 4 fallback too a reply of n filler words adds n tokens to every later prompt.
@@ -42,7 +49,7 @@ def filler(words: int) -> str:
 class TokenRules:
     """How a backend's requests turn into tokens: ``count`` gives one prompt's tokens."""
 
-    count: Counter
+    count: TokenCounter
     score_echo: bool = False
     """Scoring by echo (legacy completions APIs) sends each option as its own prompt, plus the bare one."""
     score_completion: int = 0

@@ -10,6 +10,8 @@ EXIT_BAD_INPUT = 2
 """Bad input the user can fix: a config, a file, a model name. Nothing was changed."""
 EXIT_INTERRUPTED = 130
 """Ctrl-C (128 + SIGINT), as shells report it."""
+EXIT_BROKEN_PIPE = 141
+"""The reader of stdout went away (128 + SIGPIPE), e.g. ``debatelab topics | head -1``."""
 
 
 class DebatelabError(Exception):

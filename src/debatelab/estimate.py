@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ExperimentConfig
-from .dryrun import Counter, TokenRules, dry_run
+from .dryrun import TokenCounter, TokenRules, dry_run
 from .llm.base import Prompt
 from .llm.registry import split_model
 
@@ -85,7 +85,7 @@ def estimate_run(config: ExperimentConfig) -> RunEstimate:
     )
 
 
-def token_rules(config: ExperimentConfig, count: Counter) -> TokenRules:
+def token_rules(config: ExperimentConfig, count: TokenCounter) -> TokenRules:
     """The experiment's model's token rules (every seat is counted as that model). An API answers
     each scored survey with one sampled token; legacy completions with echo instead score every
     option as its own prompt, plus the bare one (as llm.openai_scoring does while the server
@@ -96,7 +96,7 @@ def token_rules(config: ExperimentConfig, count: Counter) -> TokenRules:
 
 
 # ---- token counting ---------------------------------------------------------------------------
-def token_counter(config: ExperimentConfig) -> tuple[Counter, str]:
+def token_counter(config: ExperimentConfig) -> tuple[TokenCounter, str]:
     """The model's tokenizer where one loads without the model, else characters / 4."""
     tokenizer = _local_tokenizer(config)
     if tokenizer is None:

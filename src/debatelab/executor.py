@@ -69,8 +69,7 @@ class LocalExecutor:
         yield from WaveRunner(self.llm, store, self.config, seat_llms=self.seats).waves(specs)
 
     def close(self) -> None:
-        while self._owned:
-            self._owned.pop().close()
+        _close_all(self._owned)
 
     def __enter__(self) -> LocalExecutor:
         return self
@@ -85,10 +84,21 @@ def open_executor(config: ExperimentConfig, llm: LLM | None = None,
     ``seat_llms``, per-agent model key -> backend) is used as it is, in this process."""
     if llm is None and config.executor.kind == "ray":
         return RayExecutor(config)  # each worker loads its own models; none loads here
-    owned = []
-    if llm is None:
-        llm = load_llm(config.model, config.backend, adapters=seat_adapters(config))
-        owned.append(llm)
-    seats = load_seat_llms(config, llm, seat_llms)
-    owned += [seat for key, seat in seats.items() if not (seat_llms and key in seat_llms)]
+    owned: list[LLM] = []
+    try:
+        if llm is None:
+            llm = load_llm(config.model, config.backend, adapters=seat_adapters(config))
+            owned.append(llm)
+        seats = load_seat_llms(config, llm, seat_llms)
+    except BaseException:
+        _close_all(owned)
+        raise
+    # Views of the experiment's engine (with_adapter) close with it; given backends stay open.
+    owned += [seat for key, seat in seats.items()
+              if not (seat_llms and key in seat_llms) and seat is not llm and not llm.shares_engine(seat)]
     return LocalExecutor(config, llm, seats, owned)
+
+
+def _close_all(backends: list[LLM]) -> None:
+    while backends:
+        backends.pop().close()

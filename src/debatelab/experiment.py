@@ -142,7 +142,7 @@ def _debate(config: ExperimentConfig, executor: Executor, store: RunStore, run_d
     _check_no_strays(store, specs)
     store.register(specs)
     failed = 0
-    with _Progress(len(specs), store, llm, enabled=progress) as bar:
+    with _Progress(len(specs), store, [llm, *executor.seats.values()], enabled=progress) as bar:
         for wave in executor.run(specs, store):
             failed += len(wave.failed)
             bar.update(len(wave.finished), len(wave.turns))
@@ -214,10 +214,11 @@ def _provenance(config: ExperimentConfig) -> dict[str, Any]:
 class _Progress:
     """tqdm bar over debates with turns and tokens/s in its postfix."""
 
-    def __init__(self, total: int, store: RunStore, llm: LLM, enabled: bool):
+    def __init__(self, total: int, store: RunStore, backends: list[LLM], enabled: bool):
         from tqdm import tqdm
 
-        self.llm = llm
+        # Each counter once: adapter views of one engine count their own share of a mixed call.
+        self.usages = list({id(u): u for u in (b.usage for b in backends) if u is not None}.values())
         self.turns = 0
         self.start = time.monotonic()
         self.tokens_before = self._tokens()  # persona generation is not debate throughput
@@ -232,8 +233,7 @@ class _Progress:
         self.bar.update(finished)
 
     def _tokens(self) -> int:
-        usage = self.llm.usage
-        return usage.completion_tokens if usage else 0
+        return sum(u.completion_tokens for u in self.usages)
 
     def __enter__(self) -> "_Progress":
         return self

@@ -23,10 +23,10 @@ from pydantic import ValidationError
 
 from .debate import derive_seed
 from .errors import DebatelabError, RunFailed
-from .readers import read_jsonl
 from .files import atomic_open
 from .llm.base import LLM, GenerateRequest
 from .prompts import TEMPLATE_VERSION, persona_prompt
+from .readers import read_jsonl
 from .topics import BUILTIN_TOPICS, Topic
 from .types import Persona
 from .validation import describe

@@ -7,7 +7,7 @@ on a sink that only knows the progress it was sent; an actor-method generator st
 arrives, then yields it, so the database, resume and exports behave exactly as in a local run: a
 worker's wave that never reached the driver is simply redone on resume.
 
-Persona generation and the identity check go through :class:`RayPool`, an LLM whose calls are
+Persona generation and the identity check go through :class:`WorkerLLM`, an LLM whose calls are
 answered by worker 0, so no model is loaded in this process.
 """
 
@@ -19,7 +19,14 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from .config import ExperimentConfig
 from .errors import DebatelabError, RunFailed
-from .llm.base import LLM, Completion, GenerateRequest, OptionScores, ScoreRequest, Usage
+from .llm.base import (
+    LLM,
+    Completion,
+    GenerateRequest,
+    OptionScores,
+    ScoreRequest,
+    Usage,
+)
 from .llm.registry import load_llm
 from .runner import ResultSink, Wave, WaveRunner
 from .seats import load_seat_llms, seat_adapters
@@ -78,7 +85,7 @@ class DebateWorker:
         yield from WaveRunner(self.llm, _ShardSink(progress), self.config, seat_llms=self.seats).waves(specs)
 
 
-class RayPool(LLM):
+class WorkerLLM(LLM):
     """Worker 0 seen from the driver as the experiment's LLM (persona generation, identity).
     ``usage`` counts the completion tokens of the waves the driver received, for progress."""
 
@@ -128,7 +135,10 @@ class RayExecutor:
         except ray.exceptions.RayError as exc:
             self.close()
             raise RunFailed(f"Ray workers failed to start: {_last_line(exc)}") from None
-        self.llm = RayPool(ray, self.workers[0], identity)
+        except BaseException:  # a stop signal while the workers load: none may outlive the run
+            self.close()
+            raise
+        self.llm = WorkerLLM(ray, self.workers[0], identity)
         self.seats: dict[str, LLM] = {key: _SeatIdentity(ident) for key, ident in seats.items()}
 
     def run(self, specs: Sequence[DebateSpec], store: ResultSink) -> Iterator[Wave]:

@@ -11,7 +11,7 @@ model, each with every request that model serves; models that are views of one l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Iterable, Iterator, Mapping, Protocol, Sequence
 
 from . import prompts, survey
 from .config import ExperimentConfig
@@ -102,14 +102,14 @@ class ResultSink(Protocol):
 
 
 class WaveRunner:
+    """Runs debates in waves on its backends (``llm``, and ``seat_llms`` per agent model key),
+    committing every wave to ``store`` before yielding it."""
+
     def __init__(self, llm: LLM, store: ResultSink, config: ExperimentConfig,
-                 on_progress: Callable[[int, int], None] | None = None,
                  seat_llms: Mapping[str, LLM] | None = None):
         self.llms: dict[str, LLM] = {"": llm, **(seat_llms or {})}
         self.store = store
         self.config = config
-        self.on_progress = on_progress or (lambda finished, turns: None)
-        self.failed = 0  # debates that failed in this run (each is retried on resume)
 
     def run(self, specs: Sequence[DebateSpec]) -> None:
         for _ in self.waves(specs):
@@ -155,13 +155,13 @@ class WaveRunner:
         failed = [(d, by_id[d].next().iteration, error) for d, error in result.failed.items()]
         wave = Wave(turns, surveys, [d.spec.debate_id for d in finished], failed)
         self.store.add_results(wave.turns, wave.surveys, wave.finished, wave.failed)
-        self.failed += len(failed)
-        self.on_progress(len(finished), len(turns))
         return wave, [d for d in active if d not in finished and d.spec.debate_id not in result.failed]
 
     def _engine_groups(self, pending: Mapping[str, _Pending]) -> list[list[str]]:
         """The wave's model keys, in bucket order, grouped so that keys whose backends share one
-        loaded engine (adapter views of it) go out together; every other key is a group of one."""
+        loaded engine (adapter views of it) go out together; every other key is a group of one.
+        Backends of no shared engine are asked first, then each engine (the order of earlier
+        releases: with a debate failing on two models, the first error is the one recorded)."""
         groups: list[list[str]] = []
         for key in pending:
             group = next((g for g in groups if self.llms[g[0]].shares_engine(self.llms[key])), None)
@@ -169,7 +169,7 @@ class WaveRunner:
                 groups.append([key])
             else:
                 group.append(key)
-        return groups
+        return sorted(groups, key=lambda g: self.llms[g[0]].shares_engine(self.llms[g[0]]))
 
     def _add_reply(self, pending: dict[str, _Pending], debate: LiveDebate, step: Reply) -> None:
         spec = debate.spec

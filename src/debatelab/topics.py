@@ -22,7 +22,6 @@ MAX_FILE_TOPICS = 1_000
 class Topic(StrictModel):
     """One debate topic and the 0-10 survey that measures attitudes towards it."""
 
-
     id: str = Field(pattern=r"^[a-z0-9_]+$", max_length=64)
     """Short identifier used in exports (lowercase letters, digits, underscores), at most 64 characters."""
     name: str = Field(min_length=1, max_length=MAX_NAME)

@@ -12,7 +12,7 @@ import pytest
 from debatelab.llm.base import LLM, Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest, Usage
 from debatelab.llm.registry import _BACKENDS
 from debatelab.llm.scripted import ScriptedLLM
-from debatelab.llm.wrappers import Wrapper, unwrap
+from debatelab.llm.wrappers import engine_peer, Wrapper, unwrap
 
 # The class each registered factory returns (``embedded`` is a transformers model like ``hf:``).
 BACKEND_CLASSES = {"embedded": "debatelab.llm.hf:HFLLM", "hf": "debatelab.llm.hf:HFLLM",
@@ -91,8 +91,8 @@ class _View(LLM):
         return _View(self.engine, adapter)
 
     def shares_engine(self, other):
-        other = unwrap(other)
-        return isinstance(other, _View) and other.engine is self.engine
+        peer = engine_peer(other)
+        return isinstance(peer, _View) and peer.engine is self.engine
 
     def generate_mixed(self, parts):
         assert all(isinstance(v, _View) for v, _ in parts), "wrappers unwrap views before the backend sees them"
@@ -145,12 +145,16 @@ def test_a_wrapper_passes_every_capability_through():
     assert _Counting(ScriptedLLM()).with_adapter("a") is None  # no view: the caller loads a backend
 
 
+class _Plain(Wrapper):
+    """A wrapper that changes nothing a call does."""
+
+
 def test_wrapped_adapter_views_share_the_engine_and_make_one_mixed_call():
     base = _View(_Engine())
-    wrapped = _Counting(base)
+    wrapped = _Plain(base)
     red = wrapped.with_adapter("red")
-    assert isinstance(red, _Counting) and isinstance(red.inner, _View) and red.inner.adapter == "red"
-    assert red.generated is wrapped.generated and red.usage is not base.usage  # the view's own counters
+    assert isinstance(red, _Plain) and isinstance(red.inner, _View) and red.inner.adapter == "red"
+    assert red.usage is not base.usage  # the view's own counters
     assert wrapped.shares_engine(red) and red.shares_engine(wrapped) and base.shares_engine(red)
     assert not wrapped.shares_engine(_View(_Engine())) and not wrapped.shares_engine(ScriptedLLM())
     assert red.generate([REQ])[0].text == "red:Hello"
@@ -159,3 +163,16 @@ def test_wrapped_adapter_views_share_the_engine_and_make_one_mixed_call():
     assert [[c.text for c in p] for p in parts] == [["None:one"], ["red:one", "red:two"]]
     assert base.engine.calls[-1] == [(None, "one"), ("red", "one"), ("red", "two")]  # ONE engine call
     assert len(base.engine.calls) == 2
+
+
+def test_a_wrapper_that_changes_calls_is_never_bypassed_by_a_mixed_one():
+    base = _View(_Engine())
+    counting = _Counting(base)
+    red = counting.with_adapter("red")
+    assert isinstance(red, _Counting) and red.generated is counting.generated
+    # Merged into one engine call, its generate would not run: so it shares no engine.
+    assert not counting.shares_engine(red) and not base.shares_engine(counting) and base.shares_engine(red.inner)
+    r1 = GenerateRequest(Prompt(text="one"))
+    parts = counting.generate_mixed([(counting, [r1]), (red, [r1])])
+    assert [[c.text for c in p] for p in parts] == [["None:one"], ["red:one"]]
+    assert counting.generated == [2] and len(base.engine.calls) == 2  # one call per view, each counted

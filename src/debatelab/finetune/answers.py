@@ -42,9 +42,9 @@ from typing import Any, Iterable, Sequence
 
 from ..debate import derive_seed
 from ..errors import DebatelabError, RunFailed
-from ..readers import read_jsonl
 from ..files import atomic_open
 from ..llm.base import LLM, GenerateRequest, Message, Prompt
+from ..readers import read_jsonl
 from ..types import Persona
 
 logger = logging.getLogger(__name__)

@@ -23,9 +23,9 @@ from typing import Any, Sequence
 from pydantic import Field, model_validator
 
 from ..errors import DebatelabError
+from ..files import atomic_open
 from ..readers import read_jsonl
 from ..validation import StrictModel
-from ..files import atomic_open
 from .devices import Device, Precision, Quantization, trainer_record
 
 MANIFEST = "manifest.json"
@@ -48,7 +48,7 @@ MAX_LOGGING_STEPS = 1_000_000
 class TrainSettings(StrictModel):
     """Fields every trainer shares; SFTSettings and DPOSettings add their own and set defaults."""
 
-    # allow_inf_nan=False: .inf and .nan are refused in every float field (learning_rate, epochs, beta).
+    # StrictModel: .inf and .nan are refused in every float field (learning_rate, epochs, beta).
 
     learning_rate: float = Field(2e-4, gt=0, le=1)
     """Peak AdamW learning rate for the LoRA weights (linear decay to zero), in (0, 1]."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import DebatelabError
+from ..errors import DebatelabError, first_line
 
 Device = Literal["auto", "cpu", "cuda"]
 Quantization = Literal["auto", "none", "4bit"]
@@ -124,7 +124,7 @@ def load_base(source: str, precision: Precision) -> tuple[Any, Any]:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, trust_remote_code=False, **kwargs)
     except (OSError, ValueError) as exc:
-        raise DebatelabError(f"cannot load base model {source!r}: {str(exc).splitlines()[0]}") from exc
+        raise DebatelabError(f"cannot load base model {source!r}: {first_line(exc)}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if precision.quantization == "none":

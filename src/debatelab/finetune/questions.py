@@ -13,9 +13,9 @@ from typing import Sequence
 
 from ..debate import derive_seed
 from ..errors import DebatelabError, RunFailed
-from ..readers import read_text
 from ..files import atomic_open
 from ..llm.base import LLM, GenerateRequest, Message, Prompt
+from ..readers import read_text
 
 SEED_QUESTIONS: tuple[str, ...] = (
     "Could you discuss your perspective on significant political issues facing America today?",

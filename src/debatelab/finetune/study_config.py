@@ -178,6 +178,8 @@ class StudyConfig(StrictModel):
 
 # ---- loading ------------------------------------------------------------------------------
 _PATHS = (("experiment",), ("personas",), ("questions", "file"), ("benchmarks", "mmlu"), ("benchmarks", "hellaswag"))
+
+
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Relative paths in the config are relative to its folder; values of the wrong type are left
     for validation to report."""

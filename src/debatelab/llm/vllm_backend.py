@@ -57,7 +57,7 @@ from .vllm_support import (  # noqa: F401  (re-exported: the backend's public he
     Adapter,
     TopTokens,
 )
-from .wrappers import unwrap
+from .wrappers import engine_peer, unwrap
 
 
 class VLLMEngine:
@@ -159,8 +159,8 @@ class VLLMLLM(LLM):
         return VLLMLLM(self.engine, adapter)
 
     def shares_engine(self, other: LLM) -> bool:
-        other = unwrap(other)
-        return isinstance(other, VLLMLLM) and other.engine is self.engine
+        peer = engine_peer(other)
+        return isinstance(peer, VLLMLLM) and peer.engine is self.engine
 
     def identity(self) -> dict[str, Any]:
         extra = {"adapter": dict(self._adapter_identity)} if self._adapter_identity else {}

@@ -13,6 +13,25 @@ from typing import Any, ContextManager, Sequence
 from .base import LLM, Completion, GenerateRequest, OptionScores, ScoreRequest, Usage
 
 
+def keeps_mixed_calls(llm: LLM) -> bool:
+    """Whether every wrapper layer of ``llm`` lets a mixed call go to the engine unchanged: a
+    layer that overrides ``generate`` or ``score_options`` (to count, record, send one at a
+    time) without overriding the matching mixed call would be bypassed by one."""
+    while isinstance(llm, Wrapper):
+        kind = type(llm)
+        for single, mixed in (("generate", "generate_mixed"), ("score_options", "score_options_mixed")):
+            if getattr(kind, single) is not getattr(Wrapper, single) and getattr(kind, mixed) is getattr(Wrapper, mixed):
+                return False
+        llm = llm.inner
+    return True
+
+
+def engine_peer(other: LLM) -> LLM | None:
+    """The backend under ``other`` for a :meth:`~.base.LLM.shares_engine` test: None when a
+    wrapper layer of it would be bypassed by a mixed call (see :func:`keeps_mixed_calls`)."""
+    return unwrap(other) if keeps_mixed_calls(other) else None
+
+
 def unwrap(llm: LLM) -> LLM:
     """The backend under every layer of wrappers (``llm`` itself when it is not a wrapper)."""
     while isinstance(llm, Wrapper):
@@ -50,18 +69,24 @@ class Wrapper(LLM):
 
     def rewrap(self, inner: LLM) -> Wrapper:
         """This wrapper around another backend: a shallow copy, so state such as a recorder's
-        list is shared with the original. Override where a view needs state of its own."""
+        list is shared with the original (a cache must then key by ``identity()``, which differs
+        per adapter). Override where a view needs state of its own."""
         twin = copy.copy(self)
         twin.inner = inner
         return twin
 
     def shares_engine(self, other: LLM) -> bool:
-        return self.inner.shares_engine(unwrap(other))
+        """As the backend's, unless a layer on either side would be bypassed by a mixed call."""
+        return keeps_mixed_calls(self) and keeps_mixed_calls(other) and self.inner.shares_engine(unwrap(other))
 
     def generate_mixed(self, parts: Sequence[tuple[LLM, Sequence[GenerateRequest]]]) -> list[list[Completion]]:
+        if not all(keeps_mixed_calls(view) for view in (self, *(v for v, _ in parts))):
+            return super().generate_mixed(parts)  # each view's own generate, its layers included
         return self.inner.generate_mixed([(unwrap(view), requests) for view, requests in parts])
 
     def score_options_mixed(self, parts: Sequence[tuple[LLM, Sequence[ScoreRequest]]]) -> list[list[OptionScores]]:
+        if not all(keeps_mixed_calls(view) for view in (self, *(v for v, _ in parts))):
+            return super().score_options_mixed(parts)
         return self.inner.score_options_mixed([(unwrap(view), requests) for view, requests in parts])
 
     def cache_stats(self) -> dict[str, float] | None:

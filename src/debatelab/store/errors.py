@@ -16,7 +16,7 @@ def is_database_error(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.Error)
 
 
-def database_full_detail(exc: BaseException) -> str | None:
+def _database_full_detail(exc: BaseException) -> str | None:
     """What to say when ``exc`` is SQLite reporting a full disk (SQLITE_FULL, also for a size
     limit such as ``max_page_count``); None for any other error."""
     # An error raised by SQLite carries its result code; one made in Python (a test's) has none.
@@ -26,4 +26,4 @@ def database_full_detail(exc: BaseException) -> str | None:
     return None
 
 
-recognise_disk_full(database_full_detail)
+recognise_disk_full(_database_full_detail)
