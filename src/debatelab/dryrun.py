@@ -20,14 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from .config import ExperimentConfig
-from .llm.base import (
-    LLM,
-    Completion,
-    GenerateRequest,
-    OptionScores,
-    Prompt,
-    ScoreRequest,
-)
+from .llm.base import LLM, Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest
 from .personas import load_bank
 from .planning import check_feasible, generate_bank, plan_debates
 from .runner import WaveRunner

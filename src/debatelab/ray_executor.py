@@ -19,14 +19,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from .config import ExperimentConfig
 from .errors import DebatelabError, RunFailed
-from .llm.base import (
-    LLM,
-    Completion,
-    GenerateRequest,
-    OptionScores,
-    ScoreRequest,
-    Usage,
-)
+from .llm.base import LLM, Completion, GenerateRequest, OptionScores, ScoreRequest, Usage
 from .llm.registry import load_llm
 from .runner import ResultSink, Wave, WaveRunner
 from .seats import load_seat_llms, seat_adapters

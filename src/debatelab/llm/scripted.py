@@ -10,15 +10,7 @@ import hashlib
 import math
 from typing import Any, Callable, Sequence
 
-from .base import (
-    LLM,
-    Completion,
-    GenerateRequest,
-    OptionScores,
-    Prompt,
-    ScoreRequest,
-    Usage,
-)
+from .base import LLM, Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest, Usage
 from .options import BackendOptions
 
 ReplyFn = Callable[[GenerateRequest], str]
