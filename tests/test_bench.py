@@ -14,7 +14,6 @@ from tiny_model import build_tiny_model
 
 from debatelab.bench import BenchSettings, OneAtATime, format_report, run_bench
 from debatelab.bench.agreement import compare_backends, distribution_gap, within_tolerance
-from debatelab.bench.workload import prefix_cache_off
 from debatelab.cli import main
 from debatelab.llm.base import GenerateRequest, Message, OptionScores, Prompt, ScoreRequest
 from debatelab.llm.hf import HFLLM
@@ -132,7 +131,7 @@ def test_tolerance_check_accepts_equal_and_rejects_different_models(tiny: HFLLM,
 def _numpy_gap(reference, other, requests) -> dict[str, float]:
     """The same summary, computed independently: softmax over the finite log-probs of 0..10."""
     def dists(llm):
-        with prefix_cache_off(llm):
+        with llm.without_cache():
             lp = np.array([s.logprobs for s in llm.score_options(list(requests))], dtype=float)
         lp = np.where(np.isfinite(lp), lp, -np.inf)
         p = np.exp(lp - lp.max(axis=1, keepdims=True))  # exp(-inf) = 0: options without a log-prob

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from debatelab import experiment, files
+from debatelab import experiment, files, store
 from debatelab.cli import main
 from debatelab.errors import DebatelabError, EXIT_FAILED
 from debatelab.store import RunStore
@@ -122,8 +122,8 @@ def _sqlite_full(tmp_path: Path) -> sqlite3.OperationalError:
 
 
 def test_sqlite_full_is_a_full_disk_to_files_which_knows_no_sqlite(tmp_path):
-    """debatelab.files recognises SQLITE_FULL through what the store registers with it; raw,
-    made in Python, or wrapped in another error."""
+    """The store recognises SQLITE_FULL (raw, made in Python, or wrapped in another error) as
+    well as a full disk's OSError; debatelab.files alone knows only the OSError."""
     real = _sqlite_full(tmp_path)
     assert real.sqlite_errorcode == sqlite3.SQLITE_FULL
     try:
@@ -134,14 +134,15 @@ def test_sqlite_full_is_a_full_disk_to_files_which_knows_no_sqlite(tmp_path):
     except DebatelabError as exc:
         wrapped = exc
     for exc in (real, sqlite3.OperationalError("database or disk is full"), wrapped):
-        assert files.is_disk_full(exc), exc
-        line = str(files.disk_full_error(exc, tmp_path))
+        assert store.is_disk_full(exc), exc
+        line = str(store.disk_full_error(exc, tmp_path))
         assert line == (f"disk full while writing run directory {tmp_path}: database or disk is full; "
                         "free space and run the same command again to resume")
     for exc in (sqlite3.OperationalError("database is locked"), OSError(errno.EACCES, "denied"), ValueError()):
-        assert not files.is_disk_full(exc) and files.disk_full_error(exc, tmp_path) is None
+        assert not store.is_disk_full(exc) and store.disk_full_error(exc, tmp_path) is None
+    assert not files.is_disk_full(real) and files.is_disk_full(OSError(errno.EDQUOT, "quota"))
     enospc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "x.csv")
-    assert str(files.disk_full_error(enospc, tmp_path)).endswith(f": {os.strerror(errno.ENOSPC)} (x.csv); "
+    assert str(store.disk_full_error(enospc, tmp_path)).endswith(f": {os.strerror(errno.ENOSPC)} (x.csv); "
                                                                 "free space and run the same command again to resume")
 
 

@@ -77,7 +77,6 @@ def test_embedded_and_a_tiny_hf_model_debate_in_one_experiment(tmp_path, bank, t
     import math
 
     import debatelab
-    from debatelab.bench.workload import prefix_cache_off
     from debatelab.llm.registry import load_llm
     from debatelab.survey import parse_rating
     from debatelab.types import Turn
@@ -108,7 +107,7 @@ def test_embedded_and_a_tiny_hf_model_debate_in_one_experiment(tmp_path, bank, t
     requests = [_survey_request(spec, int(r["agent_index"]), int(r["iteration"]), turns) for r in rows]
     masses = {}
     for name, llm in llms.items():
-        with prefix_cache_off(llm):
+        with llm.without_cache():
             masses[name] = [sum(math.exp(lp) for lp in s.logprobs) for s in llm.score_options(requests)]
     assert [a.model for a in spec.agents] == ["", key, ""]
     for i, row in enumerate(rows):

@@ -15,6 +15,7 @@ by the config), so generation takes one attempt, as with a model that writes wel
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -64,8 +65,8 @@ class Tally:
         return Tally(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple())))
 
     def as_tuple(self) -> tuple[int, ...]:
-        return (self.generate_calls, self.generate_requests, self.score_calls, self.score_requests,
-                self.prompt_tokens, self.completion_tokens)
+        """Calls and requests (generate, then score), then prompt and completion tokens."""
+        return dataclasses.astuple(self)
 
 
 class CountingLLM(LLM):

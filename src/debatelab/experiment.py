@@ -19,13 +19,12 @@ from .config import ExperimentConfig
 from .errors import DebatelabError, RunInterrupted, first_line
 from .executor import Executor, open_executor
 from .export import export_run
-from .files import disk_full_error, is_disk_full
 from .llm.base import LLM
 from .llm.registry import split_model
 from .personas import load_bank, save_bank
 from .planning import check_feasible, generate_bank, plan_debates
 from .prompts import TEMPLATE_VERSION
-from .store import RunLock, RunStore, check_claimable, lock_run_dir, open_store
+from .store import RunLock, RunStore, check_claimable, disk_full_error, is_disk_full, lock_run_dir, open_store
 from .types import DebateSpec, Persona
 
 

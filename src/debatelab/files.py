@@ -1,7 +1,6 @@
 """Atomic file output: readers see the old file or the complete new one, never half of one.
 Also: recognising a full disk, wherever in a run it shows up, so it becomes one clear line
-(the run database's own full-disk error is recognised by :mod:`debatelab.store`, which owns
-SQLite and registers it here with :func:`recognise_disk_full`)."""
+(:mod:`debatelab.store`, which owns SQLite, adds the run database's own full-disk error)."""
 
 from __future__ import annotations
 
@@ -18,15 +17,6 @@ _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # a quota is as full as a disk, and
 
 FullDetail = Callable[[BaseException], str | None]
 """Says what to report when an error means a full disk, or None when it does not."""
-_full_details: list[FullDetail] = []
-
-
-def recognise_disk_full(detail: FullDetail) -> None:
-    """Also treat the errors for which ``detail`` returns a text as a full disk (that text is the
-    one line's detail). A storage layer with errors of its own (the run database) registers here,
-    so this module, which that layer imports, needs no knowledge of it."""
-    if detail not in _full_details:
-        _full_details.append(detail)
 
 
 def _umask() -> int:
@@ -102,31 +92,30 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def _full_detail(exc: BaseException) -> str | None:
-    """What a full disk behind ``exc`` said (an ENOSPC/EDQUOT OSError, or a registered error such
-    as SQLITE_FULL), also when it is wrapped in another error (code that turns an OSError into a
-    one-line error keeps it as ``__context__``); None when no full disk is behind it."""
+def _full_detail(exc: BaseException, also: FullDetail | None) -> str | None:
+    """What a full disk behind ``exc`` said (an ENOSPC/EDQUOT OSError, or an error ``also``
+    recognises, such as SQLITE_FULL), also when it is wrapped in another error (code that turns
+    an OSError into a one-line error keeps it as ``__context__``); None when none is behind it."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in _FULL_ERRNOS:
             return os.strerror(current.errno) + (f" ({current.filename})" if current.filename else "")
-        for detail in _full_details:
-            text = detail(current)
-            if text is not None:
-                return text
+        text = also(current) if also is not None else None
+        if text is not None:
+            return text
         current = current.__cause__ or current.__context__
     return None
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    return _full_detail(exc) is not None
+def is_disk_full(exc: BaseException, also: FullDetail | None = None) -> bool:
+    return _full_detail(exc, also) is not None
 
 
-def disk_full_error(exc: BaseException, run_dir: Path) -> RunFailed | None:
+def disk_full_error(exc: BaseException, run_dir: Path, also: FullDetail | None = None) -> RunFailed | None:
     """The one line for a full disk (exit 1: nothing is wrong with the input), or None."""
-    detail = _full_detail(exc)
+    detail = _full_detail(exc, also)
     if detail is None:
         return None
     return RunFailed(f"disk full while writing run directory {run_dir}: {detail}; "

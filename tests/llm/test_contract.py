@@ -176,3 +176,6 @@ def test_a_wrapper_that_changes_calls_is_never_bypassed_by_a_mixed_one():
     parts = counting.generate_mixed([(counting, [r1]), (red, [r1])])
     assert [[c.text for c in p] for p in parts] == [["None:one"], ["red:one"]]
     assert counting.generated == [2] and len(base.engine.calls) == 2  # one call per view, each counted
+    from debatelab.bench.workload import OneAtATime
+
+    assert not OneAtATime(base).shares_engine(red.inner) and not base.shares_engine(OneAtATime(red.inner))

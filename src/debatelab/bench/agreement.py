@@ -14,7 +14,6 @@ from typing import Any, Sequence
 
 from ..llm.base import LLM, OptionScores, ScoreRequest
 from ..survey import normalise
-from .workload import prefix_cache_off
 
 TV_TOLERANCE = 0.05
 EXPECTED_TOLERANCE = 0.1
@@ -46,7 +45,7 @@ def compare_backends(reference: LLM, other: LLM, requests: Sequence[ScoreRequest
     """Score ``requests`` (one batched call each) on both backends: gaps, verdict and timings."""
     timed = []
     for llm in (reference, other):
-        with prefix_cache_off(llm):  # both in full: the reference may hold these prompts already
+        with llm.without_cache():  # both in full: the reference may hold these prompts already
             start = time.perf_counter()
             timed.append((llm.score_options(list(requests)), time.perf_counter() - start))
     gap = distribution_gap(timed[0][0], timed[1][0])

@@ -18,7 +18,7 @@ from ..store import read_transcript
 from ..survey import normalise, parse_rating
 from .agreement import compare_backends
 from .workload import (ROSTER, BenchSettings, OneAtATime, PeakRss, Recorder, Stopwatch, bench_config,
-                       clear_prefix_cache, prefix_cache_off, write_bank)
+                       write_bank)
 
 @dataclass
 class ModeResult:
@@ -63,7 +63,7 @@ def _run_modes(settings: BenchSettings, llm: LLM, recorder: Recorder) -> tuple[d
         bank = write_bank(Path(tmp) / "bank.jsonl", settings.debates)
         for mode, wrapped, debates in (("one_at_a_time", OneAtATime(llm), serial), ("wave", recorder, settings.debates)):
             config = bench_config(settings, bank, debates)
-            clear_prefix_cache(llm)
+            llm.clear_cache()
             before = _cache_stats(llm)
             results[mode], transcripts[mode] = _run_mode(wrapped, config, Path(tmp) / mode)
             results[mode].prefix_cache = _cache_delta(before, _cache_stats(llm))
@@ -140,9 +140,9 @@ def compare_survey_methods(llm: LLM, requests: list[ScoreRequest], max_tokens: i
     as_text = [GenerateRequest(r.prompt, temperature=0.0, max_tokens=max_tokens, seed=r.seed) for r in requests]
     # Both from whole prompts: with the prefix cache on, whichever ran second would find the
     # other's prompts cached and compute almost nothing.
-    with prefix_cache_off(llm), Stopwatch() as gen_clock:
+    with llm.without_cache(), Stopwatch() as gen_clock:
         answers = llm.generate(as_text)
-    with prefix_cache_off(llm), Stopwatch() as score_clock:
+    with llm.without_cache(), Stopwatch() as score_clock:
         scores = llm.score_options(requests)
     parsed = [parse_rating(a.text) for a in answers]
     argmax = [_argmax(s.logprobs) for s in scores]

@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ContextManager, Sequence
+from typing import Sequence
 
 from ..config import ExperimentConfig
 from ..llm.base import LLM, Completion, GenerateRequest, OptionScores, ScoreRequest
@@ -78,29 +78,17 @@ def bench_config(settings: BenchSettings, bank: Path, debates: int) -> Experimen
     )
 
 
-def prefix_cache_off(llm: LLM) -> ContextManager[None]:
-    """Runs without the backend's prompt-prefix cache (if it has one), and leaves it as it was."""
-    return llm.without_cache()
-
-
-def clear_prefix_cache(llm: LLM) -> None:
-    llm.clear_cache()
-
-
 class OneAtATime(Wrapper):
     """Sends every request alone and computes every prompt in full, as peer tools and the
     paper's scripts call a model (no prompt-prefix reuse between calls)."""
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
-        with prefix_cache_off(self.inner):
+        with self.inner.without_cache():
             return [self.inner.generate([r])[0] for r in requests]
 
     def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
-        with prefix_cache_off(self.inner):
+        with self.inner.without_cache():
             return [self.inner.score_options([r])[0] for r in requests]
-
-    def shares_engine(self, other: LLM) -> bool:
-        return False  # never merged into a mixed call: that would send requests together
 
 
 class Recorder(Wrapper):

@@ -13,13 +13,13 @@
 
 from __future__ import annotations
 
-from .errors import is_database_error
+from .errors import disk_full_error, is_database_error, is_disk_full
 from .lock import LOCK_NAME, RunLock, lock_run_dir
 from .read import AttitudeRow, DebateRow, TurnRow, attitude_rows, debate_rows, read_transcript, turn_rows
 from .schema import APPLICATION_ID, DB_NAME, MIGRATIONS, read_run_database, verify
 from .writer import RunStore, check_claimable, open_store
 
 __all__ = ["APPLICATION_ID", "DB_NAME", "LOCK_NAME", "MIGRATIONS", "AttitudeRow", "DebateRow", "RunLock",
-           "RunStore", "TurnRow", "attitude_rows", "check_claimable", "debate_rows",
-           "is_database_error", "lock_run_dir", "open_store", "read_run_database", "read_transcript",
+           "RunStore", "TurnRow", "attitude_rows", "check_claimable", "debate_rows", "disk_full_error",
+           "is_database_error", "is_disk_full", "lock_run_dir", "open_store", "read_run_database", "read_transcript",
            "turn_rows", "verify"]

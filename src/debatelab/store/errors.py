@@ -1,12 +1,14 @@
 """Which errors come from the run database: the store is the only user of SQLite, so it alone
-recognises SQLite's errors, for the CLI's last-resort handler and for :mod:`debatelab.files`'
-full-disk line (registered here, since :mod:`debatelab.files` must not import SQLite)."""
+recognises SQLite's errors, for the CLI's last-resort handler and for the one full-disk line
+(:mod:`debatelab.files` recognises a full disk's OSError; these add SQLite's)."""
 
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
-from ..files import recognise_disk_full
+from .. import files
+from ..errors import RunFailed
 
 _FULL = "database or disk is full"  # SQLite's own text for SQLITE_FULL
 
@@ -26,4 +28,12 @@ def _database_full_detail(exc: BaseException) -> str | None:
     return None
 
 
-recognise_disk_full(_database_full_detail)
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether a full disk is behind ``exc``: an OSError's, or the run database's."""
+    return files.is_disk_full(exc, _database_full_detail)
+
+
+def disk_full_error(exc: BaseException, run_dir: Path) -> RunFailed | None:
+    """The one line for a full disk behind ``exc`` (see :func:`is_disk_full`), or None."""
+    return files.disk_full_error(exc, run_dir, _database_full_detail)

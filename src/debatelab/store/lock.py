@@ -15,7 +15,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from ..errors import DebatelabError
-from ..files import disk_full_error
+from .errors import disk_full_error
 
 LOCK_NAME = ".lock"
 _OPEN = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO must not hang us

@@ -66,6 +66,13 @@ class TurnRow(NamedTuple):
     finish_reason: str | None
 
 
+# Each survey and turn with its debate (topic, repetition) and its agent (name, role); the
+# analysis views (views.py) read the same joins.
+SURVEYS_JOINED = """FROM surveys s JOIN debates d USING (debate_id)
+JOIN agents a ON a.debate_id = s.debate_id AND a.agent_index = s.agent_index"""
+TURNS_JOINED = """FROM turns t JOIN debates d USING (debate_id)
+JOIN agents a ON a.debate_id = t.debate_id AND a.agent_index = t.agent_index"""
+
 _DEBATES_SQL = """
 SELECT d.debate_id, d.topic_id, d.repetition, d.status,
        (SELECT COUNT(*) FROM turns t WHERE t.debate_id = d.debate_id),
@@ -79,16 +86,14 @@ FROM debates d ORDER BY d.topic_id, d.repetition, d.debate_id
 _ATTITUDES_SQL = """
 SELECT s.debate_id, d.topic_id, d.repetition, a.name, s.agent_index, a.role, s.iteration, s.method,
        s.score, s.valid, s.expected_score, s.option_mass, s.source, s.raw, s.probs_json
-FROM surveys s JOIN debates d USING (debate_id)
-JOIN agents a ON a.debate_id = s.debate_id AND a.agent_index = s.agent_index
+""" + SURVEYS_JOINED + """
 ORDER BY d.topic_id, d.repetition, s.debate_id, s.iteration, s.agent_index
 """
 
 _TURNS_SQL = """
 SELECT t.debate_id, d.topic_id, d.repetition, t.iteration, a.name, t.agent_index, a.role, t.text,
        t.completion_tokens, t.finish_reason
-FROM turns t JOIN debates d USING (debate_id)
-JOIN agents a ON a.debate_id = t.debate_id AND a.agent_index = t.agent_index
+""" + TURNS_JOINED + """
 ORDER BY d.topic_id, d.repetition, t.debate_id, t.iteration
 """
 

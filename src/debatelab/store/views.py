@@ -18,19 +18,17 @@ from typing import Any
 import pandas as pd
 
 from ..errors import DebatelabError
+from .read import SURVEYS_JOINED, TURNS_JOINED
 from .schema import DB_NAME, read_run_database
 
 _DEBATES = """SELECT debate_id, topic_id AS topic, json_extract(spec_json, '$.topic.name') AS topic_name,
   repetition, seed, first_speaker, rounds, n_agents, status, error FROM debates"""
 _AGENTS = "SELECT debate_id, agent_index, name AS agent, role, persona_id FROM agents"
 _TURNS = """SELECT t.debate_id, d.topic_id AS topic, d.repetition, t.iteration, t.agent_index, a.name AS agent,
-  a.role, t.text, t.completion_tokens, t.finish_reason
-  FROM turns t JOIN debates d USING (debate_id)
-  JOIN agents a ON a.debate_id = t.debate_id AND a.agent_index = t.agent_index"""
+  a.role, t.text, t.completion_tokens, t.finish_reason """ + TURNS_JOINED
 _SURVEYS = """SELECT s.debate_id, d.topic_id AS topic, d.repetition, s.iteration, s.agent_index, a.name AS agent,
   a.role, s.method, s.score, s.valid, s.expected_score, s.option_mass, {source} AS source, s.raw, s.probs_json
-  FROM surveys s JOIN debates d USING (debate_id)
-  JOIN agents a ON a.debate_id = s.debate_id AND a.agent_index = s.agent_index"""
+  """ + SURVEYS_JOINED
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator
 
 from .. import stopping
 from ..errors import DebatelabError
-from ..files import disk_full_error
+from .errors import disk_full_error
 from ..types import DebateSpec, Persona, SurveyAnswer, Turn
 from .lock import RunLock, lock_run_dir
 from .schema import APPLICATION_ID, DB_NAME, MIGRATIONS, check_before_writing
