@@ -54,6 +54,15 @@ def _hf_offline(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
+@pytest.fixture(autouse=True)
+def _own_verdicts(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Persona-fidelity verdicts a test records (check-model) stay in its own folder, and no verdict
+    the developer recorded makes a test's run warn."""
+    folder = tmp_path_factory.mktemp("verdicts")
+    monkeypatch.setenv("DEBATELAB_VERDICTS", str(folder))
+    return folder
+
+
 @pytest.fixture
 def bank(tmp_path: Path) -> Path:
     return make_bank(tmp_path / "bank.jsonl")

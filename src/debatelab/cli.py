@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from .cli_io import (BAD_PATH_ERRNOS, MAX_SURVEY_PROMPTS, Parser, check_output_file, check_output_folder,
                      describe_os_error, positive, say, seed, silence_stdout, upto)
+from .cli_measure import add_commands
 from .config import MAX_IN_FLIGHT, MAX_PER_PARTY, MAX_REPETITIONS, MAX_ROUNDS, MAX_TOKENS
 from .errors import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_INTERRUPTED, DebatelabError, RunInterrupted
 from .llm.options import MAX_BATCH, MAX_PREFIX_CACHE_MB, MAX_THREADS
@@ -33,10 +34,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     run_dir = args.out or Path("runs") / (config.name or args.config.stem)
     if args.dry_run:
         return _dry_run(config, run_dir)
+    _warn_fidelity({config.model: [t.id for t in config.resolved_topics()]})
     summary = run_experiment(config, run_dir, progress=not args.quiet)
     print(f"{summary.complete}/{summary.debates} debates complete in {summary.seconds:.1f} s -> {run_dir}")
     _print_survey_summary(summary)
     return _incomplete(summary)
+
+
+def _warn_fidelity(models: dict[str, list[str]]) -> None:
+    """Loudly, once per model: its recorded check-model verdict says it does not role-play here."""
+    from .verdicts import fidelity_warning
+
+    for model, topics in models.items():
+        warning = fidelity_warning(model, topics)
+        if warning:
+            print(warning, file=sys.stderr)
 
 
 def _print_survey_summary(summary: RunSummary) -> None:
@@ -95,9 +107,10 @@ def _cmd_personas(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import report_references, reproduce
+    from .reproduce import preset_topics, report_references, reproduce
 
     check_output_folder(args.out, "results folder")
+    _warn_fidelity(preset_topics(args.presets, args.preset_dir, args.model))
     summaries = reproduce(args.presets, args.out, model=args.model, repetitions=args.repetitions,
                           preset_dir=args.preset_dir, progress=not args.quiet)
     for s in summaries:
@@ -119,7 +132,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .analysis.report import build_report
 
     path = build_report(args.run_dirs, args.out, reference=args.reference, overlay=args.overlay,
-                        measure=args.measure)
+                        measure=args.measure, humans=args.humans)
     print(f"report -> {path}")
     return 0
 
@@ -250,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also draw the first two runs in one figure (solid vs dotted), e.g. before/after tuning")
     report.add_argument("--measure", choices=["greedy", "expected"],
                         help="survey measure to analyse (default: each run's own; the paper's greedy T=0 answer)")
+    report.add_argument("--humans", type=Path,
+                        help="CSV of human answer distributions to score representativeness against (docs/human-panels.md)")
     report.set_defaults(func=_cmd_report)
 
     show = sub.add_parser("show", help="print a run's results: mean ± SE per topic, role and iteration")
@@ -300,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--compare-dtype", choices=["float32", "bfloat16", "float16"],
                        help="also load the model in this dtype and compare survey distributions on the same prompts")
     bench.set_defaults(func=_cmd_bench)
+
+    add_commands(sub)  # check-model, score-stance, analyze
 
     topics = sub.add_parser("topics", help="list the built-in topics")
     topics.set_defaults(func=_cmd_topics)

@@ -13,6 +13,7 @@ from .errors import DebatelabError
 from .readers import read_yaml
 from .llm.options import BackendOptions
 from .llm.registry import split_model
+from .scales import SCALES, Scale, ScaleId
 from .topics import BUILTIN_TOPICS, Topic, load_topic_file
 from .types import ROLES
 from .validation import StrictModel, describe
@@ -95,12 +96,28 @@ class SurveyConfig(StrictModel):
     choice: it is not part of the run fingerprint, and ``report --measure`` overrides it."""
     max_tokens: int = Field(8, ge=1, le=64, strict=True)
     """Longest generated survey answer (``both`` and ``generate``), 1..64 (an answer is one number)."""
+    scale: ScaleId = "0-10"
+    """The question asked. ``0-10`` (default): the paper's severity rating on the topic's 0-10
+    scale. ``pew4``: Pew's own 4-point item, the question humans answered in June 2023 ("How much
+    of a problem ... in the country today?": a very big / moderately big / small problem / not a
+    problem at all), stored as scores 0..3 (3 = a very big problem) with the distribution over
+    the four answers."""
 
     @model_validator(mode="after")
     def _measure_recorded(self) -> "SurveyConfig":
         if self.measure is not None and self.measure not in measures_of(self.method):
             raise ValueError(f"measure {self.measure!r} is not recorded by survey method {self.method!r}")
         return self
+
+    def identity(self) -> dict[str, object]:
+        """What shapes the answers (debate ids and the run fingerprint hash it): the measure
+        only chooses what analyses read, and the default scale is left out so that runs made
+        before scales existed keep their ids."""
+        return self.model_dump(mode="json", exclude={"measure"} | ({"scale"} if self.scale == "0-10" else set()))
+
+    @property
+    def scale_spec(self) -> Scale:
+        return SCALES[self.scale]
 
     @property
     def resolved_measure(self) -> Measure:
@@ -229,6 +246,15 @@ class ExperimentConfig(StrictModel):
             raise ValueError("must be printable text on one line")
         return name
 
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, model: str) -> str:
+        try:
+            split_model(model)
+        except DebatelabError as exc:
+            raise ValueError(str(exc)) from None
+        return model
+
     @field_validator("agents")
     @classmethod
     def _known_roles(cls, agents: list[str | Seat]) -> list[str | Seat]:
@@ -303,7 +329,7 @@ class ExperimentConfig(StrictModel):
         as batch size or concurrency, which a user may change when resuming), the resolved
         topics' wording, and any ``extra`` content (persona bank, template version)."""
         payload = self.model_dump(mode="json", exclude={"name", "max_in_flight", "topic_files", "executor"})
-        payload["survey"].pop("measure")  # analysis-only: switching it never invalidates results
+        payload["survey"] = self.survey.identity()  # the measure is analysis-only
         payload["backend"] = {k: v for k, v in payload["backend"].items() if k not in RUNTIME_BACKEND_FIELDS}
         payload["resolved_topics"] = [t.model_dump(mode="json") for t in self.resolved_topics()]
         payload["extra"] = [str(e) for e in extra]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .files import AtomicFiles, atomic_files
-from .store import RunStore, attitude_rows, debate_rows, turn_rows
+from .store import RunStore, attitude_rows, debate_rows, stance_rows, turn_rows
 
 ATTITUDE_COLUMNS = (
     "debate_id", "topic", "repetition", "agent", "agent_index", "role", "iteration", "method",
@@ -25,10 +25,18 @@ DEBATE_COLUMNS = (
 )
 
 
-def _attitude_cells(store: RunStore) -> Iterable[Sequence[object]]:
-    # The distribution becomes the eleven p0..p10 columns, empty where a survey has none.
-    for row in attitude_rows(store):
-        yield (*row[:-1], *(row.probs if row.probs is not None else [None] * 11))
+STANCE_COLUMNS = (
+    "debate_id", "topic", "repetition", "iteration", "agent", "agent_index", "role", "judge", "method",
+    "score", "valid", "expected_score", "option_mass", "source", "raw", *(f"p{i}" for i in range(11)),
+)
+
+
+def _with_probs(rows: Iterable[Sequence[object]]) -> Iterable[Sequence[object]]:
+    # The distribution becomes the eleven p0..p10 columns (index = score), empty where a row has
+    # none; on Pew's 4-point scale only p0..p3 are filled.
+    for row in rows:
+        probs = list(row[-1]) if row[-1] is not None else []
+        yield (*row[:-1], *probs, *[None] * (11 - len(probs)))
 
 
 def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]], files: AtomicFiles) -> None:
@@ -43,5 +51,11 @@ def export_run(store: RunStore, run_dir: Path) -> None:
     """debates.csv (status, failures and invalid surveys per debate), attitudes.csv, turns.csv."""
     with atomic_files() as files:
         write_csv(run_dir / "debates.csv", DEBATE_COLUMNS, debate_rows(store), files)
-        write_csv(run_dir / "attitudes.csv", ATTITUDE_COLUMNS, _attitude_cells(store), files)
+        write_csv(run_dir / "attitudes.csv", ATTITUDE_COLUMNS, _with_probs(attitude_rows(store)), files)
         write_csv(run_dir / "turns.csv", TURN_COLUMNS, turn_rows(store), files)
+
+
+def export_stances(store: RunStore, run_dir: Path) -> None:
+    """stances.csv: every judged reply, every judge (written atomically after each scoring)."""
+    with atomic_files() as files:
+        write_csv(run_dir / "stances.csv", STANCE_COLUMNS, _with_probs(stance_rows(store)), files)

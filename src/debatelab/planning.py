@@ -129,7 +129,7 @@ def _spec(config: ExperimentConfig, topic: Topic, rep: int, agents: tuple[Agent,
         "rounds": config.rounds, "seed": seed, "first": first, "model": identity,
         # The survey measure only chooses what analyses read (greedy or expected), never what is
         # asked or stored, so like the run fingerprint the ids leave it out.
-        "reply": config.reply.model_dump(), "survey": config.survey.model_dump(exclude={"measure"}),
+        "reply": config.reply.model_dump(), "survey": config.survey.identity(),
         "templates": TEMPLATE_VERSION,
     }
     if seat_identities:

@@ -12,11 +12,12 @@ from typing import Sequence
 from jinja2 import Environment, StrictUndefined
 
 from .llm.base import Message, Prompt
+from .scales import PEW4, Scale, ZERO_TEN
 from .topics import Topic
 from .types import Agent, Turn
 
 TEMPLATE_VERSION = "1"
-SURVEY_OPTIONS: tuple[str, ...] = tuple(str(i) for i in range(11))
+SURVEY_OPTIONS: tuple[str, ...] = ZERO_TEN.options
 
 _env = Environment(undefined=StrictUndefined, keep_trailing_newline=False, autoescape=False)
 
@@ -36,6 +37,26 @@ _SURVEY = _env.from_string(
     "On a scale from 0 ({{ topic.low_label }}) to 10 ({{ topic.high_label }}): {{ topic.question }} "
     "Reply with the number only."
 )
+
+# Pew's own item (Doherty et al., 2023): the question and the four options humans answered, in
+# Pew's order, lettered so that option scoring compares four one-token answers of equal length.
+_PEW4_SURVEY = _env.from_string(
+    "{{ intro }}Answer a private survey question; the other participants will not see it.\n"
+    "How much of a problem do you think {{ topic.name | lower }} is in the country today?\n"
+    "{% for letter, label in options %}{{ letter }}. {{ label }}\n{% endfor %}"
+    "Reply with the letter only."
+)
+PEW4_PREFIX = "Answer: "
+
+# A stance judge sees the topic and one utterance, never the speaker's persona or surveys.
+_JUDGE = _env.from_string(
+    "Here is one statement made in a debate about {{ topic.name | lower }}.\n\n"
+    "Statement: \"{{ text }}\"\n\n"
+    "Judging only by this statement, how would its speaker answer this question on a scale from "
+    "0 ({{ topic.low_label }}) to 10 ({{ topic.high_label }}): {{ topic.question }} "
+    "Reply with the number only."
+)
+JUDGE_PREFIX = "Speaker's rating: "
 
 # Prefilled so that the rating is the natural next token (small chat models otherwise answer in
 # words); of the phrasings tried on SmolLM2-135M this one put the most probability on 0..10.
@@ -83,12 +104,28 @@ def clean_reply(text: str, name: str) -> str:
     return text
 
 
-def survey_prompt(agents: Sequence[Agent], me: int, topic: Topic, turns: Sequence[Turn]) -> Prompt:
-    user = _SURVEY.render(intro=_intro(agents, me, topic, turns), topic=topic)
-    return Prompt(
-        messages=(Message("system", agents[me].background), Message("user", user)),
-        assistant_prefix=SURVEY_PREFIX,
-    )
+def survey_prompt(agents: Sequence[Agent], me: int, topic: Topic, turns: Sequence[Turn],
+                  scale: Scale = ZERO_TEN) -> Prompt:
+    """The private survey on the topic's 0-10 scale (the paper's), or on Pew's 4-point item."""
+    intro = _intro(agents, me, topic, turns)
+    if scale is PEW4:
+        user = _PEW4_SURVEY.render(intro=intro, topic=topic, options=pew4_letters())
+        prefix = PEW4_PREFIX
+    else:
+        user, prefix = _SURVEY.render(intro=intro, topic=topic), SURVEY_PREFIX
+    return Prompt(messages=(Message("system", agents[me].background), Message("user", user)),
+                  assistant_prefix=prefix)
+
+
+def pew4_letters() -> list[tuple[str, str]]:
+    """(letter, label) in the order Pew asks them: "A very big problem" first."""
+    return [(letter, label[0].upper() + label[1:]) for letter, label in
+            zip(reversed(PEW4.options), reversed(PEW4.labels))]
+
+
+def judge_prompt(topic: Topic, text: str) -> Prompt:
+    """The stance judge's question about one utterance, answered on the topic's 0-10 scale."""
+    return Prompt(messages=(Message("user", _JUDGE.render(topic=topic, text=text)),), assistant_prefix=JUDGE_PREFIX)
 
 
 def persona_prompt(name: str, party: str, topics: Sequence[Topic]) -> Prompt:

@@ -54,6 +54,15 @@ def resolve_presets(names: Sequence[str], preset_dir: Path = PRESET_DIR) -> list
     return paths
 
 
+def preset_topics(names: Sequence[str], preset_dir: Path = PRESET_DIR, model: str | None = None) -> dict[str, list[str]]:
+    """Per model the presets would run on, the topic ids they debate (for the fidelity warning)."""
+    out: dict[str, list[str]] = {}
+    for path in resolve_presets(names, preset_dir):
+        config = load_config(path, model=model)
+        out.setdefault(config.model, []).extend(t.id for t in config.resolved_topics())
+    return out
+
+
 def needs_cuda(config: ExperimentConfig) -> bool:
     """Whether the preset cannot run here: it asks for CUDA (or bitsandbytes quantization, which
     needs it) and torch sees no CUDA device."""

@@ -17,6 +17,7 @@ from . import prompts, survey
 from .config import ExperimentConfig
 from .debate import Reply, Step, Survey, derive_seed, next_step, schedule
 from .llm.base import LLM, Completion, GenerateRequest, OptionScores, ScoreRequest
+from .scales import Scale
 from .types import DebateSpec, SurveyAnswer, Turn
 
 
@@ -68,7 +69,7 @@ class _WaveResult:
     dists: dict[SurveyKey, OptionScores] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # debate_id -> first error
 
-    def surveys(self, method: str) -> list[tuple[str, SurveyAnswer]]:
+    def surveys(self, method: str, scale: Scale) -> list[tuple[str, SurveyAnswer]]:
         """The wave's survey answers, each from its greedy answer and/or distribution; none for
         a debate with a failed request (its whole step is dropped, so no survey is half-stored)."""
         out = []
@@ -77,9 +78,9 @@ class _WaveResult:
             if debate_id in self.failed:
                 continue
             if method == "both":
-                answer = survey.from_both(iteration, agent, self.greedy[key], self.dists[key])
+                answer = survey.from_both(iteration, agent, self.greedy[key], self.dists[key], scale)
             elif method == "generate":
-                answer = survey.from_generation(iteration, agent, self.greedy[key])
+                answer = survey.from_generation(iteration, agent, self.greedy[key], scale)
             else:
                 answer = survey.from_option_scores(iteration, agent, self.dists[key])
             out.append((debate_id, answer))
@@ -145,7 +146,7 @@ class WaveRunner:
             self._call([(self.llms[k], pending[k]) for k in keys], result)
         # A debate with a failed request drops its whole step, so a survey is never half-stored.
         turns = [(d, t) for d, t in result.turns if d not in result.failed]
-        surveys = result.surveys(self.config.survey.method)
+        surveys = result.surveys(self.config.survey.method, self.config.survey.scale_spec)
         by_id = {d.spec.debate_id: d for d in active}
         for debate_id, turn in turns:
             by_id[debate_id].turns.append(turn)
@@ -183,14 +184,14 @@ class WaveRunner:
         ))
 
     def _add_survey(self, pending: dict[str, _Pending], debate: LiveDebate, step: Survey) -> None:
-        spec = debate.spec
+        spec, scale = debate.spec, self.config.survey.scale_spec
         for agent in step.agents:
-            prompt = prompts.survey_prompt(spec.agents, agent, spec.topic, debate.turns)
+            prompt = prompts.survey_prompt(spec.agents, agent, spec.topic, debate.turns, scale)
             seed = derive_seed(spec.seed, "survey", step.iteration, agent)
             bucket = pending.setdefault(spec.agents[agent].model, _Pending())
             if self.config.survey.records_distribution:
                 bucket.score.append((debate, step.iteration, agent))
-                bucket.score_requests.append(ScoreRequest(prompt, prompts.SURVEY_OPTIONS, seed=seed))
+                bucket.score_requests.append(ScoreRequest(prompt, scale.options, seed=seed))
             if self.config.survey.records_greedy:  # the paper's measure: the answer at T=0
                 bucket.generate.append((debate, step.iteration, agent, "survey"))
                 bucket.gen_requests.append(GenerateRequest(

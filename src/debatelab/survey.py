@@ -22,6 +22,11 @@ So "7/10", "Seven", "I'd say 8 out of 10", "10." and "8\\nbut 9 later" parse; ""
 "between 4 and 5", "11", "-1", "7.5", "7th", "A big one.", "N/A" and "<script>alert(1)</script>"
 are recorded as invalid. ``CATALOGUE`` in tests/test_survey.py lists many more answers with their
 outcomes.
+
+On Pew's 4-point scale (``survey.scale: pew4``) the same first line, without markup, is read by
+:func:`parse_pew4`: a lone letter A-D at its start ("B", "B.", "(B)", "B) A moderately big
+problem"), or the words of exactly one answer ("A very big problem", "small"); when both appear
+they must agree. A letter followed by a word ("A small problem") is the article, not an answer.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import re
 from typing import Sequence
 
 from .llm.base import Completion, OptionScores
+from .scales import PEW4, Scale, ZERO_TEN
 from .types import SurveyAnswer
 
 # Rule 2: U+FF01..FF5E are ASCII 0x21..0x7E shifted; U+3000 is the ideographic space.
@@ -64,6 +70,28 @@ def parse_rating(text: str) -> int | None:
     return int(value)
 
 
+_PEW4_LETTER = re.compile(r"^[\W_]*([A-D])(?:[\W_]*$|\s*[.):])")
+_PEW4_WORDS = {re.compile(r"\bnot\s+a\s+problem\b", re.IGNORECASE): 0, re.compile(r"\bsmall\b", re.IGNORECASE): 1,
+               re.compile(r"\bmoderately\s+big\b", re.IGNORECASE): 2, re.compile(r"\bvery\s+big\b", re.IGNORECASE): 3}
+
+
+def parse_pew4(text: str) -> int | None:
+    """The score 0..3 (3 = a very big problem) of a Pew-scale answer, or None (module docstring)."""
+    line = _prose(_answer_line(text)).strip()
+    letter = _PEW4_LETTER.match(line)
+    found = {PEW4.options.index(letter.group(1))} if letter else set()
+    words = {score for pattern, score in _PEW4_WORDS.items() if pattern.search(line)}
+    if len(words) > 1 or (words and found and words != found):
+        return None
+    found |= words
+    return found.pop() if len(found) == 1 else None
+
+
+def parse_answer(text: str, scale: Scale = ZERO_TEN) -> int | None:
+    """The score a greedy answer states on ``scale``, or None when it states none unambiguously."""
+    return parse_pew4(text) if scale is PEW4 else parse_rating(text)
+
+
 def _answer_line(text: str) -> str:
     """Rules 1-2: the first line, with fullwidth characters and the minus sign made ASCII."""
     return (text.strip().splitlines() or [""])[0].translate(_ASCII_TWINS)
@@ -78,8 +106,8 @@ def _prose(line: str) -> str:
             return line
 
 
-def from_generation(iteration: int, agent: int, completion: Completion) -> SurveyAnswer:
-    score = parse_rating(completion.text)
+def from_generation(iteration: int, agent: int, completion: Completion, scale: Scale = ZERO_TEN) -> SurveyAnswer:
+    score = parse_answer(completion.text, scale)
     return SurveyAnswer(
         iteration=iteration, agent_index=agent, method="generate",
         score=score, valid=score is not None, raw=completion.text,
@@ -87,7 +115,7 @@ def from_generation(iteration: int, agent: int, completion: Completion) -> Surve
 
 
 def from_option_scores(iteration: int, agent: int, scores: OptionScores) -> SurveyAnswer:
-    """Renormalise the option log-probs over 0..10; argmax is the score, the mean its expectation.
+    """Renormalise the option log-probs over the scale; argmax is the score, the mean its expectation.
 
     ``option_mass`` is the total probability the model put on answering exactly one option:
     a low mass means the model mostly wanted to say something else, which analyses may filter on.
@@ -110,10 +138,11 @@ def from_option_scores(iteration: int, agent: int, scores: OptionScores) -> Surv
     )
 
 
-def from_both(iteration: int, agent: int, completion: Completion, scores: OptionScores) -> SurveyAnswer:
+def from_both(iteration: int, agent: int, completion: Completion, scores: OptionScores,
+              scale: Scale = ZERO_TEN) -> SurveyAnswer:
     """One survey measured both ways on the same prompt: the greedy answer, parsed, is the score
     (the paper's measure); the distribution's expectation, mass and source ride along."""
-    greedy = from_generation(iteration, agent, completion)
+    greedy = from_generation(iteration, agent, completion, scale)
     dist = from_option_scores(iteration, agent, scores)
     return dist.model_copy(update={"method": "both", "score": greedy.score, "valid": greedy.valid,
                                    "raw": greedy.raw})

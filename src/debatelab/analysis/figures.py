@@ -12,6 +12,7 @@ nothing here changes the global backend or keeps figures alive in pyplot's regis
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -29,7 +30,6 @@ ROLE_COLOURS: dict[str, str] = {"republican": "#c0392b", "democrat": "#2e6fbd", 
 ROLE_LABELS: dict[str, str] = {"republican": "Republican", "democrat": "Democrat", "default": "Default"}
 RUN_STYLES: tuple[str, ...] = ("-", ":")
 REFERENCE_LABEL = "Default (before debate)"
-Y_LIMITS = (0.0, 10.0)
 
 Reference = RunData | Mapping[str, float]
 
@@ -78,7 +78,8 @@ def attitude_figure(runs: RunData | Sequence[RunData], labels: Sequence[str] | N
             ax.axhline(levels[topic], color=ROLE_COLOURS["default"], linestyle="--", linewidth=1.2,
                        label=REFERENCE_LABEL)
             reference_drawn = True
-        _style_panel(ax, names.get(topic, topic), pd.concat([t[t["topic"] == topic] for t in stats]))
+        _style_panel(ax, names.get(topic, topic), pd.concat([t[t["topic"] == topic] for t in stats]),
+                     runs[0].scale.top)
         if index + cols >= len(topics):  # lowest in its column; a supxlabel would collide with the legend
             ax.set_xlabel("Iteration")
     _legend(fig, roles_seen, reference_drawn, labels if len(runs) > 1 else [])
@@ -88,13 +89,22 @@ def attitude_figure(runs: RunData | Sequence[RunData], labels: Sequence[str] | N
     return fig
 
 
-Y_LABELS = {"greedy": "Attitude (0-10), greedy T=0 answer", "expected": "Attitude (0-10), expected score"}
+Y_LABELS = {"greedy": "greedy T=0 answer", "expected": "expected score"}
+SCALE_LABELS = {"0-10": "Attitude (0-10)", "pew4": "Attitude (Pew: 0 not a problem .. 3 very big)"}
 
 
 def y_label(runs: Sequence[RunData]) -> str:
-    """Names the survey measure plotted, so a figure is never read as the other one."""
+    """Names the scale and the survey measure plotted, so a figure is never read as another."""
     measures = {r.measure for r in runs}
-    return Y_LABELS[measures.pop()] if len(measures) == 1 else "Attitude (0-10)"
+    scale = SCALE_LABELS.get(runs[0].scale.id, runs[0].scale.id)
+    return f"{scale}, {Y_LABELS[measures.pop()]}" if len(measures) == 1 else scale
+
+
+def behaviour_figure(run: RunData, title: str | None = None) -> Figure:
+    """What agents reported (surveys, solid) beside what they said (a judge's stance scores of
+    their replies, dotted), per role, one panel per topic; both on the 0-10 scale."""
+    said = replace(run, surveys=run.stances.assign(value=run.stances["value"].astype(float)))
+    return attitude_figure([run, said], labels=["reported (survey)", "said (stance judge)"], title=title)
 
 
 def save_figure(fig: Figure, stem: str | Path) -> list[Path]:
@@ -149,9 +159,9 @@ def _plot_roles(ax: Axes, table: pd.DataFrame, style: str) -> set[str]:
     return set(roles)
 
 
-def _style_panel(ax: Axes, name: str, table: pd.DataFrame) -> None:
+def _style_panel(ax: Axes, name: str, table: pd.DataFrame, top: int = 10) -> None:
     ax.set_title(name)
-    ax.set_ylim(*Y_LIMITS)
+    ax.set_ylim(0.0, float(top))
     ax.set_xticks(sorted({int(i) for i in table["iteration"]}))
     ax.grid(axis="y", alpha=0.3)
 

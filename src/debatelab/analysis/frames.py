@@ -20,6 +20,7 @@ import pandas as pd
 
 from ..config import measures_of
 from ..errors import DebatelabError
+from ..scales import Scale, scale_of
 from ..store import DB_NAME
 from ..store.views import read_views
 
@@ -38,6 +39,16 @@ class RunData:
     """With ``complete_only``: the debates left out (failed or unfinished), with status and error."""
     measure: str = "greedy"
     """Which survey measure ``surveys.value`` holds: ``greedy`` (the paper's) or ``expected``."""
+    stances: pd.DataFrame = field(default_factory=lambda: _with_values(pd.DataFrame(
+        {c: [] for c in ("debate_id", "topic", "iteration", "agent_index", "role", "judge", "score", "valid",
+                         "expected_score", "probs_json")}), "greedy"))
+    """A stance judge's scores of the replies (``score-stance``), on the topic's 0-10 scale;
+    ``value`` by the same measure as the surveys (where the judge recorded it)."""
+
+    @property
+    def scale(self) -> Scale:
+        """The survey's scale: the paper's 0-10, or Pew's 4-point item (scores 0..3)."""
+        return scale_of(self.config)
 
     @property
     def name(self) -> str:
@@ -54,7 +65,7 @@ def load(run_dir: str | Path, complete_only: bool = False, measure: str | None =
     ``measure`` (``greedy`` | ``expected``) overrides the run's own survey measure."""
     run_dir = Path(run_dir)
     views = read_views(run_dir)  # read-only, verified, one snapshot
-    frames, meta = views.frames(), views.meta
+    frames, meta = {**views.frames(), "stances": views.stances}, views.meta
     left_out = None
     if complete_only:
         debates = frames["debates"]
@@ -63,7 +74,8 @@ def load(run_dir: str | Path, complete_only: bool = False, measure: str | None =
         frames = {name: df[df["debate_id"].isin(done)].reset_index(drop=True) for name, df in frames.items()}
     chosen = resolve_measure(meta.get("config", {}), measure, run_dir / DB_NAME)
     frames["surveys"] = _with_values(frames["surveys"], chosen)
-    for name in ("turns", "surveys"):
+    frames["stances"] = _with_values(frames["stances"], _stance_measure(frames["stances"], chosen))
+    for name in ("turns", "surveys", "stances"):
         frames[name] = frames[name].sort_values(["topic", "repetition", "debate_id", "iteration", "agent_index"],
                                                 ignore_index=True)
     return RunData(run_dir=run_dir, meta=meta, left_out=left_out, measure=chosen, **frames)
@@ -84,6 +96,12 @@ def resolve_measure(config: Any, override: str | None, where: Path) -> str:
     return chosen
 
 
+def _stance_measure(stances: pd.DataFrame, measure: str) -> str:
+    """The surveys' measure where every stance recorded it, else the judge's greedy answer."""
+    recorded = not stances.empty and stances["expected_score"].notna().all()
+    return "expected" if measure == "expected" and recorded else "greedy"
+
+
 def _with_values(surveys: pd.DataFrame, measure: str) -> pd.DataFrame:
     surveys = surveys.copy()
     surveys["valid"] = surveys["valid"].astype(bool)
@@ -101,6 +119,6 @@ def merge_runs(runs: list[RunData], name: str) -> RunData:
     if not runs:
         raise DebatelabError("merge_runs needs at least one run")
     stacked = {attr: pd.concat([getattr(r, attr) for r in runs], ignore_index=True)
-               for attr in ("debates", "agents", "turns", "surveys")}
+               for attr in ("debates", "agents", "turns", "surveys", "stances")}
     meta = {**runs[0].meta, "config": {**runs[0].config, "name": name}, "merged_from": [str(r.run_dir) for r in runs]}
     return RunData(run_dir=runs[0].run_dir.parent, meta=meta, **stacked)

@@ -11,7 +11,8 @@ are never treated as independent observations.
   Interval: percentile bootstrap; debates are resampled together with their own Default
   agent, and a reference run's Default agents are resampled independently.
 - ``echo_chamber_index``: in same-party debates, the change in the party's extremity between
-  first and last survey, where extremity is the distance from the midpoint (5) measured towards
+  first and last survey, where extremity is the distance from the midpoint (5; 1.5 on Pew's
+  4-point scale) measured towards
   the side where the party started. Humans intensify (Hobolt et al., 2023): > 0; the paper's
   anomaly is < 0 (moderation). Crossing the midpoint counts as moderation. t interval, paired t.
 - ``change_first_to_last``: mean paired change, t interval, paired t-test and Wilcoxon p-values.
@@ -32,7 +33,9 @@ from .stats import summarise
 MIDPOINT = 5.0
 SMALL_GAP = 0.5  # points; below this a convergence ratio mostly measures noise
 SMALL_N = 10  # debates; below this intervals (a bootstrap above all) are rough
-COLUMNS = ["metric", "topic", "role", "estimate", "ci_low", "ci_high", "n", "p_value", "p_wilcoxon", "reading"]
+COLUMNS = ["metric", "topic", "role", "estimate", "ci_low", "ci_high", "n", "p_value", "p_wilcoxon", "reference",
+           "reading"]
+"""A metric row; ``reference`` is the human (or known true) value shown beside the estimate, NaN if none."""
 PARTISAN = ("republican", "democrat")
 
 
@@ -49,7 +52,7 @@ def metric_table(run: RunData, reference: RunData | None = None, seed: int = 0, 
                 rng = np.random.default_rng(seed)
                 rows.append(convergence_to_default(mine, defaults, topic, role, rng, n_boot))
             if role in same_party:
-                rows.append(echo_chamber_index(mine, topic, role))
+                rows.append(echo_chamber_index(mine, topic, role, midpoint=run.scale.midpoint))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -80,7 +83,7 @@ def _row(metric: str, topic: str, role: str, summary: dict[str, float], reading:
     return {"metric": metric, "topic": topic, "role": role, "estimate": summary["mean"],
             "ci_low": summary["ci_low"], "ci_high": summary["ci_high"], "n": summary["n"],
             "p_value": extra.get("p_value", np.nan), "p_wilcoxon": extra.get("p_wilcoxon", np.nan),
-            "reading": reading}
+            "reference": np.nan, "reading": reading}
 
 
 def _caveat(n: int) -> str:
@@ -153,9 +156,10 @@ def convergence_to_default(surveys: pd.DataFrame, defaults: tuple[pd.Series, boo
     return _row("convergence_to_default", topic, role, summary, reading)
 
 
-def echo_chamber_index(surveys: pd.DataFrame, topic: str, role: str) -> dict[str, Any]:
+def echo_chamber_index(surveys: pd.DataFrame, topic: str, role: str, midpoint: float = MIDPOINT) -> dict[str, Any]:
+    """``midpoint``: the scale's middle (5 on 0-10, 1.5 on Pew's 0..3)."""
     ends = debate_endpoints(surveys)
-    side = np.sign(ends["first"].mean() - MIDPOINT) if len(ends) else 0.0
+    side = np.sign(ends["first"].mean() - midpoint) if len(ends) else 0.0
     if ends.empty or side == 0:
         return _no_data("echo_chamber_index", topic, role)
     change = (side * (ends["last"] - ends["first"])).to_numpy()  # extremity gained towards the party's side

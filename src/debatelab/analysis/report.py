@@ -36,12 +36,14 @@ AGGREGATE_COLUMNS = ["topic", "role", "iteration", "n", "mean", "sd", "se", "ci_
 
 def build_report(run_dirs: Sequence[Path], out_dir: Path, reference: Path | None = None,
                  overlay: bool = False, measure: str | None = None,
-                 references: Mapping[Path, Path | None] | None = None) -> Path:
+                 references: Mapping[Path, Path | None] | None = None, humans: Path | None = None) -> Path:
     """Load every run's complete debates (and the optional reference run) and write the report;
     returns report.html. ``overlay`` draws the first two runs in one figure (solid vs dotted), for
     before/after comparisons of the same setting. ``measure`` overrides each run's survey measure
     (default: the paper's greedy T=0 answer where recorded). ``references`` gives runs their own
-    reference run (Figure 8's is Figure 5's); runs it does not name get ``reference``."""
+    reference run (Figure 8's is Figure 5's); runs it does not name get ``reference``. ``humans``:
+    a CSV of human answer distributions (:func:`.yardsticks.load_human_distributions`) that each
+    run's representativeness is scored against."""
     if not run_dirs:
         raise DebatelabError("build_report needs at least one run directory")
     loaded: dict[Path, RunData] = {}
@@ -63,16 +65,22 @@ def build_report(run_dirs: Sequence[Path], out_dir: Path, reference: Path | None
     if overlay and len(runs) < 2:
         raise DebatelabError("--overlay needs two run directories")
     out_dir = Path(out_dir)
+    human_table = None
+    if humans is not None:
+        from .yardsticks import load_human_distributions
+
+        human_table = load_human_distributions(humans)
     try:
-        return _write_report(runs, refs, out_dir, overlay)
+        return _write_report(runs, refs, out_dir, overlay, human_table)
     except OSError as exc:
         raise DebatelabError(f"cannot write the report to {out_dir}: {exc.strerror or exc}") from None
 
 
-def _write_report(runs: list[RunData], refs: list[RunData | None], out_dir: Path, overlay: bool) -> Path:
+def _write_report(runs: list[RunData], refs: list[RunData | None], out_dir: Path, overlay: bool,
+                  humans: pd.DataFrame | None) -> Path:
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     labels = run_labels(runs)
-    sections = [_run_section(run, label, i, ref, out_dir)
+    sections = [_run_section(run, label, i, ref, out_dir, humans)
                 for i, (run, label, ref) in enumerate(zip(runs, labels, refs))]
     both = _overlay(runs, labels, refs[0], out_dir) if overlay else None
     names = sorted({r.name for r in refs if r is not None})
@@ -105,17 +113,31 @@ def render(**context: Any) -> str:
     return env.get_template(TEMPLATE).render(**context)
 
 
-def _run_section(run: RunData, label: str, index: int, ref: RunData | None, out_dir: Path) -> dict[str, Any]:
+def _run_section(run: RunData, label: str, index: int, ref: RunData | None, out_dir: Path,
+                 humans: pd.DataFrame | None) -> dict[str, Any]:
+    from ..verdicts import fidelity_line
     from .figures import attitude_figure
-    from .metrics import metric_table
+    from .instruments import all_metrics
 
     stem = out_dir / "figures" / f"{index + 1:02d}-{_slug(label)}-attitudes"
     figure = _figure(attitude_figure(run, labels=[label], reference=ref), stem)
     return {"label": label, "anchor": f"run-{index + 1}", "provenance": provenance(run),
             "reference": ref.name if ref is not None else None,
-            "survey": survey_diagnostics(run),
-            "figure": figure, "metrics": metric_groups(metric_table(run, reference=ref)),
+            "survey": survey_diagnostics(run), "behaviour": _behaviour(run, label, index, out_dir),
+            "fidelity": fidelity_line(str(run.config.get("model", ""))),
+            "figure": figure, "metrics": metric_groups(all_metrics(run, reference=ref, humans=humans)),
             "aggregates": aggregate(run.surveys).to_dict("records"), "debates": transcripts(run)}
+
+
+def _behaviour(run: RunData, label: str, index: int, out_dir: Path) -> dict[str, str] | None:
+    """The said-vs-reported figure, when a judge has scored the run (and surveys share its 0-10 scale)."""
+    from .figures import behaviour_figure
+
+    if run.stances.empty or run.scale.top != 10:
+        return None
+    stem = out_dir / "figures" / f"{index + 1:02d}-{_slug(label)}-stances"
+    judges = ", ".join(sorted(map(str, run.stances["judge"].unique())))
+    return {**_figure(behaviour_figure(run), stem), "judges": judges}
 
 
 def _overlay(runs: Sequence[RunData], labels: Sequence[str], ref: RunData | None, out_dir: Path) -> dict[str, str]:

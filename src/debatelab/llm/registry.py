@@ -14,12 +14,13 @@ _BACKENDS: dict[str, str] = {
     "embedded": "debatelab.llm.embedded:load_embedded",
     "hf": "debatelab.llm.hf_load:load_hf",
     "openai": "debatelab.llm.openai_compat:load_openai",
+    "opinion-sim": "debatelab.llm.opinion_sim:load_opinion_sim",
     "scripted": "debatelab.llm.scripted:load_scripted",
     "vllm": "debatelab.llm.vllm_backend:load_vllm",
 }
 
 MODEL_HELP = ("model strings: embedded | hf:<hub id or local dir> | openai:<model> | scripted | "
-              "vllm:<hub id or local dir> (CUDA)")
+              "opinion-sim[:pull=A,influence=B,noise=S,default=D,seed=K] | vllm:<hub id or local dir> (CUDA)")
 
 
 def split_model(model: str) -> tuple[str, str]:
@@ -29,6 +30,10 @@ def split_model(model: str) -> tuple[str, str]:
         raise DebatelabError(f"unknown model {model!r} ({MODEL_HELP})")
     if kind in ("hf", "openai") and not rest:
         raise DebatelabError(f"model {model!r} needs a name after '{kind}:' ({MODEL_HELP})")
+    if kind == "opinion-sim":  # standard library only: bad parameters fail when the config loads
+        from .opinion_params import parse_params
+
+        parse_params(rest)
     return kind, rest
 
 

@@ -26,12 +26,16 @@ def _prompt_key(prompt: Prompt) -> str:
 
 
 def default_reply(request: GenerateRequest) -> str:
-    """A fixed-shape reply; a survey question (the prompt prefilled with the survey prefix) is
-    answered with the mode of :func:`default_scores` for that prompt, as a greedy model would."""
-    from ..prompts import SURVEY_OPTIONS, SURVEY_PREFIX
+    """A fixed-shape reply; a survey or stance-judge question (the prompt prefilled with its
+    prefix) is answered with the mode of :func:`default_scores` for that prompt, as a greedy model
+    would (a letter on Pew's scale)."""
+    from ..prompts import JUDGE_PREFIX, PEW4_PREFIX, SURVEY_OPTIONS, SURVEY_PREFIX
+    from ..scales import PEW4
 
-    if request.prompt.assistant_prefix == SURVEY_PREFIX:
+    if request.prompt.assistant_prefix in (SURVEY_PREFIX, JUDGE_PREFIX):
         return str(_digest(_prompt_key(request.prompt)) % len(SURVEY_OPTIONS))
+    if request.prompt.assistant_prefix == PEW4_PREFIX:
+        return PEW4.options[_digest(_prompt_key(request.prompt)) % len(PEW4.options)]
     word = _digest(_prompt_key(request.prompt), request.seed) % 10_000
     return (f"I have thought about this carefully, and my view is number {word}. I grew up in a small "
             "town, I work hard, I care about my family and my neighbours, and I say what I think.")

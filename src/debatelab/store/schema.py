@@ -75,14 +75,27 @@ def _m003_survey_source(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE surveys ADD COLUMN source TEXT")
 
 
+def _m004_stances(db: sqlite3.Connection) -> None:
+    # A judge's reading of each reply (score-stance), beside the turns; several judges may score one run.
+    db.execute("""
+        CREATE TABLE stances (
+            debate_id TEXT NOT NULL REFERENCES debates, iteration INTEGER NOT NULL, judge TEXT NOT NULL,
+            method TEXT NOT NULL, score INTEGER, valid INTEGER NOT NULL, expected_score REAL,
+            probs_json TEXT, option_mass REAL, raw TEXT, source TEXT, created_at REAL NOT NULL,
+            PRIMARY KEY (debate_id, iteration, judge))""")
+
+
 # Append only: never edit or reorder an applied migration.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_initial, _m002_failures, _m003_survey_source]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_initial, _m002_failures, _m003_survey_source,
+                                                          _m004_stances]
 
 # Rows whose JSON the exports and the analysis parse: (table, column, shape test, row label).
 _JSON_CHECKS = (
     ("debates", "spec_json", "json_type(spec_json) != 'object'", "debate_id"),
-    ("surveys", "probs_json", "json_type(probs_json) != 'array' OR json_array_length(probs_json) != 11",
+    ("surveys", "probs_json", "json_type(probs_json) != 'array' OR json_array_length(probs_json) NOT IN (4, 11)",
      "debate_id || ' iteration ' || iteration || ' agent ' || agent_index"),
+    ("stances", "probs_json", "json_type(probs_json) != 'array' OR json_array_length(probs_json) != 11",
+     "debate_id || ' iteration ' || iteration || ' judge ' || judge"),
 )
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 from ..errors import DebatelabError
 from .read import SURVEYS_JOINED, TURNS_JOINED
 from .schema import DB_NAME, read_run_database
+from .stances import STANCES_JOINED
 
 _DEBATES = """SELECT debate_id, topic_id AS topic, json_extract(spec_json, '$.topic.name') AS topic_name,
   repetition, seed, first_speaker, rounds, n_agents, status, error FROM debates"""
@@ -29,6 +30,11 @@ _TURNS = """SELECT t.debate_id, d.topic_id AS topic, d.repetition, t.iteration, 
 _SURVEYS = """SELECT s.debate_id, d.topic_id AS topic, d.repetition, s.iteration, s.agent_index, a.name AS agent,
   a.role, s.method, s.score, s.valid, s.expected_score, s.option_mass, {source} AS source, s.raw, s.probs_json
   """ + SURVEYS_JOINED
+_STANCES = """SELECT j.debate_id, d.topic_id AS topic, d.repetition, j.iteration, t.agent_index, a.name AS agent,
+  a.role, j.judge, j.method, j.score, j.valid, j.expected_score, j.option_mass, j.source, j.raw, j.probs_json
+  """ + STANCES_JOINED
+_STANCE_COLUMNS = ["debate_id", "topic", "repetition", "iteration", "agent_index", "agent", "role", "judge",
+                   "method", "score", "valid", "expected_score", "option_mass", "source", "raw", "probs_json"]
 
 
 @dataclass
@@ -41,9 +47,11 @@ class RunViews:
     turns: pd.DataFrame
     surveys: pd.DataFrame
     meta: dict[str, Any]
+    stances: pd.DataFrame
+    """A stance judge's scores of the replies (empty when none was run; ``valid`` 0/1)."""
 
     def frames(self) -> dict[str, pd.DataFrame]:
-        """The four DataFrames by name."""
+        """The four DataFrames of the run itself by name (stances are the judge's, apart)."""
         return {"debates": self.debates, "agents": self.agents, "turns": self.turns, "surveys": self.surveys}
 
 
@@ -59,11 +67,15 @@ def read_views(run_dir: Path) -> RunViews:
         frames = {name: pd.read_sql_query(sql, db) for name, sql in
                   (("debates", _DEBATES), ("agents", _AGENTS), ("turns", _TURNS), ("surveys", surveys))}
         meta = {k: _json_or_text(v) for k, v in db.execute("SELECT key, value FROM meta")}
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        # Runs from before migration 4 (read-only here, so never migrated) have no stances table.
+        stances = (pd.read_sql_query(_STANCES, db) if "stances" in tables
+                   else pd.DataFrame({c: [] for c in _STANCE_COLUMNS}))
     except (sqlite3.Error, pd.errors.DatabaseError) as exc:  # pandas wraps sqlite errors in its own class
         raise DebatelabError(f"cannot read run database {path}: {' '.join(str(exc).split())}") from None
     finally:
         db.close()
-    return RunViews(meta=meta, **frames)
+    return RunViews(meta=meta, stances=stances, **frames)
 
 
 def _json_or_text(value: str) -> Any:

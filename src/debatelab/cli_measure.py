@@ -1,0 +1,152 @@
+"""The measurement commands of the CLI: ``check-model`` (persona-fidelity preflight),
+``score-stance`` (a judge reads every reply) and ``analyze`` (every metric as JSON records).
+Thin like :mod:`.cli`: each parses options and calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .cli_io import check_output_file, seed, upto
+from .config import MAX_PER_PARTY
+from .errors import DebatelabError
+from .llm.options import MAX_BATCH
+
+MAX_PREFLIGHT_PER_PARTY = 500
+
+
+def _cmd_check_model(args: argparse.Namespace) -> int:
+    from .llm.registry import load_llm
+    from .personas import load_bank
+    from .preflight import run_preflight
+    from .scales import SCALES
+    from .topics import BUILTIN_TOPICS
+    from .verdicts import save_verdict
+
+    if args.json is not None:
+        check_output_file(args.json, "--json")
+    unknown = [t for t in args.topics if t not in BUILTIN_TOPICS]
+    if unknown:
+        raise DebatelabError(f"unknown topic {unknown[0]!r} (known: {', '.join(BUILTIN_TOPICS)})")
+    bank = load_bank(args.personas) if args.personas is not None else None
+    llm = load_llm(args.model)
+    try:
+        result = run_preflight(llm, args.model, [BUILTIN_TOPICS[t] for t in args.topics], args.per_party,
+                               seed=args.seed, bank=bank, scale=SCALES[args.scale], measure=args.measure)
+    finally:
+        llm.close()
+    result.checked_at = datetime.now(tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    record = result.as_dict()
+    print(_verdict_table(record))
+    cached = save_verdict(record)
+    if args.json is not None:
+        _write_json(args.json, record)
+        print(f"json -> {args.json}")
+    print(f"verdict recorded for run/reproduce warnings -> {cached}")
+    return 0
+
+
+def _verdict_table(record: dict[str, Any]) -> str:
+    def num(value: Any, fmt: str = "+.2f") -> str:
+        return "   —" if value is None or value != value else format(value, fmt)
+
+    lines = [f"persona fidelity of {record['model']} ({record['per_party']} personas per party, {record['scale']} "
+             f"scale, {record['measure']} answer)",
+             f"{'topic':22s} {'R':>6s} {'D':>6s} {'gap R-D':>8s} {'95% CI':>17s} {'human':>6s} {'mass':>6s} "
+             f"{'invalid':>7s}  verdict"]
+    for t in record["topics"]:
+        human = {1: "R>D", -1: "R<D"}.get(t["human_sign"], "?")
+        verdict = ("role-plays" if t["role_plays"] else "wrong way" if t["separates"] else "no separation")
+        lines.append(f"{t['topic']:22s} {num(t['republican'], '.2f'):>6s} {num(t['democrat'], '.2f'):>6s} "
+                     f"{num(t['gap']):>8s} [{num(t['gap_low'])}, {num(t['gap_high'])}]".ljust(64)
+                     + f" {human:>6s} {num(t['option_mass'], '.3f'):>6s} {t['invalid']:>7d}  {verdict}")
+    lines.append(f"verdict: {record['verdict']}")
+    return "\n".join(lines)
+
+
+def _cmd_score_stance(args: argparse.Namespace) -> int:
+    from .llm.registry import load_llm
+    from .stance import score_stances
+
+    if not (args.run_dir / "run.sqlite").is_file():
+        raise DebatelabError(f"no run database in {args.run_dir} (expected run.sqlite)")
+    llm = load_llm(args.judge)
+    try:
+        summary = score_stances(args.run_dir, args.judge, llm, method=args.method, batch_size=args.batch_size)
+    finally:
+        llm.close()
+    print(f"{summary.scored} replies scored by {summary.judge} ({summary.invalid} invalid answers, "
+          f"{summary.failed} failed requests); {summary.total} scored in all -> {args.run_dir / 'stances.csv'}")
+    if summary.failed:
+        print(f"error: {summary.failed} request(s) failed; run the same command again to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis.frames import load
+    from .analysis.instruments import all_metrics, write_records
+
+    check_output_file(args.json, "--json")
+    run = load(args.run_dir, complete_only=True, measure=args.measure)
+    if run.surveys.empty:
+        raise DebatelabError(f"run {args.run_dir} has no complete debate to analyze yet")
+    reference = load(args.reference, complete_only=True, measure=args.measure) if args.reference else None
+    humans = None
+    if args.humans is not None:
+        from .analysis.yardsticks import load_human_distributions
+
+        humans = load_human_distributions(args.humans)
+    table = all_metrics(run, reference=reference, humans=humans, seed=args.seed)
+    count = write_records(table, args.json, run)
+    print(f"{count} metric records -> {args.json}")
+    return 0
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    from .files import atomic_open
+
+    try:
+        with atomic_open(path) as fh:
+            fh.write(json.dumps(payload, indent=2, default=str) + "\n")
+    except OSError as exc:
+        raise DebatelabError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def add_commands(sub: Any) -> None:
+    """Register the measurement commands on the main parser's subcommands."""
+    from .topics import BUILTIN_TOPICS
+
+    check = sub.add_parser("check-model", help="persona-fidelity preflight: do partisan personas separate on this model?")
+    check.add_argument("model", help="model string (e.g. embedded, hf:org/name, opinion-sim)")
+    check.add_argument("--topics", nargs="+", default=list(BUILTIN_TOPICS), help="topic ids (default: the paper's four)")
+    check.add_argument("--per-party", type=upto(min(MAX_PER_PARTY, MAX_PREFLIGHT_PER_PARTY)), default=10,
+                       help="personas per party, each surveyed once per topic (default 10)")
+    check.add_argument("--personas", type=Path, help="persona bank (JSONL) instead of generating personas")
+    check.add_argument("--scale", choices=["0-10", "pew4"], default="0-10", help="survey scale (default 0-10)")
+    check.add_argument("--measure", choices=["greedy", "expected"], default="greedy",
+                       help="attitude compared (default: the paper's greedy T=0 answer)")
+    check.add_argument("--seed", type=seed, default=0)
+    check.add_argument("--json", type=Path, help="also write the verdict and every number here")
+    check.set_defaults(func=_cmd_check_model)
+
+    stance = sub.add_parser("score-stance", help="a judge model rates the stance of every reply of a run (stances.csv)")
+    stance.add_argument("run_dir", type=Path)
+    stance.add_argument("--judge", required=True, help="judge model string; it sees only the topic and one reply")
+    stance.add_argument("--method", choices=["both", "generate", "logprobs"], default="both",
+                        help="greedy answer and/or 0..10 distribution (default both)")
+    stance.add_argument("--batch-size", type=upto(MAX_BATCH), default=64, help="replies per committed batch")
+    stance.set_defaults(func=_cmd_score_stance)
+
+    analyze = sub.add_parser("analyze", help="every metric of a run as JSON records {metric, topic, role, estimate, ...}")
+    analyze.add_argument("run_dir", type=Path)
+    analyze.add_argument("--json", type=Path, required=True, help="where to write the records")
+    analyze.add_argument("--reference", type=Path, help="run whose Default agent gives the model's default attitude")
+    analyze.add_argument("--humans", type=Path, help="CSV of human answer distributions (representativeness)")
+    analyze.add_argument("--measure", choices=["greedy", "expected"], help="survey measure (default: the run's own)")
+    analyze.add_argument("--seed", type=seed, default=0, help="bootstrap seed")
+    analyze.set_defaults(func=_cmd_analyze)
