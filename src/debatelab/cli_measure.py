@@ -102,6 +102,14 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
         humans = load_human_distributions(args.humans)
     table = all_metrics(run, reference=reference, humans=humans, seed=args.seed)
+    if args.panel is not None:
+        import pandas as pd
+
+        from .analysis.panels import compare_with_panel, load_panel
+
+        side = compare_with_panel(run.surveys, load_panel(args.panel), agent_scale=run.scale, seed=args.seed)
+        table = pd.concat([table.assign(source="agents"), side.assign(metric="panel:" + side["metric"])],
+                          ignore_index=True)
     count = write_records(table, args.json, run)
     print(f"{count} metric records -> {args.json}")
     return 0
@@ -147,6 +155,8 @@ def add_commands(sub: Any) -> None:
     analyze.add_argument("--json", type=Path, required=True, help="where to write the records")
     analyze.add_argument("--reference", type=Path, help="run whose Default agent gives the model's default attitude")
     analyze.add_argument("--humans", type=Path, help="CSV of human answer distributions (representativeness)")
+    analyze.add_argument("--panel", type=Path,
+                         help="human discussion panel CSV (docs/human-panels.md): its metrics beside the agents'")
     analyze.add_argument("--measure", choices=["greedy", "expected"], help="survey measure (default: the run's own)")
     analyze.add_argument("--seed", type=seed, default=0, help="bootstrap seed")
     analyze.set_defaults(func=_cmd_analyze)

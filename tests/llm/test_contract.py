@@ -17,6 +17,7 @@ from debatelab.llm.wrappers import engine_peer, Wrapper, unwrap
 # The class each registered factory returns (``embedded`` is a transformers model like ``hf:``).
 BACKEND_CLASSES = {"embedded": "debatelab.llm.hf:HFLLM", "hf": "debatelab.llm.hf:HFLLM",
                    "openai": "debatelab.llm.openai_compat:OpenAICompatLLM",
+                   "opinion-sim": "debatelab.llm.opinion_sim:OpinionSimLLM",
                    "scripted": "debatelab.llm.scripted:ScriptedLLM", "vllm": "debatelab.llm.vllm_backend:VLLMLLM"}
 CAPABILITIES = ("close", "with_adapter", "shares_engine", "generate_mixed", "score_options_mixed", "cache_stats",
                 "clear_cache", "without_cache")

@@ -30,11 +30,13 @@ def all_metrics(run: RunData, reference: RunData | None = None, humans: pd.DataF
     Default agent gives the model's default attitude where this run has none; ``humans``: human
     answer distributions (:func:`.yardsticks.load_human_distributions`) to score
     representativeness against, beside the shipped Pew figures."""
-    from .attractor import default_attitudes, fit_attractor
+    from .attractor import fit_attractor
 
     tables = [metric_table(run, reference=reference, seed=seed, n_boot=n_boot)]
-    defaults = default_attitudes(run.surveys, reference.surveys if reference is not None else None)
-    rows: list[dict[str, Any]] = list(fit_attractor(run.surveys, defaults, seed=seed, n_boot=n_boot))
+    # D is estimated (this run's Default agents, else the reference's), so every bootstrap
+    # resample re-estimates it with its debates: a fixed estimate would narrow the intervals.
+    rows: list[dict[str, Any]] = list(fit_attractor(
+        run.surveys, reference_surveys=reference.surveys if reference is not None else None, seed=seed, n_boot=n_boot))
     rows += _consistency(run, seed, n_boot)
     rows += _yardsticks(run, humans, seed)
     tables.append(pd.DataFrame(rows, columns=COLUMNS))
@@ -58,16 +60,17 @@ def _yardsticks(run: RunData, humans: pd.DataFrame | None, seed: int) -> list[di
     from .yardsticks import pew_distributions, representativeness_rows, very_big_rows
 
     rows = list(very_big_rows(run.surveys, run.scale))
-    supplied = [humans] if humans is not None else []
-    references = supplied + ([pew_distributions()] if run.scale is PEW4 else [])
-    for table in references:
-        rows += representativeness_rows(run.surveys, run.scale, table, seed=seed)
+    if run.scale is PEW4:
+        rows += representativeness_rows(run.surveys, run.scale, pew_distributions(), seed=seed)
+    if humans is not None:  # the user's distributions: their own metric name, never clashing with Pew's
+        rows += [{**r, "metric": f"{r['metric']} [supplied]"}
+                 for r in representativeness_rows(run.surveys, run.scale, humans, seed=seed)]
     return rows
 
 
 def metric_records(table: pd.DataFrame) -> list[dict[str, Any]]:
     """The table as JSON-ready records: the :data:`RECORD_KEYS` first (``low``/``high`` the 95 %
-    interval), NaN written as null."""
+    interval), NaN written as null; ``source`` is ``agents``, or ``humans`` for a panel's rows."""
     def clean(value: Any) -> Any:
         if isinstance(value, float) and not math.isfinite(value):
             return None
@@ -75,7 +78,8 @@ def metric_records(table: pd.DataFrame) -> list[dict[str, Any]]:
 
     return [{"metric": r["metric"], "topic": r["topic"], "role": r["role"], "estimate": clean(r["estimate"]),
              "low": clean(r["ci_low"]), "high": clean(r["ci_high"]), "n": clean(r["n"]),
-             "reference": clean(r["reference"]), "p_value": clean(r["p_value"]), "reading": r["reading"]}
+             "reference": clean(r.get("reference", np.nan)), "p_value": clean(r.get("p_value", np.nan)),
+             "source": r.get("source") if isinstance(r.get("source"), str) else "agents", "reading": r["reading"]}
             for r in table.to_dict("records")]
 
 

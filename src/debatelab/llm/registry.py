@@ -50,5 +50,6 @@ def load_llm(model: str, options: BackendOptions | None = None, *, adapters: Seq
             f"backend {kind!r} needs extra packages ({exc.name} missing): pip install 'debatelab[{extra}]'"
         ) from exc
     if adapters and kind == "vllm":
-        return getattr(module, factory)(rest, options or BackendOptions(), module.VLLMSettings(adapters=tuple(adapters)))
+        settings = module.VLLMSettings(adapters=tuple(adapters))
+        return getattr(module, factory)(rest, options or BackendOptions(), settings)
     return getattr(module, factory)(rest, options or BackendOptions())
