@@ -104,3 +104,11 @@ def test_scale_of_old_runs_is_zero_ten():
     assert scale_of({"survey": {"method": "both"}}) is ZERO_TEN and scale_of({}) is ZERO_TEN
     assert scale_of(ExperimentConfig(topics=["racism"], agents=["republican", "democrat"],
                                      survey={"scale": "pew4"}).model_dump()) is PEW4
+
+
+def test_low_mass_warning_names_the_scales_answers():
+    from debatelab.analysis.show import low_mass_warning
+
+    assert "bare number 0..10 ending" in low_mass_warning(0.1)
+    pew = low_mass_warning(0.1, "pew4")
+    assert "bare letter A-D" in pew and "after the letter" in pew and "0..10" not in pew

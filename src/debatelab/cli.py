@@ -37,7 +37,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _warn_fidelity({config.model: [t.id for t in config.resolved_topics()]})
     summary = run_experiment(config, run_dir, progress=not args.quiet)
     print(f"{summary.complete}/{summary.debates} debates complete in {summary.seconds:.1f} s -> {run_dir}")
-    _print_survey_summary(summary)
+    _print_survey_summary(summary, config.survey.scale)
     return _incomplete(summary)
 
 
@@ -51,7 +51,7 @@ def _warn_fidelity(models: dict[str, list[str]]) -> None:
             print(warning, file=sys.stderr)
 
 
-def _print_survey_summary(summary: RunSummary) -> None:
+def _print_survey_summary(summary: RunSummary, scale: str = "0-10") -> None:
     from .analysis.show import LOW_MASS, distribution_line, low_mass_warning
 
     if summary.surveys:
@@ -62,7 +62,7 @@ def _print_survey_summary(summary: RunSummary) -> None:
     if summary.option_mass is not None:
         print(f"mean option mass: {summary.option_mass:.3f}")
         if summary.option_mass < LOW_MASS:
-            print(f"warning: {low_mass_warning(summary.option_mass)}", file=sys.stderr)
+            print(f"warning: {low_mass_warning(summary.option_mass, scale)}", file=sys.stderr)
 
 
 def _dry_run(config: ExperimentConfig, run_dir: Path) -> int:
@@ -132,7 +132,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .analysis.report import build_report
 
     path = build_report(args.run_dirs, args.out, reference=args.reference, overlay=args.overlay,
-                        measure=args.measure, humans=args.humans)
+                        measure=args.measure, humans=args.humans, panel=args.panel)
     print(f"report -> {path}")
     return 0
 
@@ -265,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="survey measure to analyse (default: each run's own; the paper's greedy T=0 answer)")
     report.add_argument("--humans", type=Path,
                         help="CSV of human answer distributions to score representativeness against (docs/human-panels.md)")
+    report.add_argument("--panel", type=Path,
+                        help="human discussion panel CSV (docs/human-panels.md): its metrics and trajectories beside each run's")
     report.set_defaults(func=_cmd_report)
 
     show = sub.add_parser("show", help="print a run's results: mean ± SE per topic, role and iteration")

@@ -250,3 +250,19 @@ def test_analyze_with_a_panel(tmp_path, capsys):
     humans = [r for r in records if r["source"] == "humans" and r["metric"] == "panel:echo_chamber_index"]
     assert humans and all(r["estimate"] > 0 for r in humans)
     assert any(r["source"] == "agents" and r["metric"] == "echo_chamber_index" for r in records)
+
+
+def test_report_shows_the_panel(tmp_path):
+    import yaml
+
+    from debatelab.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"model": "opinion-sim", "topics": ["gun_violence"], "rounds": 2,
+                                      "agents": ["republican", "democrat"], "repetitions": 4}))
+    assert main(["run", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    out = tmp_path / "rep"
+    assert main(["report", str(tmp_path / "run"), "--panel", str(_panel(tmp_path)), "--out", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    assert "Beside humans (panel.csv)" in html and "humans" in html
+    assert list((out / "figures").glob("*-humans.png"))

@@ -87,7 +87,7 @@ def _row(metric: str, topic: str, role: str, summary: dict[str, float], reading:
 
 
 def _caveat(n: int) -> str:
-    return f" With only {n} debates, treat the interval as rough." if 0 < n < SMALL_N else ""
+    return f" With only {n} debate{'s' if n != 1 else ''}, treat the interval as rough." if 0 < n < SMALL_N else ""
 
 
 def _no_data(metric: str, topic: str, role: str) -> dict[str, Any]:

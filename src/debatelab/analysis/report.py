@@ -36,14 +36,16 @@ AGGREGATE_COLUMNS = ["topic", "role", "iteration", "n", "mean", "sd", "se", "ci_
 
 def build_report(run_dirs: Sequence[Path], out_dir: Path, reference: Path | None = None,
                  overlay: bool = False, measure: str | None = None,
-                 references: Mapping[Path, Path | None] | None = None, humans: Path | None = None) -> Path:
+                 references: Mapping[Path, Path | None] | None = None, humans: Path | None = None,
+                 panel: Path | None = None) -> Path:
     """Load every run's complete debates (and the optional reference run) and write the report;
     returns report.html. ``overlay`` draws the first two runs in one figure (solid vs dotted), for
     before/after comparisons of the same setting. ``measure`` overrides each run's survey measure
     (default: the paper's greedy T=0 answer where recorded). ``references`` gives runs their own
     reference run (Figure 8's is Figure 5's); runs it does not name get ``reference``. ``humans``:
     a CSV of human answer distributions (:func:`.yardsticks.load_human_distributions`) that each
-    run's representativeness is scored against."""
+    run's representativeness is scored against. ``panel``: a human discussion panel CSV
+    (:func:`.panels.load_panel`) whose metrics and trajectories each run is shown beside."""
     if not run_dirs:
         raise DebatelabError("build_report needs at least one run directory")
     loaded: dict[Path, RunData] = {}
@@ -70,17 +72,22 @@ def build_report(run_dirs: Sequence[Path], out_dir: Path, reference: Path | None
         from .yardsticks import load_human_distributions
 
         human_table = load_human_distributions(humans)
+    panel_data = None
+    if panel is not None:
+        from .panels import load_panel
+
+        panel_data = load_panel(panel)
     try:
-        return _write_report(runs, refs, out_dir, overlay, human_table)
+        return _write_report(runs, refs, out_dir, overlay, human_table, panel_data)
     except OSError as exc:
         raise DebatelabError(f"cannot write the report to {out_dir}: {exc.strerror or exc}") from None
 
 
 def _write_report(runs: list[RunData], refs: list[RunData | None], out_dir: Path, overlay: bool,
-                  humans: pd.DataFrame | None) -> Path:
+                  humans: pd.DataFrame | None, panel: Any = None) -> Path:
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     labels = run_labels(runs)
-    sections = [_run_section(run, label, i, ref, out_dir, humans)
+    sections = [{**_run_section(run, label, i, ref, out_dir, humans), "panel": _panel(run, label, i, out_dir, panel)}
                 for i, (run, label, ref) in enumerate(zip(runs, labels, refs))]
     both = _overlay(runs, labels, refs[0], out_dir) if overlay else None
     names = sorted({r.name for r in refs if r is not None})
@@ -127,6 +134,18 @@ def _run_section(run: RunData, label: str, index: int, ref: RunData | None, out_
             "fidelity": fidelity_line(str(run.config.get("model", ""))),
             "figure": figure, "metrics": metric_groups(all_metrics(run, reference=ref, humans=humans)),
             "aggregates": aggregate(run.surveys).to_dict("records"), "debates": transcripts(run)}
+
+
+def _panel(run: RunData, label: str, index: int, out_dir: Path, panel: Any) -> dict[str, Any] | None:
+    """The human panel beside this run: side-by-side metrics and the overlay figure."""
+    if panel is None:
+        return None
+    from .panels import compare_with_panel, overlay_figure
+
+    table = compare_with_panel(run.surveys, panel, agent_scale=run.scale)
+    stem = out_dir / "figures" / f"{index + 1:02d}-{_slug(label)}-humans"
+    figure = _figure(overlay_figure(run.surveys, panel, title=label, agent_scale=run.scale), stem)
+    return {**figure, "source": panel.path.name, "rows": table.to_dict("records")}
 
 
 def _behaviour(run: RunData, label: str, index: int, out_dir: Path) -> dict[str, str] | None:

@@ -26,9 +26,14 @@ LOW_MASS_WHY = ("the model mostly went on writing after the number, or said some
                 "distributions say little")
 
 
-def low_mass_warning(mass: float) -> str:
+ANSWER_KINDS = {"0-10": "number 0..10", "pew4": "letter A-D (Pew's four answers)"}
+"""What a bare answer is on each survey scale (the options the distribution is over)."""
+
+
+def low_mass_warning(mass: float, scale: str = "0-10") -> str:
+    why = LOW_MASS_WHY if scale == "0-10" else LOW_MASS_WHY.replace("the number", "the letter")
     return (f"mean option mass {mass:.3f} < {LOW_MASS}: only {mass:.1%} of the probability went to a bare "
-            f"number 0..10 ending the answer ({LOW_MASS_WHY})")
+            f"{ANSWER_KINDS.get(scale, 'answer option')} ending the answer ({why})")
 
 
 def distribution_line(distributions: int, fallbacks: int, partial: int) -> str:
@@ -55,6 +60,7 @@ def survey_diagnostics(run: RunData) -> dict[str, Any]:
         "partial": int((with_dist["source"] == "top_k").sum()),
         "option_mass": mean_mass, "option_mass_by_role": by_role,
         "low_mass": mean_mass is not None and mean_mass < LOW_MASS,
+        "scale": run.scale.id, "answer_kind": ANSWER_KINDS.get(run.scale.id, "answer option"),
     }
 
 
@@ -66,7 +72,7 @@ def diagnostic_lines(diag: dict[str, Any]) -> list[str]:
     if diag["option_mass"] is not None:
         lines.append(f"mean option mass: {diag['option_mass']:.3f}")
         if diag["low_mass"]:
-            lines.append(f"WARNING: {low_mass_warning(diag['option_mass'])}")
+            lines.append(f"WARNING: {low_mass_warning(diag['option_mass'], diag['scale'])}")
     return lines
 
 
