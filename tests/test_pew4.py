@@ -25,6 +25,7 @@ PEW4_CATALOGUE = [
     # invalid: none, two answers, letter and words that disagree, other letters, a bare article
     ("", None), ("E", None), ("AB", None), ("A or B", None), ("B. A very big problem", None),
     ("small or very big", None), ("I am not sure", None), ("7", None), ("A problem", None),
+    ("Not a very big problem", None), ("not small", None), ("B, not really", None),
 ]
 
 

@@ -109,3 +109,19 @@ def test_no_warning_without_a_verdict_or_on_passing_topics(tmp_path):
 def test_unknown_topic_is_one_line(capsys):
     assert main(["check-model", "scripted", "--topics", "pizza"]) == 2
     assert "unknown topic 'pizza'" in capsys.readouterr().err
+
+
+def test_json_is_strict_and_survives_an_unwritable_cache(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "v.json"
+    monkeypatch.setenv("DEBATELAB_VERDICTS", "/proc/no-such-folder")
+    # one persona per party: no interval (NaN), written as null; the cache cannot be written
+    assert main(["check-model", "opinion-sim", "--topics", "racism", "--per-party", "1", "--json", str(out)]) == 0
+    record = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))
+    assert record["topics"][0]["gap_low"] is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not be recorded" in err
+
+
+def test_near_constant_answers_warn_nothing(capsys):
+    check_topic(BUILTIN_TOPICS["racism"], _answers([2.0, 2.0, 2.0000001], [8, 8, 8]), ZERO_TEN, "expected")
+    assert capsys.readouterr().err == ""

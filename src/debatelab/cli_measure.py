@@ -5,7 +5,6 @@ Thin like :mod:`.cli`: each parses options and calls one library function."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,10 +41,15 @@ def _cmd_check_model(args: argparse.Namespace) -> int:
     result.checked_at = datetime.now(tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     record = result.as_dict()
     print(_verdict_table(record))
-    cached = save_verdict(record)
-    if args.json is not None:
+    if args.json is not None:  # first: a cache that cannot be written must not lose the results
         _write_json(args.json, record)
         print(f"json -> {args.json}")
+    try:
+        cached = save_verdict(record)
+    except OSError as exc:
+        print(f"warning: the verdict could not be recorded for run/reproduce warnings ({exc.strerror or exc})",
+              file=sys.stderr)
+        return 0
     print(f"verdict recorded for run/reproduce warnings -> {cached}")
     return 0
 
@@ -96,6 +100,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if run.surveys.empty:
         raise DebatelabError(f"run {args.run_dir} has no complete debate to analyze yet")
     reference = load(args.reference, complete_only=True, measure=args.measure) if args.reference else None
+    if reference is not None and reference.surveys.empty:
+        raise DebatelabError(f"reference run {args.reference} has no complete debate")
+    if reference is not None and reference.scale is not run.scale:
+        raise DebatelabError(f"reference run {args.reference} surveys on the {reference.scale.id} scale, "
+                             f"run {args.run_dir} on {run.scale.id}: their default attitudes do not compare")
     humans = None
     if args.humans is not None:
         from .analysis.yardsticks import load_human_distributions
@@ -117,10 +126,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     from .files import atomic_open
+    from .verdicts import verdict_text
 
     try:
         with atomic_open(path) as fh:
-            fh.write(json.dumps(payload, indent=2, default=str) + "\n")
+            fh.write(verdict_text(payload))
     except OSError as exc:
         raise DebatelabError(f"cannot write {path}: {exc.strerror or exc}") from None
 

@@ -15,6 +15,7 @@ no topic cannot show the paper's effects: its "partisans" are one agent under tw
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -142,8 +143,10 @@ def _welch(rep: list[float], dem: list[float], sps: Any) -> tuple[float, float, 
     if max(rep) == min(rep) and max(dem) == min(dem):  # no spread: the difference is exact
         gap = rep[0] - dem[0]
         return gap, gap, gap
-    result = sps.ttest_ind(rep, dem, equal_var=False)
-    ci = result.confidence_interval(0.95)
+    with warnings.catch_warnings():  # near-constant answers: scipy warns of precision loss, on stderr
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = sps.ttest_ind(rep, dem, equal_var=False)
+        ci = result.confidence_interval(0.95)
     return _mean(rep) - _mean(dem), float(ci.low), float(ci.high)
 
 

@@ -26,7 +26,8 @@ outcomes.
 On Pew's 4-point scale (``survey.scale: pew4``) the same first line, without markup, is read by
 :func:`parse_pew4`: a lone letter A-D at its start ("B", "B.", "(B)", "B) A moderately big
 problem"), or the words of exactly one answer ("A very big problem", "small"); when both appear
-they must agree. A letter followed by a word ("A small problem") is the article, not an answer.
+they must agree. A letter followed by a word ("A small problem") is the article, not an answer, and
+a negated answer ("not a very big problem") is none.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def parse_rating(text: str) -> int | None:
     return int(value)
 
 
+_NOT = re.compile(r"\bnot\b", re.IGNORECASE)
 _PEW4_LETTER = re.compile(r"^[\W_]*([A-D])(?:[\W_]*$|\s*[.):])")
 _PEW4_WORDS = {re.compile(r"\bnot\s+a\s+problem\b", re.IGNORECASE): 0, re.compile(r"\bsmall\b", re.IGNORECASE): 1,
                re.compile(r"\bmoderately\s+big\b", re.IGNORECASE): 2, re.compile(r"\bvery\s+big\b", re.IGNORECASE): 3}
@@ -81,7 +83,8 @@ def parse_pew4(text: str) -> int | None:
     letter = _PEW4_LETTER.match(line)
     found = {PEW4.options.index(letter.group(1))} if letter else set()
     words = {score for pattern, score in _PEW4_WORDS.items() if pattern.search(line)}
-    if len(words) > 1 or (words and found and words != found):
+    negated = _NOT.search(line) is not None and words != {0}  # "not a very big problem" is no answer
+    if negated or len(words) > 1 or (words and found and words != found):
         return None
     found |= words
     return found.pop() if len(found) == 1 else None

@@ -185,3 +185,21 @@ def test_pew4_run_reports_pew_yardsticks(tmp_path):
     pew = [r for r in records if r["metric"] == "p_very_big_before" and r["topic"] == "gun_violence"]
     assert {r["role"]: r["reference"] for r in pew} == {"republican": 0.38, "democrat": 0.81, "default": 0.6}
     assert any(r["metric"] == "representativeness" for r in records)
+
+
+def test_analyze_refuses_an_empty_or_other_scale_reference(tmp_path, capsys):
+    base = dict(model="opinion-sim", topics=["racism"], rounds=1, repetitions=2)
+    for name, extra in (("run", {}), ("pew", {"survey": {"scale": "pew4"}})):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**base, "agents": ["republican", "democrat", "default"], **extra}))
+        run_experiment(load_config(path), tmp_path / name)
+    from debatelab.store import open_store
+
+    (tmp_path / "empty").mkdir()
+    open_store(tmp_path / "empty").close()  # a run database with no debate yet
+    for reference, message in (("pew", "surveys on the pew4 scale"), ("empty", "has no complete debate"),
+                               ("run", None)):
+        code = main(["analyze", str(tmp_path / "run"), "--reference", str(tmp_path / reference),
+                     "--json", str(tmp_path / "a.json")])
+        err = capsys.readouterr().err
+        assert (code, err.count("\n")) == ((2, 1) if message else (0, 0)) and (message or "") in err
