@@ -115,8 +115,14 @@ def test_every_instrument_runs_on_embedded_model(tmp_path, bank, llm):
     from debatelab.topics import BUILTIN_TOPICS
 
     pre = run_preflight(llm, "embedded", [BUILTIN_TOPICS["racism"]], per_party=2, bank=load_bank(bank))
-    assert pre.topics[0].n_republican + pre.topics[0].n_democrat + pre.topics[0].invalid >= 4
-    assert pre.verdict.startswith(("role-plays", "does not role-play"))
+    racism = pre.topics[0]
+    answered = racism.n_republican + racism.n_democrat
+    # 2 Republicans and 2 Democrats answered once each; invalid counts the 2 Default agents' answers too
+    assert answered <= 4 and 4 <= answered + racism.invalid <= 6
+    assert 0 < racism.option_mass <= 1 and racism.human_sign == -1  # Pew: Democrats say "very big" more
+    if racism.n_republican and racism.n_democrat:
+        assert racism.gap == pytest.approx(racism.republican - racism.democrat)
+    assert (pre.passed == ["racism"]) == racism.role_plays
     cfg = load_config(write_config(tmp_path / "c.yaml", model="embedded", personas=str(bank), rounds=1,
                                    repetitions=2, agents=["republican", "democrat"], reply={"max_tokens": 8},
                                    survey={"scale": "pew4"}))

@@ -13,6 +13,7 @@ from typing import Any
 from .cli_io import check_output_file, seed, upto
 from .config import MAX_PER_PARTY
 from .errors import DebatelabError
+from .files import write_json
 from .llm.options import MAX_BATCH
 
 MAX_PREFLIGHT_PER_PARTY = 500
@@ -42,7 +43,7 @@ def _cmd_check_model(args: argparse.Namespace) -> int:
     record = result.as_dict()
     print(_verdict_table(record))
     if args.json is not None:  # first: a cache that cannot be written must not lose the results
-        _write_json(args.json, record)
+        write_json(args.json, record)
         print(f"json -> {args.json}")
     try:
         cached = save_verdict(record)
@@ -122,17 +123,6 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     count = write_records(table, args.json, run)
     print(f"{count} metric records -> {args.json}")
     return 0
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    from .files import atomic_open
-    from .verdicts import verdict_text
-
-    try:
-        with atomic_open(path) as fh:
-            fh.write(verdict_text(payload))
-    except OSError as exc:
-        raise DebatelabError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def add_commands(sub: Any) -> None:

@@ -5,13 +5,16 @@ Also: recognising a full disk, wherever in a run it shows up, so it becomes one 
 from __future__ import annotations
 
 import errno
+import json
+import math
+import numbers
 import os
 import tempfile
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Any, Callable, Iterator
 
-from .errors import RunFailed
+from .errors import DebatelabError, RunFailed
 
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # a quota is as full as a disk, and freed the same way
 
@@ -80,6 +83,35 @@ def atomic_open(path: Path, newline: str | None = None) -> Iterator[IO[str]]:
     """Write text to a temp file beside ``path`` and rename it over ``path`` on success."""
     with atomic_files() as files, files.open(path, newline) as fh:
         yield fh
+
+
+def json_text(payload: Any) -> str:
+    """Strict JSON (indented, one trailing newline): non-finite floats become null, numpy scalars
+    plain numbers, anything else unknown its string, so strict parsers (jq, browsers) read it."""
+    def finite(value: Any) -> Any:
+        if isinstance(value, float):
+            return value if math.isfinite(value) else None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    def plain(value: Any) -> Any:  # numpy scalars register as numbers, so numpy need not be imported
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        return finite(float(value)) if isinstance(value, numbers.Real) else str(value)
+
+    return json.dumps(finite(payload), indent=2, allow_nan=False, default=plain) + "\n"
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """:func:`json_text` of ``payload`` to ``path``, atomically; one line if it cannot be written."""
+    try:
+        with atomic_open(path) as fh:
+            fh.write(json_text(payload))
+    except OSError as exc:
+        raise DebatelabError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -69,22 +69,12 @@ class _WaveResult:
     dists: dict[SurveyKey, OptionScores] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # debate_id -> first error
 
-    def surveys(self, method: str, scale: Scale) -> list[tuple[str, SurveyAnswer]]:
-        """The wave's survey answers, each from its greedy answer and/or distribution; none for
-        a debate with a failed request (its whole step is dropped, so no survey is half-stored)."""
-        out = []
-        for key in dict.fromkeys([*self.greedy, *self.dists]):
-            debate_id, iteration, agent = key
-            if debate_id in self.failed:
-                continue
-            if method == "both":
-                answer = survey.from_both(iteration, agent, self.greedy[key], self.dists[key], scale)
-            elif method == "generate":
-                answer = survey.from_generation(iteration, agent, self.greedy[key], scale)
-            else:
-                answer = survey.from_option_scores(iteration, agent, self.dists[key])
-            out.append((debate_id, answer))
-        return out
+    def surveys(self, scale: Scale) -> list[tuple[str, SurveyAnswer]]:
+        """The wave's survey answers, each from its greedy answer and/or distribution (whichever
+        the survey method asked for); none for a debate with a failed request (its whole step is
+        dropped, so no survey is half-stored)."""
+        return [(key[0], survey.answer(key[1], key[2], self.greedy.get(key), self.dists.get(key), scale))
+                for key in dict.fromkeys([*self.greedy, *self.dists]) if key[0] not in self.failed]
 
 
 class ResultSink(Protocol):
@@ -146,7 +136,7 @@ class WaveRunner:
             self._call([(self.llms[k], pending[k]) for k in keys], result)
         # A debate with a failed request drops its whole step, so a survey is never half-stored.
         turns = [(d, t) for d, t in result.turns if d not in result.failed]
-        surveys = result.surveys(self.config.survey.method, self.config.survey.scale_spec)
+        surveys = result.surveys(self.config.survey.scale_spec)
         by_id = {d.spec.debate_id: d for d in active}
         for debate_id, turn in turns:
             by_id[debate_id].turns.append(turn)

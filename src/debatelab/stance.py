@@ -81,13 +81,7 @@ def judge_batch(llm: LLM, replies: Sequence[ReplyToJudge], method: Method) -> tu
         if (completion is not None and completion.error) or (scores is not None and scores.error):
             failed += 1  # not stored: the next scoring asks again
             continue
-        if completion is not None and scores is not None:
-            answer = survey.from_both(reply.iteration, 0, completion, scores)
-        elif completion is not None:
-            answer = survey.from_generation(reply.iteration, 0, completion)
-        else:
-            answer = survey.from_option_scores(reply.iteration, 0, scores)
-        out.append((reply.debate_id, reply.iteration, answer))
+        out.append((reply.debate_id, reply.iteration, survey.answer(reply.iteration, 0, completion, scores)))
     return out, failed
 
 

@@ -159,3 +159,16 @@ def normalise(logprobs: Sequence[float]) -> list[float] | None:
     weights = [math.exp(lp - top) if math.isfinite(lp) else 0.0 for lp in logprobs]
     total = sum(weights)
     return [w / total for w in weights]
+
+
+def answer(iteration: int, agent: int, completion: Completion | None, scores: OptionScores | None,
+           scale: Scale = ZERO_TEN) -> SurveyAnswer:
+    """The answer from what was asked: the greedy answer and the distribution (``both``), or
+    either alone (``generate`` / ``logprobs``)."""
+    if completion is not None and scores is not None:
+        return from_both(iteration, agent, completion, scores, scale)
+    if completion is not None:
+        return from_generation(iteration, agent, completion, scale)
+    if scores is None:
+        raise ValueError("a survey answer needs a completion or option scores")
+    return from_option_scores(iteration, agent, scores)

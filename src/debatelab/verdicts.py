@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Sequence
 
-from .files import atomic_open
+from .files import atomic_open, json_text
 from .llm.embedded import cache_root
 
 _warned: set[str] = set()
@@ -35,26 +34,12 @@ def verdict_path(model: str) -> Path:
     return verdict_dir() / f"{slug}-{hashlib.sha256(model.encode()).hexdigest()[:12]}.json"
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` with every non-finite float as None, so strict JSON parsers read it."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def verdict_text(record: dict[str, Any]) -> str:
-    return json.dumps(json_safe(record), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n"
-
-
 def save_verdict(record: dict[str, Any]) -> Path:
+    """Record ``record`` as its model's latest verdict; OSError when the folder cannot be written."""
     path = verdict_path(record["model"])
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path) as fh:
-        fh.write(verdict_text(record))
+        fh.write(json_text(record))
     return path
 
 

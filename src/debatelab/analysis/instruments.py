@@ -6,16 +6,13 @@ scored the run (:mod:`.consistency`), and, on Pew's 4-point scale, the human yar
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ..errors import DebatelabError
-from ..files import atomic_open
+from ..files import write_json
 from ..scales import PEW4
 from .frames import RunData
 from .metrics import COLUMNS, metric_table
@@ -70,15 +67,10 @@ def _yardsticks(run: RunData, humans: pd.DataFrame | None, seed: int) -> list[di
 
 def metric_records(table: pd.DataFrame) -> list[dict[str, Any]]:
     """The table as JSON-ready records: the :data:`RECORD_KEYS` first (``low``/``high`` the 95 %
-    interval), NaN written as null; ``source`` is ``agents``, or ``humans`` for a panel's rows."""
-    def clean(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        return value.item() if isinstance(value, np.generic) else value
-
-    return [{"metric": r["metric"], "topic": r["topic"], "role": r["role"], "estimate": clean(r["estimate"]),
-             "low": clean(r["ci_low"]), "high": clean(r["ci_high"]), "n": clean(r["n"]),
-             "reference": clean(r.get("reference", np.nan)), "p_value": clean(r.get("p_value", np.nan)),
+    interval; NaN is written as null); ``source`` is ``agents``, or ``humans`` for a panel's rows."""
+    return [{"metric": r["metric"], "topic": r["topic"], "role": r["role"], "estimate": r["estimate"],
+             "low": r["ci_low"], "high": r["ci_high"], "n": r["n"], "reference": r.get("reference", np.nan),
+             "p_value": r.get("p_value", np.nan),
              "source": r.get("source") if isinstance(r.get("source"), str) else "agents", "reading": r["reading"]}
             for r in table.to_dict("records")]
 
@@ -88,9 +80,5 @@ def write_records(table: pd.DataFrame, path: Path, run: RunData) -> int:
     records = metric_records(table)
     payload = {"run": run.name, "run_dir": str(run.run_dir), "scale": run.scale.id, "measure": run.measure,
                "records": records}
-    try:
-        with atomic_open(path) as fh:
-            fh.write(json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    except OSError as exc:
-        raise DebatelabError(f"cannot write {path}: {exc.strerror or exc}") from None
+    write_json(path, payload)
     return len(records)
