@@ -16,6 +16,7 @@ compared with :func:`debatelab.compare.compare_runs`: text exactly, floats withi
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import io
 import json
@@ -27,6 +28,8 @@ PIN_DIR = Path(__file__).parent / "data" / "behaviour"
 HASHES = PIN_DIR / "hashes.json"
 CONFIGS = ("scripted", "scripted_seats", "embedded")
 RUN_EXPORTS = ("personas.jsonl", "debates.csv", "attitudes.csv", "turns.csv")
+HASHED_EXPORTS = ("attitudes.csv", "turns.csv")
+"""Exports that gained a last ``prompt_sha`` column after the pins were recorded (issue 17)."""
 KEPT = PIN_DIR / "embedded"
 """The embedded run's exports as recorded, for the comparison within float precision."""
 
@@ -46,9 +49,22 @@ def run_pinned(name: str, out: Path) -> dict[str, bytes]:
         if main(["show", str(out)]) != 0:
             raise AssertionError(f"show of pinned run {name} failed")
     files = {f: (out / f).read_bytes() for f in RUN_EXPORTS}
+    for f in HASHED_EXPORTS:
+        files[f] = without_prompt_sha(files[f])
     files["summary.csv"] = (out / "report" / "summary.csv").read_bytes()
     files["show.txt"] = shown.getvalue().replace(str(out), "RUN_DIR").encode()
     return files
+
+
+def without_prompt_sha(data: bytes) -> bytes:
+    """An export as it was before issue 17: its last column, ``prompt_sha`` (a hash of each
+    row's prompt, new then and filled in every row), taken off; every other byte as written."""
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
+    if rows[0][-1] != "prompt_sha" or not all(len(row[-1]) == 16 for row in rows[1:]):
+        raise AssertionError("an export lacks its prompt_sha column, or a row its hash")
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows(row[:-1] for row in rows)
+    return text.getvalue().encode("utf-8")
 
 
 def exact(data: bytes) -> str:

@@ -170,3 +170,18 @@ def test_engine_sends_each_preset_at_the_papers_temperatures(tmp_path, stem):
     assert len(replies) == 4 * n * rounds and {(r.temperature, r.top_p) for r in replies} == {(1.0, 1.0)}
     assert len(greedy) == len(scored) == 4 * n * (rounds + 1)  # every agent, before and after each cycle
     assert {r.temperature for r in greedy} == {0.0}
+
+
+# Fingerprints the previous release (before the backend's conditioning options) gave these
+# configs: a run it made must still resume, so options added since count only when set.
+EARLIER_FINGERPRINTS = {"experiments/quickstart.yaml": "fd802900d51c0242",
+                        "experiments/paper/fig3_three_way.yaml": "6b8e01ebb11f66ed"}
+
+
+@pytest.mark.parametrize("name", sorted(EARLIER_FINGERPRINTS))
+def test_runs_made_before_the_conditioning_options_keep_their_fingerprint(name: str) -> None:
+    root = Path(__file__).resolve().parents[1]
+    config = load_config(root / name)
+    assert config.fingerprint() == EARLIER_FINGERPRINTS[name]
+    changed = config.model_copy(update={"backend": config.backend.model_copy(update={"chat_prefill": "continue"})})
+    assert changed.fingerprint() != EARLIER_FINGERPRINTS[name]

@@ -53,7 +53,9 @@ def _cells(rows: list[tuple[object, ...]]) -> list[list[str]]:
 def test_row_fields_are_the_export_columns():
     assert DebateRow._fields == DEBATE_COLUMNS
     assert TurnRow._fields == TURN_COLUMNS
-    assert AttitudeRow._fields[:-1] + tuple(f"p{i}" for i in range(11)) == ATTITUDE_COLUMNS
+    at = AttitudeRow._fields.index("probs")  # the distribution's eleven columns stand in its place
+    probs = tuple(f"p{i}" for i in range(11))
+    assert AttitudeRow._fields[:at] + probs + AttitudeRow._fields[at + 1:] == ATTITUDE_COLUMNS
 
 
 def test_typed_rows_are_exactly_what_the_csvs_hold(failed_once):
@@ -66,7 +68,7 @@ def test_typed_rows_are_exactly_what_the_csvs_hold(failed_once):
     assert all(isinstance(r.valid, bool) and len(r.probs) == 11 for r in attitudes)
     assert _csv(failed_once / "debates.csv") == [list(DEBATE_COLUMNS), *_cells(debates)]
     assert _csv(failed_once / "turns.csv") == [list(TURN_COLUMNS), *_cells(turns)]
-    flat = [(*r[:-1], *r.probs) for r in attitudes]
+    flat = [(*r[:r._fields.index("probs")], *r.probs, r.prompt_sha) for r in attitudes]
     assert _csv(failed_once / "attitudes.csv") == [list(ATTITUDE_COLUMNS), *_cells(flat)]
 
 

@@ -38,7 +38,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     summary = run_experiment(config, run_dir, progress=not args.quiet)
     print(f"{summary.complete}/{summary.debates} debates complete in {summary.seconds:.1f} s -> {run_dir}")
     _print_survey_summary(summary, config.survey.scale)
+    _print_conditioning(summary)
     return _incomplete(summary)
+
+
+def _print_conditioning(summary: RunSummary) -> None:
+    """What each model conditioned on; a backend whose text debatelab cannot see warns on stderr."""
+    from .experiment import conditioning_lines
+
+    for line in conditioning_lines(summary.conditioning):
+        print(line, file=sys.stderr if line.startswith("WARNING:") else sys.stdout)
 
 
 def _warn_fidelity(models: dict[str, list[str]]) -> None:

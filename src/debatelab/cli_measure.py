@@ -1,6 +1,7 @@
-"""The measurement commands of the CLI: ``check-model`` (persona-fidelity preflight),
-``score-stance`` (a judge reads every reply) and ``analyze`` (every metric as JSON records).
-Thin like :mod:`.cli`: each parses options and calls one library function."""
+"""The measurement commands of the CLI: ``check-model`` (persona-fidelity preflight; with
+``--against OTHER`` measurement invariance, :mod:`.invariance`), ``score-stance`` (a judge reads
+every reply) and ``analyze`` (every metric as JSON records). Thin like :mod:`.cli`: each parses
+options and calls one library function."""
 
 from __future__ import annotations
 
@@ -8,18 +9,23 @@ import argparse
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cli_io import check_output_file, seed, upto
 from .config import MAX_PER_PARTY
 from .errors import DebatelabError
 from .files import write_json
-from .llm.options import MAX_BATCH
+from .llm.options import MAX_BATCH, BackendOptions
+
+if TYPE_CHECKING:  # annotations only: the command imports what it runs when it runs
+    from .topics import Topic
+    from .types import Persona
 
 MAX_PREFLIGHT_PER_PARTY = 500
 
 
 def _cmd_check_model(args: argparse.Namespace) -> int:
+    from .invariance import read_backend_options
     from .llm.registry import load_llm
     from .personas import load_bank
     from .preflight import run_preflight
@@ -29,11 +35,16 @@ def _cmd_check_model(args: argparse.Namespace) -> int:
 
     if args.json is not None:
         check_output_file(args.json, "--json")
+    if args.against_options is not None and args.against is None:
+        raise DebatelabError("--against-options gives the options of --against OTHER, which is missing")
     unknown = [t for t in args.topics if t not in BUILTIN_TOPICS]
     if unknown:
         raise DebatelabError(f"unknown topic {unknown[0]!r} (known: {', '.join(BUILTIN_TOPICS)})")
+    options = read_backend_options(args.options) if args.options is not None else None
     bank = load_bank(args.personas) if args.personas is not None else None
-    llm = load_llm(args.model)
+    if args.against is not None:
+        return _check_invariance(args, [BUILTIN_TOPICS[t] for t in args.topics], bank, options)
+    llm = load_llm(args.model, options)
     try:
         result = run_preflight(llm, args.model, [BUILTIN_TOPICS[t] for t in args.topics], args.per_party,
                                seed=args.seed, bank=bank, scale=SCALES[args.scale], measure=args.measure)
@@ -69,6 +80,48 @@ def _verdict_table(record: dict[str, Any]) -> str:
         lines.append(f"{t['topic']:22s} {num(t['republican'], '.2f'):>6s} {num(t['democrat'], '.2f'):>6s} "
                      f"{num(t['gap']):>8s} [{num(t['gap_low'])}, {num(t['gap_high'])}]".ljust(64)
                      + f" {human:>6s} {num(t['option_mass'], '.3f'):>6s} {t['invalid']:>7d}  {verdict}")
+    lines.append(f"verdict: {record['verdict']}")
+    return "\n".join(lines)
+
+
+def _check_invariance(args: argparse.Namespace, topics: list[Topic], bank: list[Persona] | None,
+                      options: BackendOptions | None) -> int:
+    """``check-model MODEL --against OTHER``: the same survey prompts on both; exit 0 either way."""
+    from .invariance import read_backend_options, run_invariance
+    from .scales import SCALES
+
+    other_options = read_backend_options(args.against_options) if args.against_options is not None else None
+    result = run_invariance(args.model, args.against, topics, args.per_party, options=options,
+                            other_options=other_options, seed=args.seed, bank=bank, scale=SCALES[args.scale])
+    result.checked_at = datetime.now(tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    record = result.as_dict()
+    print(_invariance_table(record))
+    if args.json is not None:
+        write_json(args.json, record)
+        print(f"json -> {args.json}")
+    return 0  # a measurement, not a test: NOT invariant is a finding, not a failure
+
+
+def _invariance_table(record: dict[str, Any]) -> str:
+    def num(value: Any, fmt: str = ".3f") -> str:
+        return "—" if value is None else format(value, fmt)
+
+    lines = [f"measurement invariance: A = {record['model']}, B = {record['against']} ({record['per_party']} "
+             f"personas per party, {record['personas']}, {record['scale']} scale)"]
+    for label, side in zip("AB", record["sides"].values()):
+        exact = "exact text" if side["exact"] else "NOT exact (the server renders the chat template)"
+        greedy = "" if side["how_generate"] == side["how_score"] else f"; greedy answers: {side['how_generate']}"
+        lines.append(f"  {label}: {exact}; surveys scored: {side['how_score']}{greedy}"
+                     + (f"; {side['failed']} failed requests" if side["failed"] else ""))
+    lines.append(f"{'topic':22s} {'compared':>9s} {'|Δ exp|':>8s} {'|Δ greedy|':>10s} {'equal':>6s} {'TV':>6s} "
+                 f"{'mass A':>7s} {'mass B':>7s} {'same prompt':>11s}")
+    for t in [*record["topics"], record["overall"]]:
+        n = t["surveys"]
+        compared, same = f"{t['compared']}/{n}", f"{t['same_prompt_score']}/{n}"
+        lines.append(f"{t['topic']:22s} {compared:>9s} {num(t['mean_abs_delta_expected']):>8s} "
+                     f"{num(t['mean_abs_delta_greedy']):>10s} {num(t['greedy_equal_share'], '.2f'):>6s} "
+                     f"{num(t['mean_tv']):>6s} {num(t['option_mass_model']):>7s} {num(t['option_mass_against']):>7s} "
+                     f"{same:>11s}")
     lines.append(f"verdict: {record['verdict']}")
     return "\n".join(lines)
 
@@ -137,9 +190,15 @@ def add_commands(sub: Any) -> None:
     check.add_argument("--personas", type=Path, help="persona bank (JSONL) instead of generating personas")
     check.add_argument("--scale", choices=["0-10", "pew4"], default="0-10", help="survey scale (default 0-10)")
     check.add_argument("--measure", choices=["greedy", "expected"], default="greedy",
-                       help="attitude compared (default: the paper's greedy T=0 answer)")
+                       help="attitude compared (default: the paper's greedy T=0 answer; --against reports both)")
     check.add_argument("--seed", type=seed, default=0)
     check.add_argument("--json", type=Path, help="also write the verdict and every number here")
+    check.add_argument("--options", type=Path, metavar="FILE",
+                       help="backend options of MODEL (a YAML mapping, the keys of a config's backend:)")
+    check.add_argument("--against", metavar="OTHER",
+                       help="measurement invariance instead: the same survey prompts on OTHER, compared with MODEL")
+    check.add_argument("--against-options", type=Path, metavar="FILE",
+                       help="backend options of OTHER (e.g. base_url, api, chat_template, tokenizer for openai:)")
     check.set_defaults(func=_cmd_check_model)
 
     stance = sub.add_parser("score-stance", help="a judge model rates the stance of every reply of a run (stances.csv)")

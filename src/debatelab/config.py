@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
@@ -330,7 +330,8 @@ class ExperimentConfig(StrictModel):
         topics' wording, and any ``extra`` content (persona bank, template version)."""
         payload = self.model_dump(mode="json", exclude={"name", "max_in_flight", "topic_files", "executor"})
         payload["survey"] = self.survey.identity()  # the measure is analysis-only
-        payload["backend"] = {k: v for k, v in payload["backend"].items() if k not in RUNTIME_BACKEND_FIELDS}
+        payload["backend"] = {k: v for k, v in payload["backend"].items() if k not in RUNTIME_BACKEND_FIELDS
+                              and not (k in LATER_BACKEND_FIELDS and v == LATER_BACKEND_FIELDS[k])}
         payload["resolved_topics"] = [t.model_dump(mode="json") for t in self.resolved_topics()]
         payload["extra"] = [str(e) for e in extra]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -340,6 +341,27 @@ class ExperimentConfig(StrictModel):
 RUNTIME_BACKEND_FIELDS = frozenset({"batch_size", "threads", "concurrency", "timeout", "max_retries",
                                     "retry_budget", "retry_backoff", "api_key_env", "api_key_file",
                                     "prefix_cache_mb"})
+
+
+# Backend options added after runs existed, left out of the fingerprint at their defaults, so a
+# run made before them still resumes (what they change shows in the model identity anyway).
+LATER_BACKEND_FIELDS: dict[str, object] = {"logprobs_cap": None, "chat_template": "auto", "tokenizer": None,
+                                           "chat_prefill": "instruction"}
+
+
+def _resolve_backend_paths(backend: dict[str, Any], base: Path) -> dict[str, Any]:
+    """``backend.chat_template`` (a file) and ``backend.tokenizer`` (when it names a path, not a
+    hub id or ``embedded``) relative to the config file, like the persona bank."""
+    out = dict(backend)
+    template = out.get("chat_template")
+    if isinstance(template, str) and template.strip() and template not in ("auto", "none"):
+        out["chat_template"] = str(base / Path(template).expanduser())
+    tokenizer = out.get("tokenizer")
+    if isinstance(tokenizer, str) and tokenizer.strip() and tokenizer != "embedded":
+        candidate = base / Path(tokenizer).expanduser()
+        if candidate.exists() or tokenizer.endswith(".gguf"):
+            out["tokenizer"] = str(candidate)
+    return out
 
 
 def load_config(path: Path, **overrides: object) -> ExperimentConfig:
@@ -366,6 +388,8 @@ def load_config(path: Path, **overrides: object) -> ExperimentConfig:
         data["agents"] = [{**a, "adapter": str(base / Path(a["adapter"]).expanduser())}
                           if isinstance(a, dict) and isinstance(a.get("adapter"), str) and a["adapter"].strip() else a
                           for a in data["agents"]]
+    if isinstance(data.get("backend"), dict):
+        data["backend"] = _resolve_backend_paths(data["backend"], base)
     if isinstance(data.get("topic_files"), list):
         data["topic_files"] = [str(base / Path(p).expanduser()) if isinstance(p, str) and p.strip() else p
                                for p in data["topic_files"]]

@@ -9,21 +9,21 @@ import platform
 import sys
 import time
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from . import stopping
 from .config import ExperimentConfig
 from .errors import DebatelabError, RunInterrupted, first_line
 from .executor import Executor, open_executor
 from .export import export_run
-from .llm.base import LLM
+from .llm.base import LLM, Conditioning, Purpose
 from .llm.registry import split_model
 from .personas import load_bank, save_bank
 from .planning import check_feasible, generate_bank, plan_debates
-from .prompts import TEMPLATE_VERSION
+from .prompts import TEMPLATE_VERSION, reply_prompt, survey_prompt
 from .store import RunLock, RunStore, check_claimable, disk_full_error, is_disk_full, lock_run_dir, open_store
 from .types import DebateSpec, Persona
 
@@ -47,6 +47,9 @@ class RunSummary:
     option_mass: float | None = None
     """Mean option mass: the probability the model put on answering exactly one of 0..10 (see
     :func:`debatelab.analysis.show.MASS_MEANING`); None where no backend reported one."""
+    conditioning: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """What each model conditions on (:func:`describe_conditioning`; stored as the run's
+    ``conditioning`` meta); :func:`conditioning_lines` says it for the run summary."""
 
 
 def run_experiment(config: ExperimentConfig, run_dir: Path, llm: LLM | None = None,
@@ -140,6 +143,8 @@ def _debate(config: ExperimentConfig, executor: Executor, store: RunStore, run_d
     specs = plan_debates(config, bank, llm.identity(), {k: s.identity() for k, s in executor.seats.items()})
     _check_no_strays(store, specs)
     store.register(specs)
+    conditioning = describe_conditioning(config, specs, {"": llm, **executor.seats})
+    store.set_meta("conditioning", conditioning)
     failed = 0
     with _Progress(len(specs), store, [llm, *executor.seats.values()], enabled=progress) as bar:
         for wave in executor.run(specs, store):
@@ -150,7 +155,70 @@ def _debate(config: ExperimentConfig, executor: Executor, store: RunStore, run_d
     store.set_state("complete" if complete == len(specs) else "incomplete",
                     f"{len(specs) - complete} debate(s) failed; run again to retry" if complete < len(specs) else "")
     surveys, invalid = store.survey_counts()
-    return RunSummary(run_dir, len(specs), complete, 0.0, failed, invalid, surveys, *store.distribution_counts())
+    return RunSummary(run_dir, len(specs), complete, 0.0, failed, invalid, surveys, *store.distribution_counts(),
+                      conditioning=conditioning)
+
+
+def describe_conditioning(config: ExperimentConfig, specs: Sequence[DebateSpec],
+                          llms: Mapping[str, LLM]) -> dict[str, dict[str, Any]]:
+    """Per model key ("" = the experiment's model): its model string, how it conditions on a
+    reply and on a survey (each backend's ``how``), and whether that text is exactly what the
+    model reads. Measured on the first planned debate's opening prompts: how a backend renders a
+    prompt does not depend on its content."""
+    if not specs:
+        return {}
+    out = {}
+    for key in sorted(llms):  # "" first
+        spec, seat = _sample_seat(specs, key)
+        reply = [llms[key].conditioning(reply_prompt(spec.agents, seat, spec.topic, []), "generate")]
+        prompt = survey_prompt(spec.agents, seat, spec.topic, [], config.survey.scale_spec)
+        survey = [llms[key].conditioning(prompt, purpose) for purpose in _survey_purposes(config)]
+        out[key] = {"model": key or config.model, "reply": reply[0].how, "survey": _survey_how(survey),
+                    "exact": all(c.exact for c in reply + survey)}
+    return out
+
+
+def _sample_seat(specs: Sequence[DebateSpec], key: str) -> tuple[DebateSpec, int]:
+    """The first debate and seat served by model ``key`` (seat 0 of the first debate if none is)."""
+    for spec in specs:
+        for index, agent in enumerate(spec.agents):
+            if agent.model == key:
+                return spec, index
+    return specs[0], 0
+
+
+def _survey_purposes(config: ExperimentConfig) -> list[Purpose]:
+    """The requests a survey sends, in the order their texts are hashed (runner._survey_sha)."""
+    survey = config.survey
+    return [p for p, asked in (("generate", survey.records_greedy), ("score", survey.records_distribution)) if asked]
+
+
+def _survey_how(conditionings: Sequence[Conditioning]) -> str:
+    """One line for a survey's one or two requests. Backends describe scoring as generation plus
+    how each option is scored, so a scoring line that extends the greedy one says both."""
+    if len(conditionings) == 1 or conditionings[1].how.startswith(conditionings[0].how):
+        return conditionings[-1].how
+    return f"greedy answer: {conditionings[0].how}; distribution: {conditionings[1].how}"
+
+
+def conditioning_lines(conditioning: Mapping[str, Any]) -> list[str]:
+    """The run summary's (and the report's) statement of what each model conditioned on: one
+    line per model, and a WARNING line for each whose text is not exactly what the model read."""
+    lines = []
+    for entry in conditioning.values():
+        model = entry.get("model", "?")
+        lines.append(f"conditioning ({model}): replies: {entry.get('reply', '?')}; surveys: {entry.get('survey', '?')}")
+        if entry.get("exact") is False:
+            lines.append(_inexact_warning(model, f"{entry.get('reply', '')} {entry.get('survey', '')}"))
+    return lines
+
+
+def _inexact_warning(model: str, how: str) -> str:
+    warning = (f"WARNING: {model}: the server renders the chat template, so prompt hashes identify requests, "
+               "not tokens, and results may not match another backend of the same model")
+    if "instruction" in how:  # the backends' wording when the prefix goes in as a request to start with it
+        warning += "; the assistant prefix could not be prefilled (it was asked for as an instruction)"
+    return warning
 
 
 def _record_state(store: RunStore, state: str, detail: str) -> None:

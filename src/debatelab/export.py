@@ -9,15 +9,17 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .files import AtomicFiles, atomic_files
-from .store import RunStore, attitude_rows, debate_rows, stance_rows, turn_rows
+from .store import AttitudeRow, RunStore, StanceRow, attitude_rows, debate_rows, stance_rows, turn_rows
 
+# New columns go last, so readers of an older release's files still find theirs where they were.
 ATTITUDE_COLUMNS = (
     "debate_id", "topic", "repetition", "agent", "agent_index", "role", "iteration", "method",
     "score", "valid", "expected_score", "option_mass", "source", "raw", *(f"p{i}" for i in range(11)),
+    "prompt_sha",
 )
 TURN_COLUMNS = (
     "debate_id", "topic", "repetition", "iteration", "agent", "agent_index", "role", "text",
-    "completion_tokens", "finish_reason",
+    "completion_tokens", "finish_reason", "prompt_sha",
 )
 
 DEBATE_COLUMNS = (
@@ -31,12 +33,13 @@ STANCE_COLUMNS = (
 )
 
 
-def _with_probs(rows: Iterable[Sequence[object]]) -> Iterable[Sequence[object]]:
-    # The distribution becomes the eleven p0..p10 columns (index = score), empty where a row has
-    # none; on Pew's 4-point scale only p0..p3 are filled.
+def _with_probs(rows: Iterable[AttitudeRow | StanceRow]) -> Iterable[Sequence[object]]:
+    # The distribution (a row's ``probs`` field) becomes the eleven p0..p10 columns in its place
+    # (index = score), empty where a row has none; on Pew's 4-point scale only p0..p3 are filled.
     for row in rows:
-        probs = list(row[-1]) if row[-1] is not None else []
-        yield (*row[:-1], *probs, *[None] * (11 - len(probs)))
+        at = row._fields.index("probs")
+        probs = list(row[at]) if row[at] is not None else []
+        yield (*row[:at], *probs, *[None] * (11 - len(probs)), *row[at + 1:])
 
 
 def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]], files: AtomicFiles) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from .config import ExperimentConfig
 from .errors import DebatelabError, RunFailed
-from .llm.base import LLM, Completion, GenerateRequest, OptionScores, ScoreRequest, Usage
+from .llm.base import LLM, Completion, Conditioning, GenerateRequest, OptionScores, Prompt, Purpose, ScoreRequest, Usage
 from .llm.registry import load_llm
 from .runner import ResultSink, Wave, WaveRunner
 from .seats import load_seat_llms, seat_adapters
@@ -68,6 +68,10 @@ class DebateWorker:
     def identities(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         return self.llm.identity(), {key: llm.identity() for key, llm in self.seats.items()}
 
+    def conditioning(self, key: str, prompt: Prompt, purpose: Purpose) -> Conditioning:
+        """What model ``key`` ("" = the experiment's) conditions on: only a worker holds the backend."""
+        return (self.seats[key] if key else self.llm).conditioning(prompt, purpose)
+
     def generate(self, requests: list[GenerateRequest]) -> list[Completion]:
         return self.llm.generate(requests)
 
@@ -89,6 +93,9 @@ class WorkerLLM(LLM):
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
 
+    def conditioning(self, prompt: Prompt, purpose: Purpose = "generate") -> Conditioning:
+        return self._ray.get(self._worker.conditioning.remote("", prompt, purpose))
+
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
         return self._ray.get(self._worker.generate.remote(list(requests)))
 
@@ -97,13 +104,17 @@ class WorkerLLM(LLM):
 
 
 class _SeatIdentity(LLM):
-    """Stands in for a per-agent backend on the driver: only its identity is needed here."""
+    """Stands in for a per-agent backend on the driver: only its identity and its conditioning
+    (asked of worker 0, for the run summary) are needed here."""
 
-    def __init__(self, identity: dict[str, Any]):
-        self._identity = identity
+    def __init__(self, identity: dict[str, Any], ray: Any, worker: Any, key: str):
+        self._identity, self._ray, self._worker, self._key = identity, ray, worker, key
 
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
+
+    def conditioning(self, prompt: Prompt, purpose: Purpose = "generate") -> Conditioning:
+        return self._ray.get(self._worker.conditioning.remote(self._key, prompt, purpose))
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
         raise RuntimeError("a per-agent model of a Ray run is served on the workers, not the driver")
@@ -132,7 +143,8 @@ class RayExecutor:
             self.close()
             raise
         self.llm = WorkerLLM(ray, self.workers[0], identity)
-        self.seats: dict[str, LLM] = {key: _SeatIdentity(ident) for key, ident in seats.items()}
+        self.seats: dict[str, LLM] = {key: _SeatIdentity(ident, ray, self.workers[0], key)
+                                      for key, ident in seats.items()}
 
     def run(self, specs: Sequence[DebateSpec], store: ResultSink) -> Iterator[Wave]:
         """Send the unfinished debates of ``specs`` to the workers with their committed progress;

@@ -16,7 +16,7 @@ from typing import Iterable, Iterator, Mapping, Protocol, Sequence
 from . import prompts, survey
 from .config import ExperimentConfig
 from .debate import Reply, Step, Survey, derive_seed, next_step, schedule
-from .llm.base import LLM, Completion, GenerateRequest, OptionScores, ScoreRequest
+from .llm.base import LLM, Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest, prompt_sha
 from .scales import Scale
 from .types import DebateSpec, SurveyAnswer, Turn
 
@@ -35,6 +35,10 @@ class LiveDebate:
         return next_step(self.steps, (t.iteration for t in self.turns), self.surveys_done)
 
 
+SurveyKey = tuple[str, int, int]  # debate_id, iteration, agent_index
+ShaKey = tuple[str, str, int, int]  # "reply" | "survey", debate_id, iteration, agent_index
+
+
 @dataclass
 class _Pending:
     """Which debate (and which step of it) each request in a wave belongs to."""
@@ -43,9 +47,10 @@ class _Pending:
     gen_requests: list[GenerateRequest] = field(default_factory=list)
     score: list[tuple[LiveDebate, int, int]] = field(default_factory=list)
     score_requests: list[ScoreRequest] = field(default_factory=list)
+    shas: dict[ShaKey, str] = field(default_factory=dict)
+    """The prompt hash of each reply and survey, taken as its request is built."""
 
 
-SurveyKey = tuple[str, int, int]  # debate_id, iteration, agent_index
 
 
 @dataclass(frozen=True)
@@ -68,12 +73,14 @@ class _WaveResult:
     greedy: dict[SurveyKey, Completion] = field(default_factory=dict)
     dists: dict[SurveyKey, OptionScores] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # debate_id -> first error
+    shas: dict[ShaKey, str] = field(default_factory=dict)
 
     def surveys(self, scale: Scale) -> list[tuple[str, SurveyAnswer]]:
         """The wave's survey answers, each from its greedy answer and/or distribution (whichever
-        the survey method asked for); none for a debate with a failed request (its whole step is
-        dropped, so no survey is half-stored)."""
-        return [(key[0], survey.answer(key[1], key[2], self.greedy.get(key), self.dists.get(key), scale))
+        the survey method asked for) and with its prompt hash; none for a debate with a failed
+        request (its whole step is dropped, so no survey is half-stored)."""
+        return [(key[0], survey.answer(key[1], key[2], self.greedy.get(key), self.dists.get(key), scale)
+                 .model_copy(update={"prompt_sha": self.shas.get(("survey", *key))}))
                 for key in dict.fromkeys([*self.greedy, *self.dists]) if key[0] not in self.failed]
 
 
@@ -132,6 +139,8 @@ class WaveRunner:
             elif isinstance(step, Survey):
                 self._add_survey(pending, debate, step)
         result = _WaveResult()
+        for bucket in pending.values():
+            result.shas.update(bucket.shas)
         for keys in self._engine_groups(pending):
             self._call([(self.llms[k], pending[k]) for k in keys], result)
         # A debate with a failed request drops its whole step, so a survey is never half-stored.
@@ -165,9 +174,11 @@ class WaveRunner:
     def _add_reply(self, pending: dict[str, _Pending], debate: LiveDebate, step: Reply) -> None:
         spec = debate.spec
         prompt = prompts.reply_prompt(spec.agents, step.agent, spec.topic, debate.turns)
-        reply = self.config.reply
-        bucket = pending.setdefault(spec.agents[step.agent].model, _Pending())
+        reply, model = self.config.reply, spec.agents[step.agent].model
+        bucket = pending.setdefault(model, _Pending())
         bucket.generate.append((debate, step.iteration, step.agent, "reply"))
+        sha = self.llms[model].conditioning(prompt, "generate").sha()
+        bucket.shas[("reply", spec.debate_id, step.iteration, step.agent)] = sha
         bucket.gen_requests.append(GenerateRequest(
             prompt, temperature=reply.temperature, max_tokens=reply.max_tokens, top_p=reply.top_p,
             stop=prompts.reply_stops(spec.agents), seed=derive_seed(spec.seed, "reply", step.iteration),
@@ -178,7 +189,9 @@ class WaveRunner:
         for agent in step.agents:
             prompt = prompts.survey_prompt(spec.agents, agent, spec.topic, debate.turns, scale)
             seed = derive_seed(spec.seed, "survey", step.iteration, agent)
-            bucket = pending.setdefault(spec.agents[agent].model, _Pending())
+            model = spec.agents[agent].model
+            bucket = pending.setdefault(model, _Pending())
+            bucket.shas[("survey", spec.debate_id, step.iteration, agent)] = self._survey_sha(self.llms[model], prompt)
             if self.config.survey.records_distribution:
                 bucket.score.append((debate, step.iteration, agent))
                 bucket.score_requests.append(ScoreRequest(prompt, scale.options, seed=seed))
@@ -186,6 +199,16 @@ class WaveRunner:
                 bucket.generate.append((debate, step.iteration, agent, "survey"))
                 bucket.gen_requests.append(GenerateRequest(
                     prompt, temperature=0.0, max_tokens=self.config.survey.max_tokens, seed=seed))
+
+    def _survey_sha(self, llm: LLM, prompt: Prompt) -> str:
+        """The hash of what a survey sends: the greedy request's text, then the scoring request's
+        (one hash when they are the same text, as on most backends)."""
+        texts: list[str] = []
+        if self.config.survey.records_greedy:
+            texts.append(llm.conditioning(prompt, "generate").text)
+        if self.config.survey.records_distribution:
+            texts.append(llm.conditioning(prompt, "score").text)
+        return prompt_sha(*texts)
 
     @staticmethod
     def _call(parts: list[tuple[LLM, _Pending]], result: _WaveResult) -> None:
@@ -216,7 +239,8 @@ def _record_generated(owners: list[tuple[LiveDebate, int, int, str]], outs: Sequ
             text = prompts.clean_reply(out.text, debate.spec.agents[agent].name)
             result.turns.append((debate_id, Turn(
                 iteration=iteration, agent_index=agent, text=text, prompt_tokens=out.prompt_tokens,
-                completion_tokens=out.completion_tokens, finish_reason=out.finish_reason)))
+                completion_tokens=out.completion_tokens, finish_reason=out.finish_reason,
+                prompt_sha=result.shas.get(("reply", debate_id, iteration, agent)))))
         else:
             result.greedy[(debate_id, iteration, agent)] = out
 

@@ -65,6 +65,9 @@ class Turn(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "stop"
+    prompt_sha: str | None = None
+    """:func:`debatelab.llm.base.prompt_sha` of the text the model conditioned on for this reply
+    (None in runs made before debatelab stored it); never part of a debate's id."""
 
 
 class SurveyAnswer(BaseModel):
@@ -92,3 +95,7 @@ class SurveyAnswer(BaseModel):
     option_mass: float | None = None
     raw: str | None = None
     source: Literal["logprobs", "top_k", "generated"] | None = None
+    prompt_sha: str | None = None
+    """:func:`debatelab.llm.base.prompt_sha` of the texts sent for this survey: the greedy
+    request's conditioning, then the scoring request's (one hash when they are the same text);
+    None in runs made before debatelab stored it."""

@@ -4,6 +4,7 @@ Needs the ``analysis`` extra (pandas, numpy, scipy, matplotlib); imported only w
 """
 
 from .frames import RunData, load
+from .identity import prompt_identity
 from .stats import aggregate
 
-__all__ = ["RunData", "aggregate", "load"]
+__all__ = ["RunData", "aggregate", "load", "prompt_identity"]

@@ -184,7 +184,19 @@ def provenance(run: RunData) -> dict[str, Any]:
             "created_at": _timestamp(meta.get("created_at")), "fingerprint": meta.get("config_fingerprint", "?"),
             "seed": config.get("seed", "?"), "config": _pretty_yaml(meta.get("config", {})),
             "debates": _debate_counts(run), "state": meta.get("state", "?"),
+            "conditioning": conditioning_statement(meta.get("conditioning")),
             "left_out": [] if run.left_out is None else run.left_out.to_dict("records")}
+
+
+def conditioning_statement(conditioning: Any) -> list[dict[str, Any]]:
+    """The run summary's conditioning lines (:func:`debatelab.experiment.conditioning_lines`),
+    each marked ``warning`` or not; one line saying so for a run from before they were recorded."""
+    from ..experiment import conditioning_lines
+
+    if not isinstance(conditioning, dict) or not all(isinstance(v, dict) for v in conditioning.values()):
+        return [{"text": "not recorded (a run made before debatelab stored what each model conditions on)",
+                 "warning": False}]
+    return [{"text": line, "warning": line.startswith("WARNING:")} for line in conditioning_lines(conditioning)]
 
 
 def _debate_counts(run: RunData) -> str:

@@ -12,6 +12,7 @@ loaded model, mixed-adapter calls, prompt-prefix cache statistics) are methods w
 from __future__ import annotations
 
 import abc
+import hashlib
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ContextManager, Literal, Sequence
@@ -50,6 +51,34 @@ class Prompt:
             return self.text + self.assistant_prefix
         body = "\n\n".join(m.content for m in self.messages)
         return f"{body}\n\n{self.assistant_prefix}" if self.assistant_prefix else body
+
+
+Purpose = Literal["generate", "score"]
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What a backend makes of one :class:`Prompt`: the text the model conditions on.
+
+    ``exact`` is True when ``text`` is exactly what the model reads (a chat template rendered by
+    debatelab, or a raw prompt); False when a server renders it from the chat messages, in which
+    case ``text`` is the canonical JSON of the request's messages, so its hash still identifies
+    the request but not the tokens. ``how`` says it in one line, for run summaries and reports.
+    """
+
+    text: str
+    exact: bool
+    how: str
+
+    def sha(self) -> str:
+        return prompt_sha(self.text)
+
+
+def prompt_sha(*texts: str) -> str:
+    """A short SHA-256 of the distinct ``texts`` in order (one text: the hash of that text), the
+    hash stored with every turn and survey so two runs can be checked for prompt identity."""
+    distinct = list(dict.fromkeys(texts))
+    return hashlib.sha256("\x00".join(distinct).encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -136,6 +165,11 @@ class LLM(abc.ABC):
     def identity(self) -> dict[str, Any]:
         """Everything that makes this backend's outputs differ from another's (model, revision,
         adapter, base URL, dtype...). Used in debate ids so two models never share results."""
+
+    def conditioning(self, prompt: Prompt, purpose: Purpose = "generate") -> Conditioning:
+        """The text the model conditions on for ``prompt`` when asked to generate or to score
+        options; the default is a backend that reads the flat text (no chat template)."""
+        return Conditioning(prompt.flat_text(), True, "flat text, no chat template; the assistant prefix appended")
 
     def close(self) -> None:
         """Release what the backend holds (connections, engines); the default holds nothing."""

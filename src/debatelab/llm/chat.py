@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Prompt
+from .base import Conditioning, Prompt
 
 
 def uses_chat_template(tokenizer: Any, prompt: Prompt) -> bool:
@@ -42,3 +42,32 @@ def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]] | None:
         return None
     system, user, *rest = messages
     return [{"role": "user", "content": f"{system['content']}\n\n{user['content']}"}, *rest]
+
+
+def local_conditioning(tokenizer: Any, prompt: Prompt, purpose: str, where: str = "in process") -> Conditioning:
+    """The :class:`Conditioning` of a backend that renders prompts itself with ``tokenizer``:
+    exact text, and for option scoring each option scored as the whole answer (it and the
+    end-of-turn token after it, or a newline after a flat text)."""
+    templated = uses_chat_template(tokenizer, prompt)
+    how = (f"the model's chat template, rendered {where}, the assistant turn prefilled with the prefix"
+           if templated else "flat text, no chat template; the assistant prefix appended")
+    if purpose == "score":
+        how += "; each option scored with the " + ("end-of-turn token" if templated else "newline") + " after it"
+    return Conditioning(render(tokenizer, prompt), True, how)
+
+
+def find_end_of_turn(tokenizer: Any) -> int | None:
+    """The special token a chat template writes after an assistant message (``<|im_end|>``,
+    ``<|eot_id|>``, ``<end_of_turn>``...); the tokenizer's eos when there is no template or it cannot tell."""
+    eos = tokenizer.eos_token_id
+    if not getattr(tokenizer, "chat_template", None):
+        return eos
+    sentinel = "SENTINEL-7f3a"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": sentinel}], tokenize=False)
+    except Exception:  # templates may raise on anything unusual; eos is the safe fallback
+        return eos
+    after = tokenizer(text.split(sentinel, 1)[-1], add_special_tokens=False).input_ids
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    return after[0] if after and after[0] in special else eos

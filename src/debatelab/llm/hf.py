@@ -30,7 +30,7 @@ from transformers import (
 )
 
 from . import chat
-from .base import LLM, Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest, Usage
+from .base import LLM, Completion, Conditioning, GenerateRequest, OptionScores, Prompt, Purpose, ScoreRequest, Usage
 from .hf_kv import Layout, Row, layout, look_up, prefix_cache_budget, remember, supports_prefix_cache
 from .hf_options import OptionTree, option_tree, tree_logprobs
 from .options import BackendOptions
@@ -105,7 +105,7 @@ class HFLLM(LLM):
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wraps forward
         params = inspect.signature(inner.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
-        self.end_of_turn = self._find_end_of_turn()
+        self.end_of_turn = chat.find_end_of_turn(tokenizer)
         self.stop_ids = self._stop_token_ids(model)
         # Generation is fully specified per call; never inherit sampling defaults a model ships in
         # generation_config.json (repetition penalties, top-k...), which would silently change
@@ -114,22 +114,6 @@ class HFLLM(LLM):
         self._trees: dict[tuple[tuple[str, ...], tuple[int, ...]], OptionTree] = {}
         budget = prefix_cache_budget(options, self.device)
         self.prefix_cache = PrefixCache(budget) if budget and supports_prefix_cache(model) else None
-
-    def _find_end_of_turn(self) -> int:
-        """The token a chat template writes after an assistant message (<|im_end|>, <|eot_id|>,
-        <end_of_turn>...); the tokenizer's eos when there is no template or it cannot tell."""
-        eos = self.tokenizer.eos_token_id
-        if not getattr(self.tokenizer, "chat_template", None):
-            return eos
-        sentinel = "SENTINEL-7f3a"
-        try:
-            text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": "hi"}, {"role": "assistant", "content": sentinel}], tokenize=False)
-        except Exception:  # templates may raise on anything unusual; eos is the safe fallback
-            return eos
-        after = self.tokenizer(text.split(sentinel, 1)[-1], add_special_tokens=False).input_ids
-        special = set(self.tokenizer.all_special_ids) | set(getattr(self.tokenizer, "added_tokens_decoder", {}))
-        return after[0] if after and after[0] in special else eos
 
     def _stop_token_ids(self, model: Any) -> set[int]:
         shipped = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -161,6 +145,9 @@ class HFLLM(LLM):
 
     def render(self, prompt: Prompt) -> str:
         return chat.render(self.tokenizer, prompt)
+
+    def conditioning(self, prompt: Prompt, purpose: Purpose = "generate") -> Conditioning:
+        return chat.local_conditioning(self.tokenizer, prompt, purpose)
 
     def encode(self, prompt: Prompt) -> list[int]:
         # A chat template already writes any BOS token; a raw prompt gets the tokenizer's own.

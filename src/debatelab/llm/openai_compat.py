@@ -20,20 +20,22 @@ replies: :mod:`.openai_wire`.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable, Coroutine, Sequence, TypeVar
 
 from ..errors import DebatelabError, RunFailed
-from .base import LLM, Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest, Usage
+from .base import LLM, Completion, Conditioning, GenerateRequest, OptionScores, Prompt, Purpose, ScoreRequest, Usage
 from .concurrency import AdaptiveLimit, Gate
 from .openai_keys import redact, resolve_key
-from .openai_scoring import OptionScorer, top_logprobs_of
+from .openai_scoring import SCORE_HINT, EchoUnsupported, OptionScorer, top_logprobs_of
+from .openai_template import resolve_template
 from .openai_wire import (Batch, WireReply, Unreachable, chat_messages, connect_failure, cut_at_stop, normalise_url,
                           read_reply)
 from .options import BackendOptions
-from .retry import GaveUp, RetryPolicy, is_transient, with_retries
+from .retry import GaveUp, RetryPolicy, is_transient, status_of, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ class OpenAICompatLLM(LLM):
         self.top_logprobs = top_logprobs_of(options)
         self.base_url = options.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
         self._api_key = resolve_key(options, self.base_url)
+        self.template = resolve_template(options)
         self._scorer = OptionScorer(self, options.api, self.top_logprobs, options.score_echo,
                                     refused=self._openai.BadRequestError)
         self._reached = False  # the server has answered (anything) at least once
@@ -105,7 +108,43 @@ class OpenAICompatLLM(LLM):
                  "base_url": normalise_url(self.base_url), "top_logprobs": self.top_logprobs}
         if self.options.api == "completions":
             ident["score_echo"] = self.options.score_echo
+        if self.template is not None:  # absent otherwise, so runs made before it keep their ids
+            ident.update(self.template.identity())
+        if self.options.api == "chat" and self.options.chat_prefill != "instruction":
+            ident["chat_prefill"] = self.options.chat_prefill
         return ident
+
+    # --- what the model conditions on ----------------------------------------------------------
+
+    def raw_text(self, prompt: Prompt) -> str:
+        """The text a completions request sends: the chat template rendered here, or the flat text."""
+        return self.template.wire_text(prompt) if self.template is not None else prompt.flat_text()
+
+    def conditioning(self, prompt: Prompt, purpose: Purpose = "generate") -> Conditioning:
+        if self.options.api == "completions":
+            if self.template is not None:
+                return self.template.conditioning(prompt, purpose)
+            how = "flat text, no chat template; the assistant prefix appended"
+            if purpose == "score":
+                how += ("; options scored exactly by echo where the server allows it, else from the first answer "
+                        "token's top alternatives, with no end of the answer after them")
+            return Conditioning(prompt.flat_text(), True, how)
+        hint = SCORE_HINT if purpose == "score" else GENERATE_HINT
+        messages, extra = self._chat_request(prompt, hint)
+        text = json.dumps({"messages": messages, **extra}, sort_keys=True, ensure_ascii=False)
+        if self.options.chat_prefill == "continue":
+            prefix = "the assistant's message continued from the prefix (continue_final_message)"
+        else:
+            prefix = "the prefix asked for by an instruction in the user message, not prefilled"
+        return Conditioning(text, False, f"the server's chat template (its text unseen by debatelab); {prefix}")
+
+    def _chat_request(self, prompt: Prompt, hint: str) -> tuple[list[dict[str, str]], dict[str, Any]]:
+        """The chat messages for ``prompt`` and the extra body fields that go with them."""
+        if self.options.chat_prefill == "continue" and prompt.assistant_prefix:
+            messages = chat_messages(Prompt(messages=prompt.messages, text=prompt.text), hint)
+            messages.append({"role": "assistant", "content": prompt.assistant_prefix})
+            return messages, {"continue_final_message": True, "add_generation_prompt": False}
+        return chat_messages(prompt, hint), {}
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
         return self._run_batch(requests, self._generate_one, lambda error: Completion("", error=error))
@@ -197,8 +236,12 @@ class OpenAICompatLLM(LLM):
         params: dict[str, Any] = {
             "temperature": req.temperature, "max_tokens": req.max_tokens, "top_p": req.top_p
         }
-        if req.stop:
-            params["stop"] = list(req.stop[:MAX_STOP])
+        # The template's end of turn first: servers stop at their own end-of-text token, which
+        # for some models is not the one their template ends a turn with (the cut below applies
+        # every stop string, so one that does not fit in MAX_STOP still works).
+        stops = ((self.template.end_text,) if self.template is not None else ()) + tuple(req.stop)
+        if stops:
+            params["stop"] = list(dict.fromkeys(stops))[:MAX_STOP]
         if req.seed is not None:
             params["seed"] = req.seed
         reply = await self.call(batch, req.prompt, GENERATE_HINT, params)
@@ -217,15 +260,24 @@ class OpenAICompatLLM(LLM):
         return reply
 
     async def complete(self, batch: Batch, prompts: list[str], params: dict[str, Any],
-                       read: Callable[[Any], T]) -> T:
+                       read: Callable[[Any], T], probe: bool = False) -> T:
         """One legacy-completions request for several prompts at once (echo scoring), retried
-        like any other; ``read`` turns its body into the result and counts nothing."""
+        like any other; ``read`` turns its body into the result and counts nothing. A ``probe``
+        (no echo has succeeded yet) that the server answers with 500 raises
+        :class:`EchoUnsupported` at once: llama-cpp-python answers so to several prompts in one
+        request, and retrying would only repeat it (429s, 503s and timeouts are retried)."""
         def send(timeout: float) -> Awaitable[Any]:
             return batch.client.completions.create(model=self.model, prompt=prompts, timeout=timeout, **params)
 
-        return await self._request(batch, send, read)
+        if not probe:
+            return await self._request(batch, send, read)
+        try:
+            return await self._request(batch, send, read, lambda exc: self._transient(exc) and status_of(exc) != 500)
+        except self._openai.InternalServerError as exc:
+            raise EchoUnsupported(f"the server answered {self.describe(exc)}") from None
 
-    async def _request(self, batch: Batch, send: Callable[[float], Awaitable[Any]], read: Callable[[Any], T]) -> T:
+    async def _request(self, batch: Batch, send: Callable[[float], Awaitable[Any]], read: Callable[[Any], T],
+                       transient: Callable[[BaseException], bool] | None = None) -> T:
         async def attempt(seconds_left: float) -> T:
             try:
                 response = await send(min(self.options.timeout, seconds_left))
@@ -246,17 +298,18 @@ class OpenAICompatLLM(LLM):
             self.limit.succeeded()
             return read(response)
 
-        return await with_retries(attempt, self._policy, self._transient, on_retry=self._count_retry,
+        return await with_retries(attempt, self._policy, transient or self._transient, on_retry=self._count_retry,
                                   slot=batch.gate.slot)
 
     def _sender(
         self, client: Any, prompt: Prompt, hint: str, params: dict[str, Any]
     ) -> Callable[[float], Awaitable[Any]]:
         if self.options.api == "chat":
-            messages = chat_messages(prompt, hint)
+            messages, extra = self._chat_request(prompt, hint)
+            body = {"extra_body": extra} if extra else {}
             return lambda timeout: client.chat.completions.create(
-                model=self.model, messages=messages, timeout=timeout, **params)
-        text = prompt.flat_text()
+                model=self.model, messages=messages, timeout=timeout, **params, **body)
+        text = self.raw_text(prompt)
         return lambda timeout: client.completions.create(model=self.model, prompt=text, timeout=timeout, **params)
 
     def _transient(self, exc: BaseException) -> bool:

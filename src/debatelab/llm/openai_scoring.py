@@ -39,6 +39,8 @@ from typing import Any, Callable, Literal, Protocol, Sequence, TypeVar
 from ..errors import DebatelabError
 from .base import OptionScores, Prompt, ScoreRequest, Usage
 from .options import TOP_LOGPROBS_CAP, BackendOptions, top_logprobs_error
+from .openai_template import ClientTemplate
+from .openai_terminated import TerminatedWalk
 from .openai_wire import Batch, WireReply, reading_body, used_tokens
 
 T = TypeVar("T")
@@ -51,9 +53,9 @@ SCORE_HINT = 'Your answer continues the text "{}". Reply with only what follows 
 def top_logprobs_of(options: BackendOptions) -> int:
     """The alternatives to ask for: the API's cap unless set lower. Checked again here, because
     options made without validation (``model_copy``) skip the config's own check."""
-    cap = TOP_LOGPROBS_CAP[options.api]
+    cap = options.logprobs_cap or TOP_LOGPROBS_CAP[options.api]
     if options.top_logprobs is not None and options.top_logprobs > cap:
-        raise DebatelabError(top_logprobs_error(options.top_logprobs, options.api))
+        raise DebatelabError(top_logprobs_error(options.top_logprobs, options.api, options.logprobs_cap))
     return cap if options.top_logprobs is None else options.top_logprobs
 
 
@@ -196,14 +198,18 @@ def _echo_row(choice: Any, prompt: str) -> EchoRow:
 
 class Link(Protocol):
     """What scoring asks of the backend: requests (retried, gated, their tokens counted), its
-    usage counters, one-line error text, and warnings logged once."""
+    usage counters, one-line error text, warnings logged once, the raw text it sends for a
+    prompt, and the client-side chat template (None: it sends the flat text)."""
 
     usage: Usage
+    template: ClientTemplate | None
+
+    def raw_text(self, prompt: Prompt) -> str: ...
 
     async def call(self, batch: Batch, prompt: Prompt, hint: str, params: dict[str, Any]) -> WireReply: ...
 
     async def complete(self, batch: Batch, prompts: list[str], params: dict[str, Any],
-                       read: Callable[[Any], T]) -> T: ...
+                       read: Callable[[Any], T], probe: bool = False) -> T: ...
 
     def describe(self, exc: BaseException) -> str: ...
 
@@ -222,8 +228,16 @@ class OptionScorer:
         self.top_logprobs = top_logprobs
         self.logprobs_ok = top_logprobs > 0
         self.echo_ok = self.logprobs_ok and api == "completions" and score_echo
+        self.echo_proven = False  # an echo has succeeded: later failures are the server's, not echo's
 
     async def score(self, batch: Batch, req: ScoreRequest) -> OptionScores:
+        if self.echo_ok and not self.echo_proven:  # one survey finds out whether echo works
+            async with batch.probe:
+                if self.echo_ok and not self.echo_proven:  # still undecided once it is our turn
+                    return await self._score(batch, req)
+        return await self._score(batch, req)
+
+    async def _score(self, batch: Batch, req: ScoreRequest) -> OptionScores:
         greedy: dict[str, Any] = {"temperature": 0} if req.seed is None else {"temperature": 0, "seed": req.seed}
         echo_refused: BaseException | None = None
         if self.echo_ok:
@@ -234,6 +248,7 @@ class OptionScorer:
             except self._refused as exc:
                 echo_refused = exc  # echo's fault only if the same survey without echo works
             else:
+                self.echo_proven = True
                 return self._counted("survey_exact", scores)
         logprobs_refused: BaseException | None = None
         if self.logprobs_ok:
@@ -244,6 +259,8 @@ class OptionScorer:
             else:
                 if echo_refused is not None:
                     self._no_echo(self._link.describe(echo_refused))
+                if reply.alternatives and self._link.template is not None:
+                    return self._counted("survey_top_k", await self._terminated(batch, req, reply, greedy))
                 if reply.alternatives:
                     return self._counted("survey_top_k", await self._top_k(batch, req, reply, greedy))
                 self._no_logprobs("the server answered without log-probabilities")
@@ -253,9 +270,9 @@ class OptionScorer:
         self._link.usage.extra[method] += 1
         return scores
 
-    def _first_token(self, greedy: dict[str, Any]) -> dict[str, Any]:
-        """A 1-token request for the top ``top_logprobs`` alternatives, as the API asks for them."""
-        k = self.top_logprobs
+    def _first_token(self, greedy: dict[str, Any], k: int | None = None) -> dict[str, Any]:
+        """A 1-token request for the top ``k`` (default ``top_logprobs``) alternatives, as the API asks for them."""
+        k = self.top_logprobs if k is None else k
         asks = {"logprobs": True, "top_logprobs": k} if self.api == "chat" else {"logprobs": k}
         return {**greedy, "max_tokens": 1, **asks}
 
@@ -271,10 +288,14 @@ class OptionScorer:
                                             "answers (source=generated, counted in survey_fallbacks)")
 
     async def _echo(self, batch: Batch, req: ScoreRequest) -> OptionScores:
-        base = req.prompt.flat_text()
-        prompts = [base] + [base + option for option in req.options]
+        base = self._link.raw_text(req.prompt)
+        # With the chat template rendered here, an option is scored as the whole answer, the
+        # end-of-turn token after it, as in process; the options then part before their ends.
+        end = self._link.template.end_text if self._link.template is not None else ""
+        prompts = [base] + [base + option + end for option in req.options]
         params = {"temperature": 0, "max_tokens": 0, "echo": True, "logprobs": self.top_logprobs}
-        rows, tokens = await self._link.complete(batch, prompts, params, lambda response: read_echo(response, prompts))
+        rows, tokens = await self._link.complete(batch, prompts, params, lambda response: read_echo(response, prompts),
+                                                 probe=not self.echo_proven)
         self._link.usage.prompt_tokens += tokens
         scores = echo_scores(rows[0], rows[1:])
         best = max(range(len(scores)), key=scores.__getitem__) if scores else None
@@ -288,7 +309,7 @@ class OptionScorer:
         head = open_prefix(reply.alternatives, req.options, scores) if self.api == "completions" else None
         if head is not None:
             raw, head_lp = head
-            prompt = Prompt(text=req.prompt.flat_text() + raw)
+            prompt = Prompt(text=self._link.raw_text(req.prompt) + raw)
             nxt = (await self._link.call(batch, prompt, SCORE_HINT, self._first_token(greedy))).alternatives
             stem = raw.strip()
             for i, option in enumerate(req.options):
@@ -298,6 +319,20 @@ class OptionScorer:
                 elif option.startswith(stem) and scores[i] == -math.inf:
                     rest = [lp for t, lp in nxt if t == option[len(stem):]]
                     scores[i] = head_lp + logsumexp(rest)
+        return OptionScores(tuple(scores), top_k_source(scores), token)
+
+    async def _terminated(self, batch: Batch, req: ScoreRequest, reply: WireReply,
+                          greedy: dict[str, Any]) -> OptionScores:
+        assert self._link.template is not None
+        base = self._link.raw_text(req.prompt)
+
+        async def ask(text: str, k: int) -> tuple[tuple[str, float], ...]:
+            got = await self._link.call(batch, Prompt(text=text), SCORE_HINT, self._first_token(greedy, k))
+            return got.alternatives
+
+        walk = TerminatedWalk(ask, self._link.template, self.top_logprobs, {base: reply.alternatives})
+        scores = [await walk.score(base, option) for option in req.options]
+        token = reply.token if reply.token is not None else reply.text
         return OptionScores(tuple(scores), top_k_source(scores), token)
 
     async def _generated(self, batch: Batch, req: ScoreRequest, greedy: dict[str, Any],

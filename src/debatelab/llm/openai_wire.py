@@ -4,10 +4,11 @@ shown, and why a connection could not be made at all. Pure functions; no SDK imp
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import socket
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,6 +26,8 @@ class Batch:
 
     client: Any
     gate: Gate
+    probe: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held by the survey that first tries echo, so the others learn its outcome before trying."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from ..validation import StrictModel
 MAX_BATCH = 4_096
 MAX_THREADS = 1_024
 MAX_PREFIX_CACHE_MB = 2**20  # 1 TiB
+MAX_LOGPROBS_CAP = 1_000
 
 
 class BackendOptions(StrictModel):
@@ -78,11 +79,42 @@ class BackendOptions(StrictModel):
     from the first answer token's top log-probabilities instead. False skips the attempt (echo is
     billed as ``len(options) + 1`` prompts per survey)."""
 
+    logprobs_cap: int | None = Field(None, ge=1, le=MAX_LOGPROBS_CAP, strict=True)
+    """The most alternatives per token this server returns, for servers that allow more than
+    OpenAI's documented caps (vLLM's ``--max-logprobs``, 20 by default; llama.cpp: any). None:
+    OpenAI's caps. ``top_logprobs`` may then go up to it, and defaults to it."""
+    chat_template: str = Field("auto", min_length=1, max_length=4096)
+    """Completions API only: the text the model conditions on. ``auto``: the model's chat template,
+    rendered by debatelab and sent as raw text, when ``tokenizer`` is set, so the server sees
+    exactly what ``hf:``/``embedded`` render in process; else the flat text. ``none``: always the flat text (a base model, or the
+    paper's gpt-3.5-turbo-instruct). Any other value: a Jinja chat-template file, rendered with
+    ``tokenizer``'s special tokens."""
+    tokenizer: str | None = Field(None, min_length=1, max_length=4096)
+    """Completions API only: where the client-side chat template and the end-of-turn token come
+    from: ``embedded``, a local tokenizer folder, the ``.gguf`` file the server loads, or a hub id
+    (a path is relative to the config file). Byte-level BPE tokenizers (SmolLM2, Llama 3, Qwen)
+    give the in-process tokens exactly; see README "What the model conditions on"."""
+    chat_prefill: Literal["instruction", "continue"] = "instruction"
+    """Chat API only: how the assistant prefix ("Rating: ") reaches the model. ``instruction``
+    (works everywhere): the user message asks the answer to begin with it, so the model reads
+    another prompt than in process. ``continue``: the prefix is sent as the start of the
+    assistant's message, continued by the server (vLLM's ``continue_final_message`` with
+    ``add_generation_prompt: false``); a server without that extension answers wrongly or 400."""
+
+    @model_validator(mode="after")
+    def _options_of_the_chosen_api(self) -> "BackendOptions":
+        if self.api != "completions" and (self.tokenizer is not None or self.chat_template != "auto"):
+            raise ValueError("backend.tokenizer and backend.chat_template apply to api: completions only "
+                             "(on the chat API the server renders its own template)")
+        if self.api != "chat" and self.chat_prefill != "instruction":
+            raise ValueError("backend.chat_prefill applies to api: chat only")
+        return self
+
     @model_validator(mode="after")
     def _top_logprobs_within_cap(self) -> "BackendOptions":
-        cap = TOP_LOGPROBS_CAP[self.api]
+        cap = self.logprobs_cap or TOP_LOGPROBS_CAP[self.api]
         if self.top_logprobs is not None and self.top_logprobs > cap:
-            raise ValueError(top_logprobs_error(self.top_logprobs, self.api))
+            raise ValueError(top_logprobs_error(self.top_logprobs, self.api, self.logprobs_cap))
         return self
 
 
@@ -91,7 +123,10 @@ class BackendOptions(StrictModel):
 TOP_LOGPROBS_CAP = {"chat": 20, "completions": 5}
 
 
-def top_logprobs_error(value: int, api: str) -> str:
+def top_logprobs_error(value: int, api: str, server_cap: int | None = None) -> str:
+    if server_cap is not None:
+        return f"top_logprobs {value} is over backend.logprobs_cap {server_cap}; leave it unset to use the cap"
     name = "top_logprobs" if api == "chat" else "logprobs"
     return (f"top_logprobs {value} is over the {api} API's limit of {TOP_LOGPROBS_CAP[api]} (its {name!r} "
-            f"parameter; chat allows 20, legacy completions 5); leave it unset to use the limit")
+            f"parameter; chat allows 20, legacy completions 5; a server that allows more: set "
+            f"backend.logprobs_cap); leave it unset to use the limit")

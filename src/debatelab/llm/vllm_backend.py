@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import DebatelabError, first_line
-from .base import LLM, Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest, Usage
+from .base import LLM, Completion, Conditioning, GenerateRequest, OptionScores, Prompt, Purpose, ScoreRequest, Usage
+from .chat import local_conditioning
 from .options import BackendOptions
 from .vllm_support import (  # noqa: F401  (re-exported: the backend's public helpers)
     VLLMSettings,
@@ -161,6 +162,9 @@ class VLLMLLM(LLM):
     def shares_engine(self, other: LLM) -> bool:
         peer = engine_peer(other)
         return isinstance(peer, VLLMLLM) and peer.engine is self.engine
+
+    def conditioning(self, prompt: Prompt, purpose: Purpose = "generate") -> Conditioning:
+        return local_conditioning(self.engine.tokenizer, prompt, purpose)
 
     def identity(self) -> dict[str, Any]:
         extra = {"adapter": dict(self._adapter_identity)} if self._adapter_identity else {}

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import DebatelabError
 from .base import GenerateRequest, Prompt
-from .chat import render, uses_chat_template
+from .chat import find_end_of_turn, render, uses_chat_template  # noqa: F401  (find_end_of_turn re-exported)
 from .options import BackendOptions
 
 INSTALL_HINT = "pip install 'debatelab[vllm]'"
@@ -153,22 +153,6 @@ def encode(tokenizer: Any, prompt: Prompt) -> list[int]:
     if not uses_chat_template(tokenizer, prompt):
         return list(tokenizer(prompt.flat_text(), add_special_tokens=True).input_ids)
     return list(tokenizer(render(tokenizer, prompt), add_special_tokens=False).input_ids)
-
-
-def find_end_of_turn(tokenizer: Any) -> int | None:
-    """The special token a chat template writes after an assistant message (as ``hf:`` finds it)."""
-    eos = tokenizer.eos_token_id
-    if not getattr(tokenizer, "chat_template", None):
-        return eos
-    sentinel = "SENTINEL-7f3a"
-    try:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": sentinel}], tokenize=False)
-    except Exception:  # templates may raise on anything unusual; eos is the safe fallback
-        return eos
-    after = tokenizer(text.split(sentinel, 1)[-1], add_special_tokens=False).input_ids
-    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
-    return after[0] if after and after[0] in special else eos
 
 
 # ---- the engine and its adapter views -----------------------------------------------------

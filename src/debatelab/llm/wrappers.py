@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any, ContextManager, Sequence
 
-from .base import LLM, Completion, GenerateRequest, OptionScores, ScoreRequest, Usage
+from .base import LLM, Completion, Conditioning, GenerateRequest, OptionScores, Prompt, Purpose, ScoreRequest, Usage
 
 
 def keeps_mixed_calls(llm: LLM) -> bool:
@@ -58,6 +58,9 @@ class Wrapper(LLM):
 
     def identity(self) -> dict[str, Any]:
         return self.inner.identity()
+
+    def conditioning(self, prompt: Prompt, purpose: Purpose = "generate") -> Conditioning:
+        return self.inner.conditioning(prompt, purpose)
 
     def close(self) -> None:
         self.inner.close()

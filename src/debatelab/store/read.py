@@ -32,7 +32,8 @@ class DebateRow(NamedTuple):
 
 
 class AttitudeRow(NamedTuple):
-    """One agent's survey answer at one iteration; ``probs`` the 0..10 distribution, if any."""
+    """One agent's survey answer at one iteration; ``probs`` the 0..10 distribution, if any;
+    ``prompt_sha`` the hash of what it sent (None in runs from before migration 5)."""
 
     debate_id: str
     topic: str
@@ -49,6 +50,7 @@ class AttitudeRow(NamedTuple):
     source: str | None
     raw: str | None
     probs: list[float | None] | None
+    prompt_sha: str | None
 
 
 class TurnRow(NamedTuple):
@@ -64,6 +66,7 @@ class TurnRow(NamedTuple):
     text: str
     completion_tokens: int | None
     finish_reason: str | None
+    prompt_sha: str | None
 
 
 # Each survey and turn with its debate (topic, repetition) and its agent (name, role); the
@@ -85,14 +88,14 @@ FROM debates d ORDER BY d.topic_id, d.repetition, d.debate_id
 
 _ATTITUDES_SQL = """
 SELECT s.debate_id, d.topic_id, d.repetition, a.name, s.agent_index, a.role, s.iteration, s.method,
-       s.score, s.valid, s.expected_score, s.option_mass, s.source, s.raw, s.probs_json
+       s.score, s.valid, s.expected_score, s.option_mass, s.source, s.raw, s.probs_json, s.prompt_sha
 """ + SURVEYS_JOINED + """
 ORDER BY d.topic_id, d.repetition, s.debate_id, s.iteration, s.agent_index
 """
 
 _TURNS_SQL = """
 SELECT t.debate_id, d.topic_id, d.repetition, t.iteration, a.name, t.agent_index, a.role, t.text,
-       t.completion_tokens, t.finish_reason
+       t.completion_tokens, t.finish_reason, t.prompt_sha
 """ + TURNS_JOINED + """
 ORDER BY d.topic_id, d.repetition, t.debate_id, t.iteration
 """
@@ -105,9 +108,9 @@ def debate_rows(store: RunStore) -> Iterator[DebateRow]:
 
 def attitude_rows(store: RunStore) -> Iterator[AttitudeRow]:
     """Every committed survey answer, with its debate's topic and its agent's name and role."""
-    for *head, probs_json in store.db.execute(_ATTITUDES_SQL):
+    for *head, probs_json, sha in store.db.execute(_ATTITUDES_SQL):
         head[9] = bool(head[9])  # stored as 0/1
-        yield AttitudeRow(*head, json.loads(probs_json) if probs_json else None)
+        yield AttitudeRow(*head, json.loads(probs_json) if probs_json else None, sha)
 
 
 def turn_rows(store: RunStore) -> Iterator[TurnRow]:

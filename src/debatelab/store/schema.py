@@ -85,9 +85,16 @@ def _m004_stances(db: sqlite3.Connection) -> None:
             PRIMARY KEY (debate_id, iteration, judge))""")
 
 
+def _m005_prompt_sha(db: sqlite3.Connection) -> None:
+    # A hash of the exact text each reply and survey conditioned on, so two runs (two backends of
+    # one model) can be checked for prompt identity; rows written before it stay NULL.
+    db.execute("ALTER TABLE turns ADD COLUMN prompt_sha TEXT")
+    db.execute("ALTER TABLE surveys ADD COLUMN prompt_sha TEXT")
+
+
 # Append only: never edit or reorder an applied migration.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_initial, _m002_failures, _m003_survey_source,
-                                                          _m004_stances]
+                                                          _m004_stances, _m005_prompt_sha]
 
 # Rows whose JSON the exports and the analysis parse: (table, column, shape test, row label).
 _JSON_CHECKS = (

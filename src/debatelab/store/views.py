@@ -26,10 +26,10 @@ _DEBATES = """SELECT debate_id, topic_id AS topic, json_extract(spec_json, '$.to
   repetition, seed, first_speaker, rounds, n_agents, status, error FROM debates"""
 _AGENTS = "SELECT debate_id, agent_index, name AS agent, role, persona_id FROM agents"
 _TURNS = """SELECT t.debate_id, d.topic_id AS topic, d.repetition, t.iteration, t.agent_index, a.name AS agent,
-  a.role, t.text, t.completion_tokens, t.finish_reason """ + TURNS_JOINED
+  a.role, t.text, t.completion_tokens, t.finish_reason, {prompt_sha} AS prompt_sha """ + TURNS_JOINED
 _SURVEYS = """SELECT s.debate_id, d.topic_id AS topic, d.repetition, s.iteration, s.agent_index, a.name AS agent,
-  a.role, s.method, s.score, s.valid, s.expected_score, s.option_mass, {source} AS source, s.raw, s.probs_json
-  """ + SURVEYS_JOINED
+  a.role, s.method, s.score, s.valid, s.expected_score, s.option_mass, {source} AS source, s.raw, s.probs_json,
+  {prompt_sha} AS prompt_sha """ + SURVEYS_JOINED
 _STANCES = """SELECT j.debate_id, d.topic_id AS topic, d.repetition, j.iteration, t.agent_index, a.name AS agent,
   a.role, j.judge, j.method, j.score, j.valid, j.expected_score, j.option_mass, j.source, j.raw, j.probs_json
   """ + STANCES_JOINED
@@ -61,11 +61,12 @@ def read_views(run_dir: Path) -> RunViews:
     path = run_dir / DB_NAME
     db = read_run_database(path)
     try:
-        # Runs from before migration 3 (read-only here, so never migrated) have no source column.
-        columns = {row[1] for row in db.execute("PRAGMA table_info(surveys)")}
-        surveys = _SURVEYS.format(source="s.source" if "source" in columns else "NULL")
+        # Runs from before migrations 3 and 5 (read-only here, so never migrated) lack their columns.
+        surveys = _SURVEYS.format(source=_column(db, "surveys", "s", "source"),
+                                  prompt_sha=_column(db, "surveys", "s", "prompt_sha"))
+        turns = _TURNS.format(prompt_sha=_column(db, "turns", "t", "prompt_sha"))
         frames = {name: pd.read_sql_query(sql, db) for name, sql in
-                  (("debates", _DEBATES), ("agents", _AGENTS), ("turns", _TURNS), ("surveys", surveys))}
+                  (("debates", _DEBATES), ("agents", _AGENTS), ("turns", turns), ("surveys", surveys))}
         meta = {k: _json_or_text(v) for k, v in db.execute("SELECT key, value FROM meta")}
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         # Runs from before migration 4 (read-only here, so never migrated) have no stances table.
@@ -76,6 +77,12 @@ def read_views(run_dir: Path) -> RunViews:
     finally:
         db.close()
     return RunViews(meta=meta, stances=stances, **frames)
+
+
+def _column(db: sqlite3.Connection, table: str, alias: str, column: str) -> str:
+    """``alias.column``, or NULL where the table (of an older schema) has no such column."""
+    columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    return f"{alias}.{column}" if column in columns else "NULL"
 
 
 def _json_or_text(value: str) -> Any:

@@ -110,6 +110,15 @@ class RunStore:
         with suppress(sqlite3.Error):
             self.set_state(state, detail)
 
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store ``value`` (as JSON) under ``key``, replacing what was there: facts measured anew
+        on every run and resume, such as how each model is conditioned. An unchanged value is
+        not rewritten, so a resume that does nothing changes nothing."""
+        text = json.dumps(value)
+        if self.get_meta(key) != text:
+            with self.transaction():
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, text))
+
     def bind_identity(self, identity: str) -> str | None:
         """Store the run's model identity (JSON) if none is stored yet and return None; else
         return the stored one, unchanged, for the caller to compare."""
@@ -168,9 +177,9 @@ class RunStore:
     def progress(self, debate_id: str) -> tuple[list[Turn], set[tuple[int, int]]]:
         turns = [
             Turn(iteration=r[0], agent_index=r[1], text=r[2], prompt_tokens=r[3] or 0,
-                 completion_tokens=r[4] or 0, finish_reason=r[5] or "stop")
+                 completion_tokens=r[4] or 0, finish_reason=r[5] or "stop", prompt_sha=r[6])
             for r in self.db.execute(
-                "SELECT iteration, agent_index, text, prompt_tokens, completion_tokens, finish_reason"
+                "SELECT iteration, agent_index, text, prompt_tokens, completion_tokens, finish_reason, prompt_sha"
                 " FROM turns WHERE debate_id = ? ORDER BY iteration", (debate_id,))
         ]
         surveys = set(self.db.execute("SELECT iteration, agent_index FROM surveys WHERE debate_id = ?", (debate_id,)))
@@ -189,16 +198,18 @@ class RunStore:
             self.db.executemany("UPDATE debates SET status = 'failed', error = ? WHERE debate_id = ?",
                                 [(error, d) for d, _, error in failed])
             self.db.executemany(
-                "INSERT INTO turns VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(d, t.iteration, t.agent_index, t.text, t.prompt_tokens, t.completion_tokens, t.finish_reason, now)
-                 for d, t in turns],
+                "INSERT INTO turns (debate_id, iteration, agent_index, text, prompt_tokens, completion_tokens,"
+                " finish_reason, created_at, prompt_sha) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(d, t.iteration, t.agent_index, t.text, t.prompt_tokens, t.completion_tokens, t.finish_reason, now,
+                  t.prompt_sha) for d, t in turns],
             )
             self.db.executemany(
                 "INSERT INTO surveys (debate_id, iteration, agent_index, method, score, valid, expected_score,"
-                " probs_json, option_mass, raw, created_at, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " probs_json, option_mass, raw, created_at, source, prompt_sha)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(d, s.iteration, s.agent_index, s.method, s.score, int(s.valid), s.expected_score,
-                  json.dumps(s.probs) if s.probs is not None else None, s.option_mass, s.raw, now, s.source)
-                 for d, s in surveys],
+                  json.dumps(s.probs) if s.probs is not None else None, s.option_mass, s.raw, now, s.source,
+                  s.prompt_sha) for d, s in surveys],
             )
             self.db.executemany(
                 "UPDATE debates SET status = 'complete', finished_at = ? WHERE debate_id = ?",
