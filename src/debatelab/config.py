@@ -350,8 +350,7 @@ LATER_BACKEND_FIELDS: dict[str, object] = {"logprobs_cap": None, "chat_template"
 
 
 def _resolve_backend_paths(backend: dict[str, Any], base: Path) -> dict[str, Any]:
-    """``backend.chat_template`` (a file) and ``backend.tokenizer`` (when it names a path, not a
-    hub id or ``embedded``) relative to the config file, like the persona bank."""
+    """``backend.chat_template`` and ``backend.tokenizer`` (when a path) relative to the config, like the bank."""
     out = dict(backend)
     template = out.get("chat_template")
     if isinstance(template, str) and template.strip() and template not in ("auto", "none"):

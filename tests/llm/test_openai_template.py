@@ -247,3 +247,16 @@ def test_top_logprobs_may_go_up_to_a_servers_own_cap() -> None:
         BackendOptions(api="completions", logprobs_cap=100, top_logprobs=101)
     with pytest.raises(ValueError, match="set backend.logprobs_cap"):
         BackendOptions(api="completions", top_logprobs=6)
+
+
+def test_template_and_tokenizer_paths_are_relative_to_the_config(tmp_path: Path) -> None:
+    from debatelab.config import load_config
+
+    (tmp_path / "tok").mkdir()
+    config = tmp_path / "exp.yaml"
+    config.write_text("model: openai:m\ntopics: [racism]\nagents: [republican, democrat]\nbackend: {api: completions, tokenizer: tok, "
+                      "chat_template: t.jinja}\n")
+    backend = load_config(config).backend
+    assert (backend.tokenizer, backend.chat_template) == (str(tmp_path / "tok"), str(tmp_path / "t.jinja"))
+    config.write_text("model: openai:m\ntopics: [racism]\nagents: [republican, democrat]\nbackend: {api: completions, tokenizer: org/hub-id}\n")
+    assert load_config(config).backend.tokenizer == "org/hub-id"  # no such folder: a hub id, left alone
