@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "llama-server-bench")
     parser.add_argument("--paths", default="embedded,completions,completions-c8,flat,chat")
     args = parser.parse_args()
+    args.out = args.out.resolve()  # the configs written there name the bank by absolute path
     if not SERVER_PYTHON.is_file():
         raise SystemExit("llama.cpp server not installed: run scripts/setup_llama_server.sh")
     from debatelab.llm.embedded import find_gguf
