@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -42,16 +41,6 @@ PATHS = {
     "flat": ("openai:smollm2", {**SERVER, "api": "completions", "chat_template": "none", "concurrency": 1}),
     "chat": ("openai:smollm2", {**SERVER, "api": "chat", "concurrency": 1}),
 }
-
-
-def cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def start_server(gguf: str, log: Path) -> tuple[subprocess.Popen, str]:
@@ -134,7 +123,9 @@ def main() -> None:
     for r in results:
         if base.exists() and r["path"] != "embedded":
             r["prompt_identity"] = prompt_identity(base, args.out / r["path"])
-    summary = {"cpu": cpu(), "cores": os.cpu_count(), "results": results}
+    from debatelab.bench.core import _cpu_model
+
+    summary = {"cpu": _cpu_model(), "cores": os.cpu_count(), "results": results}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(json.dumps(summary, indent=1, default=str))
 

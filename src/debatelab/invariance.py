@@ -33,17 +33,16 @@ from typing import Any, Callable, Iterator, Sequence
 
 from pydantic import ValidationError
 
-from . import prompts, survey
-from .debate import derive_seed
+from . import survey
 from .errors import DebatelabError
-from .llm.base import LLM, GenerateRequest, Prompt, ScoreRequest
+from .llm.base import LLM, GenerateRequest, ScoreRequest
 from .llm.options import BackendOptions
 from .personas import generate_personas
-from .preflight import PARTIES, seat_personas
+from .preflight import PARTIES, Asked, seat_personas, survey_plan
 from .readers import read_yaml
 from .scales import Scale, ZERO_TEN
 from .topics import Topic
-from .types import Agent, Persona, SurveyAnswer
+from .types import Persona, SurveyAnswer
 from .validation import describe
 
 INVARIANCE_TOLERANCE = 0.3
@@ -67,18 +66,6 @@ def read_backend_options(path: Path) -> BackendOptions:
         return BackendOptions.model_validate(data)
     except ValidationError as exc:
         raise DebatelabError(f"invalid backend options {path}: {describe(exc)}") from None
-
-
-@dataclass(frozen=True)
-class Asked:
-    """One survey question of the check: who answers, on which topic, with which prompt and seed."""
-
-    topic: str
-    role: str
-    agent: str
-    persona_id: str | None
-    prompt: Prompt
-    seed: int
 
 
 @dataclass(frozen=True)
@@ -226,14 +213,6 @@ class InvarianceCheck:
         return {**{k: v for k, v in asdict(self).items() if k != "surveys"},
                 "invariant": self.invariant, "verdict": self.verdict,
                 "surveys": [s.as_dict() for s in self.surveys]}
-
-
-def survey_plan(seatings: Sequence[tuple[Agent, ...]], topics: Sequence[Topic], scale: Scale, seed: int) -> list[Asked]:
-    """Every seated agent's pre-debate survey on every topic, with the preflight's seeds."""
-    return [Asked(topic.id, seating[i].role, seating[i].name, seating[i].persona_id,
-                  prompts.survey_prompt(seating, i, topic, (), scale),
-                  derive_seed(seed, "preflight", topic.id, seating[i].name))
-            for topic in topics for seating in seatings for i in range(len(seating))]
 
 
 def measure(llm: LLM, plan: Sequence[Asked], scale: Scale) -> list[SideAnswer]:

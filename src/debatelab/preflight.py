@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from . import prompts, survey
 from .debate import derive_seed
 from .humans import pew_2023
-from .llm.base import LLM, GenerateRequest, ScoreRequest
+from .llm.base import LLM, GenerateRequest, Prompt, ScoreRequest
 from .personas import draw_names, generate_personas
 from .scales import Scale, ZERO_TEN
 from .topics import Topic
@@ -96,21 +96,41 @@ def seat_personas(bank: Sequence[Persona], per_party: int, seed: int) -> list[tu
     return seatings
 
 
+@dataclass(frozen=True)
+class Asked:
+    """One pre-debate survey question (of the preflight, and of the invariance check): who answers, on which topic, with which prompt and seed."""
+
+    topic: str
+    role: str
+    agent: str
+    persona_id: str | None
+    prompt: Prompt
+    seed: int
+    index: int
+    """The agent's seat in its three-way seating."""
+
+
+def survey_plan(seatings: Sequence[tuple[Agent, ...]], topics: Sequence[Topic], scale: Scale, seed: int) -> list[Asked]:
+    """Every seated agent's pre-debate survey on every topic, with the preflight's seeds."""
+    return [Asked(topic.id, seating[i].role, seating[i].name, seating[i].persona_id,
+                  prompts.survey_prompt(seating, i, topic, (), scale),
+                  derive_seed(seed, "preflight", topic.id, seating[i].name), i)
+            for topic in topics for seating in seatings for i in range(len(seating))]
+
+
 def survey_before(llm: LLM, seatings: Sequence[tuple[Agent, ...]], topic: Topic, scale: Scale,
                   seed: int) -> list[tuple[str, SurveyAnswer]]:
     """Every seated agent's pre-debate survey on ``topic`` (greedy answer and distribution), as (role, answer)."""
-    asked = [(seating, i) for seating in seatings for i in range(len(seating))]
-    prompt_list = [prompts.survey_prompt(seating, i, topic, (), scale) for seating, i in asked]
-    seeds = [derive_seed(seed, "preflight", topic.id, seating[i].name) for seating, i in asked]
-    greedy = llm.generate([GenerateRequest(p, temperature=0.0, max_tokens=8, seed=s) for p, s in zip(prompt_list, seeds)])
-    dists = llm.score_options([ScoreRequest(p, scale.options, seed=s) for p, s in zip(prompt_list, seeds)])
+    plan = survey_plan(seatings, [topic], scale, seed)
+    greedy = llm.generate([GenerateRequest(a.prompt, temperature=0.0, max_tokens=8, seed=a.seed) for a in plan])
+    dists = llm.score_options([ScoreRequest(a.prompt, scale.options, seed=a.seed) for a in plan])
     out = []
-    for (seating, i), completion, scores in zip(asked, greedy, dists):
+    for asked, completion, scores in zip(plan, greedy, dists):
         if completion.error or scores.error:
-            out.append((seating[i].role, SurveyAnswer(iteration=0, agent_index=i, method="both", score=None,
-                                                      valid=False, raw=completion.error or scores.error)))
+            out.append((asked.role, SurveyAnswer(iteration=0, agent_index=asked.index, method="both", score=None,
+                                                 valid=False, raw=completion.error or scores.error)))
         else:
-            out.append((seating[i].role, survey.from_both(0, i, completion, scores, scale)))
+            out.append((asked.role, survey.from_both(0, asked.index, completion, scores, scale)))
     return out
 
 
