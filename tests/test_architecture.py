@@ -162,7 +162,7 @@ def test_the_checks_see_what_they_claim_to():
     """Guards against a check that passes because it looks at nothing: each catches an offender."""
     assert len(modules()) > 50 and "debatelab.store" in modules()
     assert "debatelab.llm.base" in _imports("debatelab.runner", modules()["debatelab.runner"][1])
-    assert "debatelab.llm" in _imports("debatelab.config", modules()["debatelab.config"][1])  # its __init__ runs
+    assert "debatelab.llm" in _imports("debatelab.config_schema", modules()["debatelab.config_schema"][1])  # its __init__ runs
     assert SQL.search("SELECT a FROM t") and SQL.search("INSERT OR IGNORE INTO x") and not SQL.search("select a tool")
     assert len(_database_use("m", OFFENDER)) == 3  # the import, the SQL, the .execute
     assert len(_probes("m", OFFENDER)) == 2 and _long_functions("m", OFFENDER) == ["long (61 lines)"]

@@ -11,7 +11,7 @@ from debatelab.planning import check_feasible, personas_needed, plan_debates
 from debatelab.llm.scripted import ScriptedLLM
 
 ROOT = Path(__file__).resolve().parents[1] / "experiments"
-CONFIGS = sorted(p for p in ROOT.glob("**/*.yaml") if not p.name.startswith("study_"))
+CONFIGS = sorted(p for p in ROOT.glob("**/*.yaml") if not p.name.startswith("study_") and p.parent.name != "society")
 STUDIES = sorted(ROOT.glob("**/study_*.yaml"))
 
 

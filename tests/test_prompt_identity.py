@@ -175,7 +175,7 @@ def test_a_schema_4_run_reads_with_null_hashes_and_resumes_into_schema_5(tmp_pat
     old_turns, old_surveys = len(old.turns), len(old.surveys)
     run_experiment(cfg, tmp_path / "old", llm=ScriptedLLM())
     db = sqlite3.connect(tmp_path / "old" / "run.sqlite")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 5
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 6
     counts = [db.execute(f"SELECT COUNT(*) - COUNT(prompt_sha), COUNT(prompt_sha) FROM {t}").fetchone()
               for t in ("turns", "surveys")]
     db.close()

@@ -37,6 +37,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _warn_fidelity({config.model: [t.id for t in config.resolved_topics()]})
     summary = run_experiment(config, run_dir, progress=not args.quiet)
     print(f"{summary.complete}/{summary.debates} debates complete in {summary.seconds:.1f} s -> {run_dir}")
+    if summary.society:  # its debates are units: encounters, notes, panel surveys
+        print("society: {agents} agents, {edges} edges, {steps_done}/{steps} steps, {encounters} encounters".format(
+            **summary.society))
     _print_survey_summary(summary, config.survey.scale)
     _print_conditioning(summary)
     return _incomplete(summary)
@@ -75,10 +78,10 @@ def _print_survey_summary(summary: RunSummary, scale: str = "0-10") -> None:
 
 
 def _dry_run(config: ExperimentConfig, run_dir: Path) -> int:
-    from .estimate import estimate_run, format_estimate
+    from .estimate import describe_plan
 
     print(f"dry run: nothing runs and no run directory is created (the run would go to {run_dir})")
-    print(format_estimate(estimate_run(config), config.reply.max_tokens))
+    print(describe_plan(config))
     return 0
 
 
@@ -189,6 +192,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
     from .bench import BenchSettings, format_report, run_bench
+    from .bench.society import SocietyBenchSettings, check_mode_options, format_society_report, run_society_bench
     from .llm.options import BackendOptions
 
     def given(*names: str) -> dict[str, object]:
@@ -196,16 +200,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from .files import atomic_open
 
+    society = given("population", "steps", "memory", "network")
+    check_mode_options(args.society, society,
+                       given("debates", "one_at_a_time_debates", "survey_prompts", "compare_dtype"))
     if args.json is not None:  # a bad path fails now, not after the whole benchmark
         check_output_file(args.json, "--json")
     # The flags' bounds and choices are the options' own (llm.options), so this validates.
     backend = BackendOptions(**given("dtype", "threads", "batch_size", "prefix_cache_mb"))
-    settings = BenchSettings(
-        **given("model", "debates", "one_at_a_time_debates", "rounds", "max_tokens", "survey_prompts", "compare_dtype"),
-        backend=backend,
-    )
-    report = run_bench(settings)
-    print(format_report(report))
+    if args.society:  # one society run, timed step by step
+        report = run_society_bench(SocietyBenchSettings(**given("model", "rounds", "max_tokens"), **society,
+                                                        backend=backend))
+        print(format_society_report(report))
+    else:
+        report = run_bench(BenchSettings(**given("model", "debates", "one_at_a_time_debates", "rounds", "max_tokens",
+                                                 "survey_prompts", "compare_dtype"), backend=backend))
+        print(format_report(report))
     if args.json:
         try:
             with atomic_open(args.json) as fh:
@@ -304,16 +313,30 @@ def build_parser() -> argparse.ArgumentParser:
     mmlu.add_argument("--per-subject", type=positive, help="keep the first N questions of each of the 57 subjects")
     mmlu.set_defaults(func=_cmd_mmlu)
 
-    bench = sub.add_parser("bench", help="throughput: one fixed workload one request at a time vs in waves")
+    from typing import get_args
+
+    from .society.config import MAX_POPULATION, MAX_STEPS, MemoryPolicy, NetworkKind
+
+    bench = sub.add_parser("bench", help="throughput: one fixed workload one request at a time vs in waves "
+                           "(--society: one society run)")
     # Defaults live in debatelab.bench.BenchSettings; the help texts repeat them.
-    bench.add_argument("--model", help="model string (default embedded)")
+    bench.add_argument("--model", help="model string (default embedded; e.g. scripted for a 10,000-agent --society)")
     bench.add_argument("--json", type=Path, help="also write the results (speedup, survey_speedup, machine) here")
+    bench.add_argument("--society", action="store_true", help="instead: one society run, timed and sampled step by step")
+    bench.add_argument("--population", type=upto(MAX_POPULATION, 2),
+                       help=f"--society: agents (default 200; 2..{MAX_POPULATION:,})")
+    bench.add_argument("--steps", type=upto(MAX_STEPS), help=f"--society: steps (default 3; at most {MAX_STEPS:,})")
+    bench.add_argument("--memory", choices=get_args(MemoryPolicy),
+                       help="--society: what an agent carries to its next encounter (default turns)")
+    bench.add_argument("--network", choices=[k for k in get_args(NetworkKind) if k != "edge_list"],
+                       help="--society: who can meet whom (default watts_strogatz, mean degree 6)")
     bench.add_argument("--debates", type=upto(MAX_IN_FLIGHT),
                        help=f"debates in flight in wave mode (default 40; at most {MAX_IN_FLIGHT:,})")
     bench.add_argument("--one-at-a-time-debates", type=upto(MAX_IN_FLIGHT),
                        help="how many of them the one-at-a-time mode runs (default 5; its rates do not depend on it)")
     bench.add_argument("--rounds", type=upto(MAX_ROUNDS),
-                       help=f"round-robin cycles of the 3 agents (default 3, as in the paper; at most {MAX_ROUNDS})")
+                       help=f"round-robin cycles of the 3 agents (default 3, as in the paper; at most {MAX_ROUNDS}); "
+                            "--society: per encounter (default 1)")
     bench.add_argument("--max-tokens", type=upto(MAX_TOKENS),
                        help=f"longest reply in tokens (default 32; at most {MAX_TOKENS:,})")
     bench.add_argument("--survey-prompts", type=upto(MAX_SURVEY_PROMPTS, 0),

@@ -31,12 +31,20 @@ def speaker(iteration: int, first: int, n_agents: int) -> int:
     return (first + iteration - 1) % n_agents
 
 
-def schedule(n_agents: int, rounds: int, first: int) -> list[Step]:
+def schedule(n_agents: int, rounds: int, first: int, kind: str = "debate") -> list[Step]:
+    """The steps of a debate, or of a society's unit (:data:`debatelab.types.UnitKind`): an
+    encounter has the replies alone (the society surveys everyone after each step), a summary
+    the one note of seat ``first``, a panel the one survey of its agent."""
     everyone = tuple(range(n_agents))
-    steps: list[Step] = [Survey(0, everyone)]
+    if kind == "summary":
+        return [Reply(1, first)]
+    if kind == "panel":
+        return [Survey(0, everyone)]
+    surveyed = kind == "debate"
+    steps: list[Step] = [Survey(0, everyone)] if surveyed else []
     for iteration in range(1, rounds * n_agents + 1):
         steps.append(Reply(iteration, speaker(iteration, first, n_agents)))
-        if iteration % n_agents == 0:
+        if surveyed and iteration % n_agents == 0:
             steps.append(Survey(iteration, everyone))
     return steps
 

@@ -174,3 +174,14 @@ def format_estimate(est: RunEstimate, max_tokens: int) -> str:
     cost = est.cost_usd
     lines.append(f"cost: about ${cost:,.2f} ({est.price_note})" if cost is not None else f"cost: {est.price_note}")
     return "\n".join(lines)
+
+
+def describe_plan(config: ExperimentConfig) -> str:
+    """The dry run's statement of what ``config`` would do (a society's: its own)."""
+    from .society.config import SocietyConfig
+
+    if isinstance(config, SocietyConfig):
+        from .society.estimate import society_estimate
+
+        return society_estimate(config)
+    return format_estimate(estimate_run(config), config.reply.max_tokens)

@@ -24,6 +24,9 @@ from .llm.registry import split_model
 from .personas import load_bank, save_bank
 from .planning import check_feasible, generate_bank, plan_debates
 from .prompts import TEMPLATE_VERSION, reply_prompt, survey_prompt
+from .society.config import SocietyConfig
+from .society.engine import fingerprint_extra
+from .society.run import run_society
 from .store import RunLock, RunStore, check_claimable, disk_full_error, is_disk_full, lock_run_dir, open_store
 from .types import DebateSpec, Persona
 
@@ -47,6 +50,8 @@ class RunSummary:
     option_mass: float | None = None
     """Mean option mass: the probability the model put on answering exactly one of 0..10 (see
     :func:`debatelab.analysis.show.MASS_MEANING`); None where no backend reported one."""
+    society: dict[str, Any] | None = None
+    """A society run's agents, steps done, encounters and why it stopped early (None: a debate run)."""
     conditioning: dict[str, dict[str, Any]] = field(default_factory=dict)
     """What each model conditions on (:func:`describe_conditioning`; stored as the run's
     ``conditioning`` meta); :func:`conditioning_lines` says it for the run summary."""
@@ -106,7 +111,9 @@ def _run(config: ExperimentConfig, run_dir: Path, llm: LLM | None, progress: boo
 def _run_locked(config: ExperimentConfig, run_dir: Path, llm: LLM | None, bank: list[Persona] | None,
                 progress: bool, seat_llms: Mapping[str, LLM] | None, start: float, lock: RunLock,
                 fingerprint: str) -> RunSummary:
-    with open_executor(config, llm, seat_llms) as executor:  # the models load here, under the lock
+    engine = config.model_copy(update={"max_in_flight": config.phase_in_flight()}) \
+        if isinstance(config, SocietyConfig) else config  # a society's phase goes in flight at once
+    with open_executor(engine, llm, seat_llms) as executor:  # the models load here, under the lock
         store = open_store(run_dir, lock, checked=True)  # check_claimable verified it under this lock
         try:
             store.claim(fingerprint, _provenance(config))
@@ -140,6 +147,8 @@ def _debate(config: ExperimentConfig, executor: Executor, store: RunStore, run_d
     llm = executor.llm
     if bank is None:
         bank = _run_personas(config, llm, store, run_dir)
+    if isinstance(config, SocietyConfig):
+        return _society(config, executor, store, run_dir, bank, progress)
     specs = plan_debates(config, bank, llm.identity(), {k: s.identity() for k, s in executor.seats.items()})
     _check_no_strays(store, specs)
     store.register(specs)
@@ -157,6 +166,16 @@ def _debate(config: ExperimentConfig, executor: Executor, store: RunStore, run_d
     surveys, invalid = store.survey_counts()
     return RunSummary(run_dir, len(specs), complete, 0.0, failed, invalid, surveys, *store.distribution_counts(),
                       conditioning=conditioning)
+
+
+def _society(config: SocietyConfig, executor: Executor, store: RunStore, run_dir: Path,
+             bank: list[Persona], progress: bool) -> RunSummary:
+    society, info = run_society(config, executor, store, run_dir, bank, progress)
+    conditioning = describe_conditioning(config, society.first_specs, {"": executor.llm, **executor.seats})
+    store.set_meta("conditioning", conditioning)
+    counts, (surveys, invalid) = store.counts(), store.survey_counts()
+    return RunSummary(run_dir, sum(counts.values()), counts.get("complete", 0), 0.0, info["failed"], invalid,
+                      surveys, *store.distribution_counts(), society=info, conditioning=conditioning)
 
 
 def describe_conditioning(config: ExperimentConfig, specs: Sequence[DebateSpec],
@@ -230,7 +249,8 @@ def _record_state(store: RunStore, state: str, detail: str) -> None:
 
 def run_fingerprint(config: ExperimentConfig, bank: list[Persona] | None) -> str:
     bank_hash = hashlib.sha256("".join(p.model_dump_json() for p in bank).encode()).hexdigest() if bank else "generated"
-    return config.fingerprint(f"bank={bank_hash}", f"templates={TEMPLATE_VERSION}")
+    extra = [fingerprint_extra(config)] if isinstance(config, SocietyConfig) else []  # the graph it runs on
+    return config.fingerprint(f"bank={bank_hash}", f"templates={TEMPLATE_VERSION}", *extra)
 
 
 def _check_no_strays(store: RunStore, specs: list[DebateSpec]) -> None:

@@ -24,6 +24,10 @@ def personas_needed(config: ExperimentConfig) -> dict[str, int]:
     """Per party: one distinct persona per seat and repetition, so every agent sits in exactly one
     debate per topic: the paper's 40 for 40 three-way repetitions, and the same 40 for an echo
     chamber's 20 debates of two ("pairing each of the forty Republican agents with another")."""
+    if hasattr(config, "society"):  # a population, not a roster: its own count
+        from .society.population import personas_per_party
+
+        return personas_per_party(config)  # type: ignore[arg-type]
     seats = Counter(r for r in config.roles if r != "default")
     per_party = config.persona_generation.per_party
     return {party: per_party or n * config.repetitions for party, n in seats.items()}
@@ -43,7 +47,11 @@ def generate_bank(config: ExperimentConfig, llm: LLM, on_batch: Callable[[list[P
 
 def check_feasible(config: ExperimentConfig, bank: Sequence[Persona] | None) -> None:
     """Fail before anything is written if the bank (or the bank to be generated) cannot seat the
-    roster with a different persona combination in every repetition."""
+    roster with a different persona combination in every repetition (a society: its population)."""
+    if hasattr(config, "society"):
+        from .society.population import check_population
+
+        return check_population(config, bank)  # type: ignore[arg-type]
     seats = Counter(r for r in config.roles if r != "default")
     if bank is None:
         available = personas_needed(config)
@@ -125,7 +133,7 @@ def _spec(config: ExperimentConfig, topic: Topic, rep: int, agents: tuple[Agent,
         # An agent on the experiment's own model hashes as before per-agent models existed, so
         # earlier run directories keep their debate ids and still resume.
         "topic": topic.model_dump(), "repetition": rep,
-        "agents": [a.model_dump(exclude=set() if a.model else {"model"}) for a in agents],
+        "agents": [agent_content(a) for a in agents],
         "rounds": config.rounds, "seed": seed, "first": first, "model": identity,
         # The survey measure only chooses what analyses read (greedy or expected), never what is
         # asked or stored, so like the run fingerprint the ids leave it out.
@@ -137,3 +145,10 @@ def _spec(config: ExperimentConfig, topic: Topic, rep: int, agents: tuple[Agent,
     debate_id = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
     return DebateSpec(debate_id=debate_id, topic=topic, repetition=rep, agents=agents,
                       rounds=config.rounds, seed=seed, first_speaker=first)
+
+
+def agent_content(agent: Agent) -> dict[str, Any]:
+    """An agent as its debate's id hashes it. Fields added later (its own model, a society's
+    memory) are left out at their defaults, so earlier run directories keep their ids."""
+    exclude = {name for name, unset in (("model", ""), ("memory", None)) if getattr(agent, name) == unset}
+    return agent.model_dump(exclude=exclude)

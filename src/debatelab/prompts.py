@@ -21,10 +21,17 @@ SURVEY_OPTIONS: tuple[str, ...] = ZERO_TEN.options
 
 _env = Environment(undefined=StrictUndefined, keep_trailing_newline=False, autoescape=False)
 
+# A debate's agents have no memory (None: no block, the paper's prompts unchanged). A society's
+# agent always has the block, saying when it remembers nothing yet; alone (a panel survey) it is
+# only thinking about the topic.
 _DEBATE_INTRO = _env.from_string(
-    "You are {{ name }}, taking part in a debate about {{ topic.name | lower }} "
-    "with {{ others | join(' and ') }}.\n"
-    "{% if history %}The debate so far:\n\n{{ history }}\n\n{% else %}Nobody has spoken yet.\n\n{% endif %}"
+    "You are {{ name }}, {% if others %}taking part in a debate about {{ topic.name | lower }} "
+    "with {{ others | join(' and ') }}{% else %}thinking about {{ topic.name | lower }}{% endif %}.\n"
+    "{% if memory is not none %}{% if memory %}From your earlier conversations on this topic, you "
+    "remember:\n<memory>\n{{ memory }}\n</memory>\n"
+    "{% else %}You remember no earlier conversation on this topic.\n{% endif %}{% endif %}"
+    "{% if not others %}\n"
+    "{% elif history %}The debate so far:\n\n{{ history }}\n\n{% else %}Nobody has spoken yet.\n\n{% endif %}"
 )
 
 _REPLY = _env.from_string(
@@ -32,8 +39,11 @@ _REPLY = _env.from_string(
     "stays true to {{ name }}'s views."
 )
 
+_PRIVATE = ("{% if alone %}Answer a private survey question; nobody else will see it.\n"
+            "{% else %}Answer a private survey question; the other participants will not see it.\n{% endif %}")
+
 _SURVEY = _env.from_string(
-    "{{ intro }}Answer a private survey question; the other participants will not see it.\n"
+    "{{ intro }}" + _PRIVATE +
     "On a scale from 0 ({{ topic.low_label }}) to 10 ({{ topic.high_label }}): {{ topic.question }} "
     "Reply with the number only."
 )
@@ -41,7 +51,7 @@ _SURVEY = _env.from_string(
 # Pew's own item (Doherty et al., 2023): the question and the four options humans answered, in
 # Pew's order, lettered so that option scoring compares four one-token answers of equal length.
 _PEW4_SURVEY = _env.from_string(
-    "{{ intro }}Answer a private survey question; the other participants will not see it.\n"
+    "{{ intro }}" + _PRIVATE +
     "How much of a problem do you think {{ topic.name | lower }} is in the country today?\n"
     "{% for letter, label in options %}{{ letter }}. {{ label }}\n{% endfor %}"
     "Reply with the letter only."
@@ -62,6 +72,13 @@ JUDGE_PREFIX = "Speaker's rating: "
 # words); of the phrasings tried on SmolLM2-135M this one put the most probability on 0..10.
 SURVEY_PREFIX = "Rating: "
 
+# A society agent's note to itself after an encounter (its memory when the policy is "summary").
+_SUMMARY = _env.from_string(
+    "{{ intro }}The debate is over. Write a short private note to yourself, two or three sentences, "
+    "on what you now think about {{ topic.name | lower }} and why, so that you remember it later."
+)
+SUMMARY_PREFIX = "Note to self:"
+
 _PERSONA = _env.from_string(
     "Write a background story, about 120 words, in the second person, for {{ name }}, an "
     "American who is a {{ party | capitalize }}. Begin with \"You are {{ name }}\". "
@@ -78,7 +95,8 @@ def format_history(agents: Sequence[Agent], turns: Sequence[Turn]) -> str:
 def _intro(agents: Sequence[Agent], me: int, topic: Topic, turns: Sequence[Turn]) -> str:
     others = [a.name for i, a in enumerate(agents) if i != me]
     return _DEBATE_INTRO.render(
-        name=agents[me].name, topic=topic, others=others, history=format_history(agents, turns)
+        name=agents[me].name, topic=topic, others=others, history=format_history(agents, turns),
+        memory=agents[me].memory,
     )
 
 
@@ -90,6 +108,14 @@ def reply_prompt(agents: Sequence[Agent], me: int, topic: Topic, turns: Sequence
         messages=(Message("system", agents[me].background), Message("user", user)),
         assistant_prefix=f"{agents[me].name}:",
     )
+
+
+def summary_prompt(agents: Sequence[Agent], me: int, topic: Topic, turns: Sequence[Turn]) -> Prompt:
+    """A society agent's note to itself on the encounter ``turns`` it just had (seen with its
+    memory from before it), prefilled with :data:`SUMMARY_PREFIX`."""
+    user = _SUMMARY.render(intro=_intro(agents, me, topic, turns), topic=topic)
+    return Prompt(messages=(Message("system", agents[me].background), Message("user", user)),
+                  assistant_prefix=SUMMARY_PREFIX)
 
 
 def reply_stops(agents: Sequence[Agent]) -> tuple[str, ...]:
@@ -107,12 +133,12 @@ def clean_reply(text: str, name: str) -> str:
 def survey_prompt(agents: Sequence[Agent], me: int, topic: Topic, turns: Sequence[Turn],
                   scale: Scale = ZERO_TEN) -> Prompt:
     """The private survey on the topic's 0-10 scale (the paper's), or on Pew's 4-point item."""
-    intro = _intro(agents, me, topic, turns)
+    intro, alone = _intro(agents, me, topic, turns), len(agents) == 1
     if scale is PEW4:
-        user = _PEW4_SURVEY.render(intro=intro, topic=topic, options=pew4_letters())
+        user = _PEW4_SURVEY.render(intro=intro, topic=topic, options=pew4_letters(), alone=alone)
         prefix = PEW4_PREFIX
     else:
-        user, prefix = _SURVEY.render(intro=intro, topic=topic), SURVEY_PREFIX
+        user, prefix = _SURVEY.render(intro=intro, topic=topic, alone=alone), SURVEY_PREFIX
     return Prompt(messages=(Message("system", agents[me].background), Message("user", user)),
                   assistant_prefix=prefix)
 

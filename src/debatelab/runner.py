@@ -29,7 +29,7 @@ class LiveDebate:
     steps: list[Step] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.steps = schedule(len(self.spec.agents), self.spec.rounds, self.spec.first_speaker)
+        self.steps = schedule(len(self.spec.agents), self.spec.rounds, self.spec.first_speaker, self.spec.kind)
 
     def next(self) -> Step | None:
         return next_step(self.steps, (t.iteration for t in self.turns), self.surveys_done)
@@ -155,7 +155,8 @@ class WaveRunner:
         failed = [(d, by_id[d].next().iteration, error) for d, error in result.failed.items()]
         wave = Wave(turns, surveys, [d.spec.debate_id for d in finished], failed)
         self.store.add_results(wave.turns, wave.surveys, wave.finished, wave.failed)
-        return wave, [d for d in active if d not in finished and d.spec.debate_id not in result.failed]
+        done = set(wave.finished) | set(result.failed)  # ids: comparing LiveDebates would be quadratic
+        return wave, [d for d in active if d.spec.debate_id not in done]
 
     def _engine_groups(self, pending: Mapping[str, _Pending]) -> list[list[str]]:
         """The wave's model keys, in bucket order, grouped so that keys whose backends share one
@@ -173,14 +174,19 @@ class WaveRunner:
 
     def _add_reply(self, pending: dict[str, _Pending], debate: LiveDebate, step: Reply) -> None:
         spec = debate.spec
-        prompt = prompts.reply_prompt(spec.agents, step.agent, spec.topic, debate.turns)
         reply, model = self.config.reply, spec.agents[step.agent].model
+        if spec.kind == "summary":  # a society agent's note on its encounter: stored, seeded, T=0
+            prompt = prompts.summary_prompt(spec.agents, step.agent, spec.topic, spec.history)
+            temperature, top_p = 0.0, 1.0
+        else:
+            prompt = prompts.reply_prompt(spec.agents, step.agent, spec.topic, debate.turns)
+            temperature, top_p = reply.temperature, reply.top_p
         bucket = pending.setdefault(model, _Pending())
         bucket.generate.append((debate, step.iteration, step.agent, "reply"))
         sha = self.llms[model].conditioning(prompt, "generate").sha()
         bucket.shas[("reply", spec.debate_id, step.iteration, step.agent)] = sha
         bucket.gen_requests.append(GenerateRequest(
-            prompt, temperature=reply.temperature, max_tokens=reply.max_tokens, top_p=reply.top_p,
+            prompt, temperature=temperature, max_tokens=reply.max_tokens, top_p=top_p,
             stop=prompts.reply_stops(spec.agents), seed=derive_seed(spec.seed, "reply", step.iteration),
         ))
 

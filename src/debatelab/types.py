@@ -40,6 +40,15 @@ class Agent(BaseModel):
     persona_id: str | None = None
     model: str = ""
     """Key of the model this agent runs on ("" = the experiment's model; see config.Seat)."""
+    memory: str | None = None
+    """A society agent's memory of its earlier encounters on the topic ("" = none yet), shown in
+    its prompts; None for a debate's agents, whose prompts have no memory block."""
+
+
+UnitKind = Literal["debate", "encounter", "summary", "panel"]
+"""What a spec runs (:func:`debatelab.debate.schedule`): a paper debate (surveys before and after
+every cycle); a society's encounter (replies only); a society agent's summary of its encounter
+(one T=0 reply by seat ``first_speaker``); a society's panel survey of one agent (one survey)."""
 
 
 class DebateSpec(BaseModel):
@@ -54,6 +63,9 @@ class DebateSpec(BaseModel):
     rounds: int
     seed: int
     first_speaker: int
+    kind: UnitKind = "debate"
+    history: tuple["Turn", ...] = ()
+    """The encounter a ``summary`` spec summarises (empty for every other kind)."""
 
 
 class Turn(BaseModel):
@@ -99,3 +111,6 @@ class SurveyAnswer(BaseModel):
     """:func:`debatelab.llm.base.prompt_sha` of the texts sent for this survey: the greedy
     request's conditioning, then the scoring request's (one hash when they are the same text);
     None in runs made before debatelab stored it."""
+
+
+DebateSpec.model_rebuild()

@@ -59,13 +59,18 @@ class RunData:
         return dict(self.meta.get("config", {}))
 
 
-def load(run_dir: str | Path, complete_only: bool = False, measure: str | None = None) -> RunData:
+def load(run_dir: str | Path, complete_only: bool = False, measure: str | None = None,
+         society: bool = False) -> RunData:
     """All debates of a run, or with ``complete_only`` just the finished ones (a run that is still
     going, or was interrupted, otherwise averages later iterations over fewer debates).
-    ``measure`` (``greedy`` | ``expected``) overrides the run's own survey measure."""
+    ``measure`` (``greedy`` | ``expected``) overrides the run's own survey measure. A society run
+    is refused unless ``society`` (its units are not debates: the views would pool its steps)."""
     run_dir = Path(run_dir)
     views = read_views(run_dir)  # read-only, verified, one snapshot
     frames, meta = {**views.frames(), "stances": views.stances}, views.meta
+    if "society" in (meta.get("config") or {}) and not society:
+        raise DebatelabError(f"run {run_dir} is a society: read it with debatelab.society.frames.load_society "
+                             "or `debatelab report` (the debate views would pool its steps)")
     left_out = None
     if complete_only:
         debates = frames["debates"]

@@ -54,7 +54,7 @@ def build_report(run_dirs: Sequence[Path], out_dir: Path, reference: Path | None
         if path is None:
             return None
         if Path(path) not in loaded:
-            loaded[Path(path)] = load(path, complete_only=True, measure=measure)
+            loaded[Path(path)] = load(path, complete_only=True, measure=measure, society=True)
         return loaded[Path(path)]
 
     runs = [get(d) for d in run_dirs]
@@ -108,8 +108,15 @@ def run_labels(runs: Sequence[RunData]) -> list[str]:
 
 def summary_table(runs: Sequence[RunData], labels: Sequence[str]) -> pd.DataFrame:
     """Every run's aggregates, with the survey measure they were computed from."""
-    frames = [aggregate(run.surveys).assign(run=label, measure=run.measure) for run, label in zip(runs, labels)]
+    frames = [aggregate(run.surveys).assign(run=label, measure=run.measure) for run, label in zip(runs, labels)
+              if not _is_society(run)]  # a society's panel is not debates' iterations: its section has its own
+    if not frames:
+        return pd.DataFrame(columns=["run", "measure", *AGGREGATE_COLUMNS])
     return pd.concat(frames, ignore_index=True)[["run", "measure", *AGGREGATE_COLUMNS]]
+
+
+def _is_society(run: RunData) -> bool:
+    return "society" in (run.meta.get("config") or {})
 
 
 def render(**context: Any) -> str:
@@ -126,9 +133,16 @@ def _run_section(run: RunData, label: str, index: int, ref: RunData | None, out_
     from .figures import attitude_figure
     from .instruments import all_metrics
 
+    if _is_society(run):  # a society: its own measures, not a debate's
+        from ..society.report_section import society_section
+
+        return {"label": label, "anchor": f"run-{index + 1}", "provenance": provenance(run), "reference": None,
+                "survey": survey_diagnostics(run), "behaviour": None, "fidelity": None,
+                "society": society_section(run.run_dir, out_dir, measure=run.measure,
+                                           prefix=f"{index + 1:02d}-{_slug(label)}-society")}
     stem = out_dir / "figures" / f"{index + 1:02d}-{_slug(label)}-attitudes"
     figure = _figure(attitude_figure(run, labels=[label], reference=ref), stem)
-    return {"label": label, "anchor": f"run-{index + 1}", "provenance": provenance(run),
+    return {"society": None, "label": label, "anchor": f"run-{index + 1}", "provenance": provenance(run),
             "reference": ref.name if ref is not None else None,
             "survey": survey_diagnostics(run), "behaviour": _behaviour(run, label, index, out_dir),
             "fidelity": fidelity_line(str(run.config.get("model", ""))),

@@ -32,6 +32,17 @@ m carries an error of at most 0.05 while the others' attitudes lie within 0..10 
 clipped, so an attitude outside the range enters m as 0 or 10). A turn that states no number (an
 agent on another model) is left out of m; with none at all, m = x (no influence that cycle).
 
+Societies (:mod:`debatelab.society`). A society's prompts carry a memory block. There the start
+attitude is seeded by the agent alone, derive_seed(K, name, background, topic, "") (never by who
+it meets, so every encounter and panel survey of an agent starts from the same draw), unless the
+memory says more: a remembered transcript (a block "NAME: ...") is replayed from the agent's own
+first statement in it, through every cycle it completes, with the shocks of the original cycles;
+a note to self gives the attitude it states. A panel survey (the agent alone: "You are NAME,
+thinking about TOPIC.") reads the attitude its memory gives; a note to self (prefix "Note to
+self:") states, like a reply, the attitude after the encounter it summarises. Pairwise
+encounters of one round with pull 0 are therefore pairwise averaging with weight B, up to the
+statements' rounding to 0.1.
+
 Answers, by the prompt's ``assistant_prefix``:
 
 - a reply ("NAME:") states the attitude, "I rate it 6.3 out of 10." (clipped, one decimal), then
@@ -61,7 +72,7 @@ from functools import cache
 from typing import Any, Sequence
 
 from ..debate import derive_seed
-from ..prompts import JUDGE_PREFIX, PEW4_PREFIX, SURVEY_PREFIX
+from ..prompts import JUDGE_PREFIX, PEW4_PREFIX, SUMMARY_PREFIX, SURVEY_PREFIX
 from ..scales import PEW4, ZERO_TEN
 from ..topics import BUILTIN_TOPICS
 from .base import LLM, Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest, Usage
@@ -80,6 +91,11 @@ FILLER = ("we", "should", "talk", "about", "this", "with", "care", "and", "liste
 _STATED = re.compile(r"I rate it (-?[0-9]+(?:\.[0-9]+)?) out of 10")
 # Greedy topic: the names follow the intro's last " with " (a topic name may hold one).
 _INTRO = re.compile(r"You are (?P<name>.+?), taking part in a debate about (?P<topic>.+) with (?P<others>.+?)\.\n")
+_SOLO = re.compile(r"You are (?P<name>.+?), thinking about (?P<topic>.+)\.\n")
+_MEMORY = re.compile(r"\nFrom your earlier conversations on this topic, you remember:\n<memory>\n(?P<memory>.*?)\n</memory>\n",
+                     re.DOTALL)
+_NO_MEMORY = "\nYou remember no earlier conversation on this topic.\n"
+_SPEAKER = re.compile(r"(?P<who>[^:\n]{1,200}): ")
 _SO_FAR = "The debate so far:\n\n"
 _STATEMENT = re.compile(r'Statement: "(.*)"\n\n', re.DOTALL)
 _PERSONA = re.compile(r"for (?P<name>.+?), an American who is a (?P<party>Republican|Democrat)\b")
@@ -97,6 +113,8 @@ class Scene:
     """Every participant, the speaker first."""
     turns: tuple[tuple[str, str], ...]
     """(speaker, text) of every reply so far, in order."""
+    memory: str | None = None
+    """A society agent's memory block ("" = it remembers nothing yet); None in a debate."""
 
 
 def read_scene(prompt: Prompt) -> Scene | None:
@@ -105,10 +123,14 @@ def read_scene(prompt: Prompt) -> Scene | None:
         return None
     background, user = prompt.messages[0].content, prompt.messages[1].content
     intro = _INTRO.match(user)
-    if intro is None:
+    solo = _SOLO.match(user) if intro is None else None
+    if intro is None and solo is None:
         return None
-    names = (intro["name"], *intro["others"].split(" and "))
-    return Scene(intro["name"], background, intro["topic"], names, _history(user, names))
+    names = (intro["name"], *intro["others"].split(" and ")) if intro else (solo["name"],)
+    found = _MEMORY.search(user)
+    memory = found["memory"] if found else ("" if _NO_MEMORY in user else None)
+    topic = (intro or solo)["topic"]
+    return Scene(names[0], background, topic, names, _history(user, names) if intro else (), memory)
 
 
 def _history(user: str, names: Sequence[str]) -> tuple[tuple[str, str], ...]:
@@ -164,16 +186,54 @@ def stated_value(text: str) -> float | None:
 
 def latent(params: SimParams, scene: Scene) -> float:
     """The speaker's attitude after the cycles its prompt's history completes (module docstring)."""
+    x = _start(params, scene)
+    return _evolve(params, scene.name, scene.background, x, scene.turns, len(scene.names))
+
+
+def _start(params: SimParams, scene: Scene) -> float:
+    """The attitude before the prompt's history: a seeded draw in a debate (seeded with the
+    participants too); in a society, what the memory says, else a draw seeded by the agent alone."""
     mean = start_mean(params, party_of(scene.background), scene.topic)
-    participants = ",".join(sorted(scene.names))
-    x = clip(random.Random(derive_seed(params.seed, scene.name, scene.background, scene.topic,
-                                       participants)).gauss(mean, SD))
-    n = len(scene.names)
-    for k in range(1, len(scene.turns) // n + 1):
-        stated = [v for who, text in scene.turns[(k - 1) * n: k * n] if who != scene.name
+    who = ",".join(sorted(scene.names)) if scene.memory is None else ""
+    draw = clip(random.Random(derive_seed(params.seed, scene.name, scene.background, scene.topic, who)).gauss(mean, SD))
+    if not scene.memory:
+        return draw
+    remembered = _remembered_turns(scene.memory, scene.name)
+    if remembered:  # the last encounter's transcript: its start is the agent's first statement
+        own = next(stated_value(text) for who_, text in remembered if who_ == scene.name)
+        if own is None:
+            return draw
+        speakers = len({who_ for who_, _ in remembered})
+        return _evolve(params, scene.name, scene.background, own, remembered, speakers)
+    if f"\n\n{scene.name}: " in f"\n\n{scene.memory}":  # a transcript it spoke in without a number
+        return draw
+    stated = stated_value(scene.memory)  # a note to self
+    return draw if stated is None else stated
+
+
+def _remembered_turns(memory: str, name: str) -> tuple[tuple[str, str], ...]:
+    """The turns of a remembered transcript that the agent spoke in; () for anything else. Its
+    own turns are found by its name (which may hold ": "), the others' by the text before ": "."""
+    turns = []
+    for block in memory.split("\n\n"):
+        found = _SPEAKER.match(block)
+        if block.startswith(f"{name}: "):
+            turns.append((name, block[len(name) + 2:]))
+        elif found:
+            turns.append((found["who"], block[found.end():]))
+        elif turns:
+            turns[-1] = (turns[-1][0], f"{turns[-1][1]}\n\n{block}")
+    return tuple(turns) if any(who == name for who, _ in turns) else ()
+
+
+def _evolve(params: SimParams, name: str, background: str, x: float, turns: Sequence[tuple[str, str]],
+            n: int) -> float:
+    """``x`` updated after every complete cycle of ``turns`` (n speakers per cycle)."""
+    for k in range(1, len(turns) // n + 1):
+        stated = [v for who, text in turns[(k - 1) * n: k * n] if who != name
                   for v in [stated_value(text)] if v is not None]
         m = sum(stated) / len(stated) if stated else x
-        seed = derive_seed(params.seed, scene.name, scene.background, k, history_text(scene.turns[: k * n]))
+        seed = derive_seed(params.seed, name, background, k, history_text(turns[: k * n]))
         shock = random.Random(seed).gauss(0.0, params.noise)
         x = x + params.pull * (params.default - x) + params.influence * (m - x) + shock
     return x
@@ -270,7 +330,7 @@ class OpinionSimLLM(LLM):
                 return PEW4.options[pew4_score(x)]
             return str(round(clip(x)))
         scene = read_scene(prompt)
-        if scene is not None and prompt.assistant_prefix == f"{scene.name}:":
+        if scene is not None and prompt.assistant_prefix in (f"{scene.name}:", SUMMARY_PREFIX):
             statement = f"I rate it {clip(latent(self.params, scene)):.1f} out of 10."
             return f"{statement} {filler(seed, min(REPLY_FILLER_WORDS, words - 7))}".strip()
         persona = _PERSONA.search(prompt.messages[-1].content) if prompt.messages and not prompt.assistant_prefix \

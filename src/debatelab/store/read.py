@@ -96,7 +96,7 @@ ORDER BY d.topic_id, d.repetition, s.debate_id, s.iteration, s.agent_index
 _TURNS_SQL = """
 SELECT t.debate_id, d.topic_id, d.repetition, t.iteration, a.name, t.agent_index, a.role, t.text,
        t.completion_tokens, t.finish_reason, t.prompt_sha
-""" + TURNS_JOINED + """
+""" + TURNS_JOINED + """ {where}
 ORDER BY d.topic_id, d.repetition, t.debate_id, t.iteration
 """
 
@@ -113,9 +113,10 @@ def attitude_rows(store: RunStore) -> Iterator[AttitudeRow]:
         yield AttitudeRow(*head, json.loads(probs_json) if probs_json else None, sha)
 
 
-def turn_rows(store: RunStore) -> Iterator[TurnRow]:
-    """Every committed reply, with its debate's topic and its agent's name and role."""
-    return map(TurnRow._make, store.db.execute(_TURNS_SQL))
+def turn_rows(store: RunStore, where: str = "") -> Iterator[TurnRow]:
+    """Every committed reply, with its debate's topic and its agent's name and role; ``where``
+    (a fixed SQL condition on ``t``/``d``, never user text) keeps some (a society's encounters)."""
+    return map(TurnRow._make, store.db.execute(_TURNS_SQL.format(where=f"WHERE {where}" if where else "")))
 
 
 def read_transcript(run_dir: Path) -> dict[str, Any]:

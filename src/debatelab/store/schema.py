@@ -92,9 +92,25 @@ def _m005_prompt_sha(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE surveys ADD COLUMN prompt_sha TEXT")
 
 
+def _m006_society(db: sqlite3.Connection) -> None:
+    # A society's population and graph, and what each of its units (the debates of a society
+    # run: encounters, summaries, panel surveys) is: its step, its number and its agents.
+    _execute_all(db, """
+        CREATE TABLE society_agents (
+            agent INTEGER PRIMARY KEY, name TEXT NOT NULL, party TEXT NOT NULL, persona_id TEXT,
+            community INTEGER, degree INTEGER NOT NULL);
+        CREATE TABLE society_edges (
+            source INTEGER NOT NULL, target INTEGER NOT NULL, PRIMARY KEY (source, target));
+        CREATE TABLE society_units (
+            debate_id TEXT PRIMARY KEY REFERENCES debates, kind TEXT NOT NULL, topic_id TEXT NOT NULL,
+            step INTEGER NOT NULL, unit INTEGER NOT NULL, agents_json TEXT NOT NULL);
+        CREATE INDEX society_units_by_step ON society_units (kind, topic_id, step)
+        """)
+
+
 # Append only: never edit or reorder an applied migration.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_initial, _m002_failures, _m003_survey_source,
-                                                          _m004_stances, _m005_prompt_sha]
+                                                          _m004_stances, _m005_prompt_sha, _m006_society]
 
 # Rows whose JSON the exports and the analysis parse: (table, column, shape test, row label).
 _JSON_CHECKS = (
