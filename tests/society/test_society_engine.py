@@ -131,3 +131,32 @@ def test_a_memory_reaches_the_next_encounter_and_the_panel(tmp_path):
 
     memories = {a["memory"] for s in specs for a in json.loads(s)["agents"]}
     assert memories and memories <= notes  # every step-2 encounter agent remembers its own step-1 note
+
+
+def test_the_attractor_fit_on_the_panel_recovers_the_simulated_pull_and_influence(tmp_path):
+    from debatelab.society.frames import load_society
+    from debatelab.society.measures import default_attitudes, society_attractor
+
+    out = run(tmp_path, "opinion-sim:pull=0.2,influence=0.3,noise=0.2,default=6", population=300, steps=4,
+              network={"kind": "erdos_renyi", "degree": 8})
+    data = load_society(out)
+    defaults = default_attitudes(data.panel, data.declared_defaults())
+    fit = society_attractor(data.panel, data.members(), defaults, n_boot=200)
+    for metric, truth in (("attractor_pull", 0.2), ("attractor_influence", 0.3)):
+        rows = fit[fit["metric"] == metric]
+        assert len(rows), fit
+        assert (abs(rows["estimate"] - truth) < 0.08).all(), rows[["role", "estimate", "ci_low", "ci_high"]]
+        assert ((rows["ci_low"] < truth) & (truth < rows["ci_high"])).mean() >= 0.5  # intervals mostly cover it
+
+
+def test_a_report_of_two_societies_keeps_each_ones_figures(tmp_path):
+    from debatelab.analysis.report import build_report
+
+    a = run(tmp_path, "opinion-sim:influence=0.3", name="a", population=20, steps=2)
+    b = run(tmp_path, "opinion-sim:influence=0.6", name="b", population=20, steps=2)
+    html = build_report([a, b], tmp_path / "report").read_text()
+    figures = {p.name for p in (tmp_path / "report" / "figures").glob("*.png")}
+    assert {"01-a-society-trajectories.png", "02-b-society-trajectories.png"} <= figures
+    assert html.count("<h3>Party trajectories</h3>") == 2 and "<script" not in html
+    summary = (tmp_path / "report" / "summary.csv").read_text().splitlines()
+    assert len(summary) == 1  # a society's panel is not pooled into debate aggregates

@@ -21,6 +21,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from ..analysis.figures import ROLE_COLOURS, ROLE_LABELS, save_figure
 from .frames import SocietyData
@@ -72,13 +73,15 @@ def trajectory_figure(panel: pd.DataFrame, classical: pd.DataFrame | None = None
         ax.set_title((topic_names or {}).get(topic, topic))
         ax.set_ylim(0.0, TOP)
         ax.set_xlabel("Step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         ax.grid(axis="y", alpha=0.3)
     parties = [p for p in ROLE_COLOURS if p in set(summary["party"])]
     handles = [Line2D([], [], color=ROLE_COLOURS[p], marker="o", label=f"{ROLE_LABELS[p]} (mean, 95 % CI)")
                for p in parties]
     handles += [Line2D([], [], color="#555555", linewidth=1.0, linestyle=MODEL_STYLES.get(m, "--"),
                        label=MODEL_LABELS.get(m, m)) for m in dict.fromkeys(models)]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 2 if len(topics) == 1 else 4),
+               frameon=False, fontsize="small")
     fig.supylabel("Attitude (0-10)")
     if title:
         fig.suptitle(title)
@@ -167,7 +170,9 @@ def network_figure(graph: nx.Graph, panel: pd.DataFrame, topic: str, steps: tupl
     for ax, step in zip(axes, steps):
         values = mine[mine["step"] == step].set_index("agent")["value"].reindex(nodes).to_numpy(float)
         colours = [MISSING if np.isnan(v) else cmap(norm(v)) for v in values]
-        nx.draw_networkx_edges(shown, layout, ax=ax, alpha=0.25, width=0.5)
+        # Faint enough that a dense graph (a complete one) stays a haze, not a black disc.
+        nx.draw_networkx_edges(shown, layout, ax=ax, alpha=float(np.clip(150.0 / max(shown.number_of_edges(), 1),
+                                                                      0.01, 0.25)), width=0.5)
         nx.draw_networkx_nodes(shown, layout, nodelist=nodes, ax=ax, node_color=colours, edgecolors=outline,
                                linewidths=0.7, node_size=size)
         ax.set_title(f"step {step}")
