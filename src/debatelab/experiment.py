@@ -173,9 +173,9 @@ def _society(config: SocietyConfig, executor: Executor, store: RunStore, run_dir
     society, info = run_society(config, executor, store, run_dir, bank, progress)
     conditioning = describe_conditioning(config, society.first_specs, {"": executor.llm, **executor.seats})
     store.set_meta("conditioning", conditioning)
-    counts, (surveys, invalid) = store.counts(), store.survey_counts()
-    return RunSummary(run_dir, sum(counts.values()), counts.get("complete", 0), 0.0, info["failed"], invalid,
-                      surveys, *store.distribution_counts(), society=info, conditioning=conditioning)
+    surveys, invalid = store.survey_counts()
+    return RunSummary(run_dir, info["units"], info["complete"], 0.0, info["failed"], invalid, surveys,
+                      *store.distribution_counts(), society=info, conditioning=conditioning)
 
 
 def describe_conditioning(config: ExperimentConfig, specs: Sequence[DebateSpec],

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 from .files import AtomicFiles, atomic_files
-from .store import AttitudeRow, RunStore, StanceRow, attitude_rows, debate_rows, stance_rows, turn_rows
+from .store import RunStore, attitude_rows, debate_rows, stance_rows, turn_rows
 
 # New columns go last, so readers of an older release's files still find theirs where they were.
 ATTITUDE_COLUMNS = (
@@ -33,7 +33,7 @@ STANCE_COLUMNS = (
 )
 
 
-def _with_probs(rows: Iterable[AttitudeRow | StanceRow]) -> Iterable[Sequence[object]]:
+def with_probs(rows: Iterable[NamedTuple]) -> Iterable[Sequence[object]]:
     # The distribution (a row's ``probs`` field) becomes the eleven p0..p10 columns in its place
     # (index = score), empty where a row has none; on Pew's 4-point scale only p0..p3 are filled.
     for row in rows:
@@ -54,11 +54,11 @@ def export_run(store: RunStore, run_dir: Path) -> None:
     """debates.csv (status, failures and invalid surveys per debate), attitudes.csv, turns.csv."""
     with atomic_files() as files:
         write_csv(run_dir / "debates.csv", DEBATE_COLUMNS, debate_rows(store), files)
-        write_csv(run_dir / "attitudes.csv", ATTITUDE_COLUMNS, _with_probs(attitude_rows(store)), files)
+        write_csv(run_dir / "attitudes.csv", ATTITUDE_COLUMNS, with_probs(attitude_rows(store)), files)
         write_csv(run_dir / "turns.csv", TURN_COLUMNS, turn_rows(store), files)
 
 
 def export_stances(store: RunStore, run_dir: Path) -> None:
     """stances.csv: every judged reply, every judge (written atomically after each scoring)."""
     with atomic_files() as files:
-        write_csv(run_dir / "stances.csv", STANCE_COLUMNS, _with_probs(stance_rows(store)), files)
+        write_csv(run_dir / "stances.csv", STANCE_COLUMNS, with_probs(stance_rows(store)), files)

@@ -16,6 +16,8 @@ from .errors import DebatelabError
 from .llm.base import LLM
 from .personas import draw_names, first_names, generate_personas, persona_topics
 from .prompts import TEMPLATE_VERSION
+from .society.config import SocietyConfig
+from .society.population import check_population, personas_per_party
 from .topics import Topic
 from .types import DEFAULT_CONTEXT, Agent, DebateSpec, Persona
 
@@ -24,10 +26,8 @@ def personas_needed(config: ExperimentConfig) -> dict[str, int]:
     """Per party: one distinct persona per seat and repetition, so every agent sits in exactly one
     debate per topic: the paper's 40 for 40 three-way repetitions, and the same 40 for an echo
     chamber's 20 debates of two ("pairing each of the forty Republican agents with another")."""
-    if hasattr(config, "society"):  # a population, not a roster: its own count
-        from .society.population import personas_per_party
-
-        return personas_per_party(config)  # type: ignore[arg-type]
+    if isinstance(config, SocietyConfig):  # a population, not a roster: its own count
+        return personas_per_party(config)
     seats = Counter(r for r in config.roles if r != "default")
     per_party = config.persona_generation.per_party
     return {party: per_party or n * config.repetitions for party, n in seats.items()}
@@ -48,10 +48,8 @@ def generate_bank(config: ExperimentConfig, llm: LLM, on_batch: Callable[[list[P
 def check_feasible(config: ExperimentConfig, bank: Sequence[Persona] | None) -> None:
     """Fail before anything is written if the bank (or the bank to be generated) cannot seat the
     roster with a different persona combination in every repetition (a society: its population)."""
-    if hasattr(config, "society"):
-        from .society.population import check_population
-
-        return check_population(config, bank)  # type: ignore[arg-type]
+    if isinstance(config, SocietyConfig):
+        return check_population(config, bank)
     seats = Counter(r for r in config.roles if r != "default")
     if bank is None:
         available = personas_needed(config)

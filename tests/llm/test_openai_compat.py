@@ -9,27 +9,18 @@ import time
 from typing import Any
 
 import pytest
+from fakes.openai_client import KEY, fake_key, make_llm  # noqa: F401  (fake_key: autouse here)
 from fakes.openai_server import FakeOpenAIServer
 
 from debatelab.errors import DebatelabError
 from debatelab.llm.base import LLM, GenerateRequest, Message, Prompt, ScoreRequest
-from debatelab.llm.openai_compat import OpenAICompatLLM, load_openai
+from debatelab.llm.openai_compat import load_openai
 from debatelab.llm.openai_scoring import parse_option
 from debatelab.llm.options import BackendOptions
 
-KEY = "sk-test-not-a-real-key-1234"
 SCALE = tuple(str(i) for i in range(11))
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-
-
-def make_llm(server: FakeOpenAIServer, **options: Any) -> OpenAICompatLLM:
-    options = {"base_url": server.url, "timeout": 5.0, "max_retries": 0, **options}
-    return load_openai("fake-model", BackendOptions(**options))
 
 
 def chat(text: str, prefix: str = "") -> Prompt:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -68,7 +68,7 @@ def load(run_dir: str | Path, complete_only: bool = False, measure: str | None =
     run_dir = Path(run_dir)
     views = read_views(run_dir)  # read-only, verified, one snapshot
     frames, meta = {**views.frames(), "stances": views.stances}, views.meta
-    if "society" in (meta.get("config") or {}) and not society:
+    if is_society(meta) and not society:
         raise DebatelabError(f"run {run_dir} is a society: read it with debatelab.society.frames.load_society "
                              "or `debatelab report` (the debate views would pool its steps)")
     left_out = None
@@ -84,6 +84,11 @@ def load(run_dir: str | Path, complete_only: bool = False, measure: str | None =
         frames[name] = frames[name].sort_values(["topic", "repetition", "debate_id", "iteration", "agent_index"],
                                                 ignore_index=True)
     return RunData(run_dir=run_dir, meta=meta, left_out=left_out, measure=chosen, **frames)
+
+
+def is_society(meta: Mapping[str, Any]) -> bool:
+    """Whether a run's stored meta is a society's (its config has a ``society:`` section)."""
+    return "society" in (meta.get("config") or {})
 
 
 def resolve_measure(config: Any, override: str | None, where: Path) -> str:

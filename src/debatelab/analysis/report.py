@@ -24,7 +24,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from ..errors import DebatelabError
 from ..files import atomic_open
-from .frames import RunData, load
+from .frames import RunData, is_society, load
 from .show import LOW_MASS, LOW_MASS_WHY, MASS_MEANING, survey_diagnostics
 from .stats import aggregate
 
@@ -109,14 +109,10 @@ def run_labels(runs: Sequence[RunData]) -> list[str]:
 def summary_table(runs: Sequence[RunData], labels: Sequence[str]) -> pd.DataFrame:
     """Every run's aggregates, with the survey measure they were computed from."""
     frames = [aggregate(run.surveys).assign(run=label, measure=run.measure) for run, label in zip(runs, labels)
-              if not _is_society(run)]  # a society's panel is not debates' iterations: its section has its own
+              if not is_society(run.meta)]  # a society's panel is not debates' iterations: its section has its own
     if not frames:
         return pd.DataFrame(columns=["run", "measure", *AGGREGATE_COLUMNS])
     return pd.concat(frames, ignore_index=True)[["run", "measure", *AGGREGATE_COLUMNS]]
-
-
-def _is_society(run: RunData) -> bool:
-    return "society" in (run.meta.get("config") or {})
 
 
 def render(**context: Any) -> str:
@@ -133,7 +129,7 @@ def _run_section(run: RunData, label: str, index: int, ref: RunData | None, out_
     from .figures import attitude_figure
     from .instruments import all_metrics
 
-    if _is_society(run):  # a society: its own measures, not a debate's
+    if is_society(run.meta):  # a society: its own measures, not a debate's
         from ..society.report_section import society_section
 
         return {"label": label, "anchor": f"run-{index + 1}", "provenance": provenance(run), "reference": None,

@@ -64,17 +64,17 @@ def _run_modes(settings: BenchSettings, llm: LLM, recorder: Recorder) -> tuple[d
         for mode, wrapped, debates in (("one_at_a_time", OneAtATime(llm), serial), ("wave", recorder, settings.debates)):
             config = bench_config(settings, bank, debates)
             llm.clear_cache()
-            before = _cache_stats(llm)
+            before = cache_stats(llm)
             results[mode], transcripts[mode] = _run_mode(wrapped, config, Path(tmp) / mode)
-            results[mode].prefix_cache = _cache_delta(before, _cache_stats(llm))
+            results[mode].prefix_cache = cache_delta(before, cache_stats(llm))
     return results, transcripts
 
 
-def _cache_stats(llm: LLM) -> dict[str, float]:
+def cache_stats(llm: LLM) -> dict[str, float]:
     return llm.cache_stats() or {}
 
 
-def _cache_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float] | None:
+def cache_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float] | None:
     """What the prompt-prefix cache did during one mode (None: it was off or absent)."""
     delta = {k: after[k] - before.get(k, 0) for k in after if k != "reused_share"}
     if not delta.get("lookups"):

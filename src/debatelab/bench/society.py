@@ -32,7 +32,7 @@ from ..society.config import SocietyConfig
 from ..society.engine import PROBES
 from ..society.network import check_network
 from ..validation import describe
-from .core import _cache_delta, _cache_stats, machine_facts
+from .core import cache_delta, cache_stats, machine_facts
 from .workload import TOPIC, current_rss, write_bank
 
 _MB = 2**20
@@ -194,7 +194,7 @@ def _warm_up(llm: LLM) -> None:
 
 def _measure(config: SocietyConfig, llm: LLM, run_dir: Path, interval: float) -> dict[str, Any]:
     _warm_up(llm)
-    cache_before, usage_before = _cache_stats(llm), _usage(llm)
+    cache_before, usage_before = cache_stats(llm), _usage(llm)
     with RssTimeline(interval) as rss:
         clock = StepClock(llm, survey_thresholds(config), rss)
         start = time.perf_counter()
@@ -207,7 +207,7 @@ def _measure(config: SocietyConfig, llm: LLM, run_dir: Path, interval: float) ->
               "peak_rss_mb": rss.peak(bounds[s], bounds[s + 1]) / _MB} for s in range(config.society.steps + 1)]
     usage = _usage(llm)
     tokens = {k: usage[k] - usage_before[k] for k in usage} if usage and usage_before else None
-    cache = _cache_delta(cache_before, _cache_stats(llm))
+    cache = cache_delta(cache_before, cache_stats(llm))
     return {**_totals(steps, end - start, summary.complete == summary.debates),
             "agents": (summary.society or {}).get("agents"), "edges": (summary.society or {}).get("edges"),
             "start_rss_mb": rss.samples[0][1] / _MB, "peak_rss_mb": max(r for _, r in rss.samples) / _MB,

@@ -205,8 +205,6 @@ def _start(params: SimParams, scene: Scene) -> float:
             return draw
         speakers = len({who_ for who_, _ in remembered})
         return _evolve(params, scene.name, scene.background, own, remembered, speakers)
-    if f"\n\n{scene.name}: " in f"\n\n{scene.memory}":  # a transcript it spoke in without a number
-        return draw
     stated = stated_value(scene.memory)  # a note to self
     return draw if stated is None else stated
 

@@ -11,8 +11,10 @@ needs every result of this one (memories), so the run ends ``incomplete`` and a 
 
 from __future__ import annotations
 
+import hashlib
+import json
+from contextlib import suppress
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..executor import Executor
@@ -34,7 +36,6 @@ attitude D, from which every step's distance to the default is measured."""
 class SocietyProgress:
     """What the run did, for its summary."""
 
-    units: int = 0
     failed: int = 0
     steps_done: int = 0
     stopped: str = ""
@@ -131,7 +132,6 @@ class SocietyRun:
         register_units(self.store, rows)
         for wave in self.executor.run(specs, self.store):
             self.progress.failed += len(wave.failed)
-        self.progress.units += len(specs)
         left = unfinished(self.store, [s.debate_id for s in specs])
         if self.on_phase is not None:
             self.on_phase(step, kind, len(specs))
@@ -139,13 +139,31 @@ class SocietyRun:
             raise _Stopped(f"{len(left)} {kind} unit(s) of step {step} failed; run again to retry")
 
 
+_BUILT: dict[str, tuple[Any, list[list[int]]]] = {}
+"""The last graph built, by what it was built from: the run fingerprint and the steps share it."""
+
+
 def society_graph(config: SocietyConfig) -> tuple[Any, list[list[int]]]:
     """The society's graph and every agent's sorted neighbours (refused when nobody could meet)."""
-    roles, communities = layout(config)
-    graph = build_graph(config.society.network, roles, communities, config.seed)
-    neighbours = neighbour_lists(graph, len(roles))
-    check_meetings(neighbours, config.society.encounter_size)
-    return graph, neighbours
+    key = _graph_key(config)
+    if key not in _BUILT:
+        roles, communities = layout(config)
+        graph = build_graph(config.society.network, roles, communities, config.seed)
+        neighbours = neighbour_lists(graph, len(roles))
+        check_meetings(neighbours, config.society.encounter_size)
+        _BUILT.clear()
+        _BUILT[key] = graph, neighbours
+    return _BUILT[key]
+
+
+def _graph_key(config: SocietyConfig) -> str:
+    """Everything the graph depends on: the society section, the seed, an edge list's bytes."""
+    network, content = config.society.network, b""
+    if network.kind == "edge_list" and network.file is not None:
+        with suppress(OSError):  # unreadable: building it says so, in one line
+            content = network.file.read_bytes()
+    head = json.dumps([config.society.model_dump(mode="json"), config.seed]).encode()
+    return hashlib.sha256(head + b"\x00" + content).hexdigest()
 
 
 def fingerprint_extra(config: SocietyConfig) -> str:
@@ -170,7 +188,3 @@ def society_meta(config: SocietyConfig) -> dict[str, Any]:
             "memory": s.memory, "mix": s.mix.model_dump(), "network": s.network.model_dump(mode="json"),
             "measure": config.survey.resolved_measure,
             "topics": {t.id: t.name for t in config.resolved_topics()}}
-
-
-def unit_paths(run_dir: Path) -> dict[str, Path]:
-    return {name: run_dir / f"{name}.csv" for name in ("agents", "edges", "encounters", "panel", "memories")}

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Sequence
 
 from ..config_schema import measures_of
-from ..export import DEBATE_COLUMNS, TURN_COLUMNS, write_csv
+from ..export import DEBATE_COLUMNS, TURN_COLUMNS, with_probs, write_csv
 from ..files import atomic_files
 from ..store import RunStore, debate_rows, turn_rows
-from ..store.society import ENCOUNTERS_ONLY, agent_rows, edge_rows, encounter_rows, memory_rows, panel_rows, probe_means
+from ..store.society import agent_rows, edge_rows, encounter_rows, memory_rows, panel_rows, probe_means
 from .config import SocietyConfig
 from .engine import society_meta
 
@@ -32,12 +31,6 @@ PANEL_COLUMNS = ("topic", "step", "agent", "party", "method", "score", "valid", 
 MEMORY_COLUMNS = ("topic", "step", "agent", "note", "prompt_sha")
 
 
-def _panel(rows: Iterable[tuple[Any, ...]]) -> Iterable[Sequence[object]]:
-    for *head, probs, sha in rows:
-        probs = list(probs) if probs is not None else []
-        yield (*head, *probs, *[None] * (11 - len(probs)), sha)
-
-
 def export_society(store: RunStore, run_dir: Path, config: SocietyConfig) -> None:
     meta = society_meta(config)
     meta["default_attitude"] = probe_means(store, config.survey.resolved_measure)
@@ -46,10 +39,10 @@ def export_society(store: RunStore, run_dir: Path, config: SocietyConfig) -> Non
         write_csv(run_dir / "agents.csv", AGENT_COLUMNS, agent_rows(store), files)
         write_csv(run_dir / "edges.csv", EDGE_COLUMNS, edge_rows(store), files)
         write_csv(run_dir / "encounters.csv", ENCOUNTER_COLUMNS, encounter_rows(store), files)
-        write_csv(run_dir / "panel.csv", PANEL_COLUMNS, _panel(panel_rows(store)), files)
+        write_csv(run_dir / "panel.csv", PANEL_COLUMNS, with_probs(panel_rows(store)), files)
         if config.society.memory == "summary":
             write_csv(run_dir / "memories.csv", MEMORY_COLUMNS, memory_rows(store), files)
         write_csv(run_dir / "debates.csv", DEBATE_COLUMNS, debate_rows(store), files)
-        write_csv(run_dir / "turns.csv", TURN_COLUMNS, turn_rows(store, where=ENCOUNTERS_ONLY), files)
+        write_csv(run_dir / "turns.csv", TURN_COLUMNS, turn_rows(store, encounters_only=True), files)
         with files.open(run_dir / "society.json") as fh:
             fh.write(json.dumps(meta, indent=2, sort_keys=True) + "\n")

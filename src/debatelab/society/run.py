@@ -31,8 +31,10 @@ def run_society(config: SocietyConfig, executor: Executor, store: RunStore, run_
         done = society.run()
     export_society(store, run_dir, config)
     counts = store.counts()
-    finished = not done.stopped and counts.get("complete", 0) == sum(counts.values())
+    units, complete = sum(counts.values()), counts.get("complete", 0)
+    finished = not done.stopped and complete == units
     store.set_state("complete" if finished else "incomplete", "" if finished else done.stopped)
     return society, {"agents": len(society.members), "edges": society.graph.number_of_edges(),
                      "steps": config.society.steps, "steps_done": done.steps_done,
-                     "encounters": count_encounters(store), "stopped": done.stopped, "failed": done.failed}
+                     "encounters": count_encounters(store), "stopped": done.stopped, "failed": done.failed,
+                     "units": units, "complete": complete}

@@ -113,10 +113,13 @@ def attitude_rows(store: RunStore) -> Iterator[AttitudeRow]:
         yield AttitudeRow(*head, json.loads(probs_json) if probs_json else None, sha)
 
 
-def turn_rows(store: RunStore, where: str = "") -> Iterator[TurnRow]:
-    """Every committed reply, with its debate's topic and its agent's name and role; ``where``
-    (a fixed SQL condition on ``t``/``d``, never user text) keeps some (a society's encounters)."""
-    return map(TurnRow._make, store.db.execute(_TURNS_SQL.format(where=f"WHERE {where}" if where else "")))
+_ENCOUNTERS_ONLY = "WHERE t.debate_id IN (SELECT debate_id FROM society_units WHERE kind = 'encounter')"
+
+
+def turn_rows(store: RunStore, encounters_only: bool = False) -> Iterator[TurnRow]:
+    """Every committed reply, with its debate's topic and its agent's name and role; with
+    ``encounters_only``, a society's encounter turns alone (not its agents' notes to self)."""
+    return map(TurnRow._make, store.db.execute(_TURNS_SQL.format(where=_ENCOUNTERS_ONLY if encounters_only else "")))
 
 
 def read_transcript(run_dir: Path) -> dict[str, Any]:

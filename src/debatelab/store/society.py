@@ -78,16 +78,33 @@ def encounter_rows(store: RunStore) -> Iterator[tuple[object, ...]]:
         yield topic, step, unit, debate_id, " ".join(map(str, json.loads(agents)))
 
 
-def panel_rows(store: RunStore) -> Iterator[tuple[object, ...]]:
-    """topic, step, agent, party, method, score, valid, expected_score, option_mass, source, raw,
-    probs (a list or None), prompt_sha: every agent's panel survey at every step."""
+class PanelRow(NamedTuple):
+    """One agent's panel survey at one step; ``probs`` the 0..10 distribution, if any."""
+
+    topic: str
+    step: int
+    agent: int
+    party: str
+    method: str
+    score: int | None
+    valid: int
+    expected_score: float | None
+    option_mass: float | None
+    source: str | None
+    raw: str | None
+    probs: list[float] | None
+    prompt_sha: str | None
+
+
+def panel_rows(store: RunStore) -> Iterator[PanelRow]:
+    """Every agent's panel survey at every step (the Default probes, not members, left out)."""
     for *head, probs, sha in store.db.execute(
             "SELECT u.topic_id, u.step, json_extract(u.agents_json, '$[0]') AS agent, g.party, s.method, s.score,"
             " s.valid, s.expected_score, s.option_mass, s.source, s.raw, s.probs_json, s.prompt_sha"
             " FROM society_units u JOIN surveys s USING (debate_id)"
             " JOIN society_agents g ON g.agent = json_extract(u.agents_json, '$[0]')"
             " WHERE u.kind = 'panel' ORDER BY u.topic_id, u.step, agent"):
-        yield (*head, json.loads(probs) if probs else None, sha)
+        yield PanelRow(*head, json.loads(probs) if probs else None, sha)
 
 
 def memory_rows(store: RunStore) -> Iterator[tuple[object, ...]]:
@@ -108,11 +125,3 @@ def probe_means(store: RunStore, measure: str) -> dict[str, float | None]:
     return dict(store.db.execute(
         f"SELECT u.topic_id, AVG({value}) FROM society_units u JOIN surveys s USING (debate_id)"
         " WHERE u.kind = 'panel' AND u.unit < 0 GROUP BY u.topic_id"))
-
-
-def is_society(store: RunStore) -> bool:
-    return store.db.execute("SELECT EXISTS (SELECT 1 FROM society_agents)").fetchone()[0] == 1
-
-
-ENCOUNTERS_ONLY = "t.debate_id IN (SELECT debate_id FROM society_units WHERE kind = 'encounter')"
-"""The condition that keeps a society's encounter turns (``read.turn_rows(store, where=...)``)."""
