@@ -11,8 +11,10 @@ from debatelab.planning import check_feasible, personas_needed, plan_debates
 from debatelab.llm.scripted import ScriptedLLM
 
 ROOT = Path(__file__).resolve().parents[1] / "experiments"
-CONFIGS = sorted(p for p in ROOT.glob("**/*.yaml") if not p.name.startswith("study_") and p.parent.name != "society")
+CONFIGS = sorted(p for p in ROOT.glob("**/*.yaml") if not p.name.startswith(("study_", "lab_"))
+                 and p.parent.name != "society")
 STUDIES = sorted(ROOT.glob("**/study_*.yaml"))
+LABS = sorted(ROOT.glob("**/lab_*.yaml"))
 
 
 def test_there_are_configs():
@@ -39,3 +41,17 @@ def test_study_configs_validate(path):
 
     study = load_study(path)
     assert study.experiment.is_file()
+
+
+@pytest.mark.parametrize("path", LABS, ids=lambda p: p.name)
+def test_lab_files_validate_and_apply_every_method(path, tmp_path):
+    from debatelab.lab.config import load_lab, method_configs
+
+    lab = load_lab(path)
+    configs = method_configs(lab, tmp_path / "personas.jsonl")
+    assert list(configs) == lab.method_names()
+    for name, group in configs.items():
+        assert len(group) == len(lab.experiments)
+        partisan = [k for c in group for k, r in zip(c.seat_models(), c.roles) if r != "default"]
+        assert all(k == "" for k in partisan) if name == "baseline" or lab.methods[name].reanchor else \
+            all(k for k in partisan), name

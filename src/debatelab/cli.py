@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from .cli_io import (BAD_PATH_ERRNOS, MAX_SURVEY_PROMPTS, Parser, check_output_file, check_output_folder,
                      describe_os_error, positive, say, seed, silence_stdout, upto)
-from .cli_measure import add_commands
+from . import cli_lab, cli_measure
 from .config import MAX_IN_FLIGHT, MAX_PER_PARTY, MAX_REPETITIONS, MAX_ROUNDS, MAX_TOKENS
 from .errors import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_INTERRUPTED, DebatelabError, RunInterrupted
 from .llm.options import MAX_BATCH, MAX_PREFIX_CACHE_MB, MAX_THREADS
@@ -350,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also load the model in this dtype and compare survey distributions on the same prompts")
     bench.set_defaults(func=_cmd_bench)
 
-    add_commands(sub)  # check-model, score-stance, analyze
+    cli_measure.add_commands(sub)  # check-model, score-stance, analyze
+    cli_lab.add_commands(sub)  # compare
 
     topics = sub.add_parser("topics", help="list the built-in topics")
     topics.set_defaults(func=_cmd_topics)

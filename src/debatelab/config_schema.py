@@ -12,6 +12,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 from .errors import DebatelabError
 from .llm.options import BackendOptions
 from .llm.registry import split_model
+from .methods import Contrastive, Steering
 from .scales import SCALES, Scale, ScaleId
 from .topics import BUILTIN_TOPICS, Topic, load_topic_file
 from .types import ROLES
@@ -183,18 +184,36 @@ class Seat(StrictModel):
     """Model string for this agent (None = the experiment's ``model``)."""
     adapter: str | None = None
     """LoRA adapter folder for this agent (None = the experiment's ``backend.adapter``)."""
+    contrastive: Contrastive | None = None
+    """Persona-contrastive decoding for this agent (see :mod:`debatelab.methods`); partisans on
+    a transformers backend only."""
+    steering: Steering | None = None
+    """Activation steering towards this agent's party (see :mod:`debatelab.methods`); partisans
+    on a transformers backend only, with a persona bank (``personas:``) to compute it from."""
+    reanchor: int = Field(0, ge=0, le=MAX_ROUNDS, strict=True)
+    """Every k-th of this agent's replies after its first restates its opening statement in its
+    reply prompt, 0..100 (0 = never); any backend."""
 
     @field_validator("adapter", mode="before")
     @classmethod
     def _adapter_path(cls, value: object) -> object:
         return check_path(value)
 
+    @property
+    def intervenes(self) -> bool:
+        """Whether the seat's backend computes differently (contrastive decoding or steering)."""
+        return self.contrastive is not None or self.steering is not None
+
     def key(self, default_model: str, default_adapter: str | None) -> str:
-        """The model this seat runs on, as one string; "" when it is the experiment's own."""
+        """The model this seat runs on, as one string; "" when it is the experiment's own.
+        A backend method joins the key (``#contrastive(1,replies)``), so a seat with one is
+        always a backend of its own, and re-anchoring, which only changes prompts, does not."""
         model, adapter = self.model or default_model, self.adapter or default_adapter
-        if (model, adapter) == (default_model, default_adapter):
+        methods = (f"#{self.contrastive.key()}" if self.contrastive else "") + \
+            (f"#{self.steering.key(self.role)}" if self.steering else "")
+        if (model, adapter) == (default_model, default_adapter) and not methods:
             return ""
-        return model if adapter is None else f"{model}+{adapter}"
+        return (model if adapter is None else f"{model}+{adapter}") + methods
 
 
 class ExperimentConfig(StrictModel):
@@ -268,6 +287,21 @@ class ExperimentConfig(StrictModel):
                     raise ValueError(str(exc)) from None
         return agents
 
+    @model_validator(mode="after")
+    def _seat_methods(self) -> "ExperimentConfig":
+        for entry in self.agents:
+            if not isinstance(entry, Seat) or not entry.intervenes:
+                continue
+            kind = split_model(entry.model or self.model)[0]
+            if kind not in ("embedded", "hf"):
+                raise ValueError(f"contrastive decoding and steering need a transformers model (embedded or hf:), "
+                                 f"not {entry.model or self.model!r}")
+            if entry.role == "default":
+                raise ValueError("contrastive decoding and steering act on a persona: a default seat has none")
+            if entry.steering is not None and self.personas is None:
+                raise ValueError("steering needs a persona bank (personas:), the prompts its direction is computed from")
+        return self
+
     @property
     def roles(self) -> list[str]:
         """The roster's roles, in seat order."""
@@ -277,6 +311,15 @@ class ExperimentConfig(StrictModel):
         """Per seat, the key of the model it runs on ("" = the experiment's model)."""
         adapter = self.backend.adapter
         return [a.key(self.model, adapter) if isinstance(a, Seat) else "" for a in self.agents]
+
+    def seat_reanchors(self) -> list[int]:
+        """Per seat, how often its opening statement is restated (0: never)."""
+        return [a.reanchor if isinstance(a, Seat) else 0 for a in self.agents]
+
+    def seat_methods(self) -> dict[str, Seat]:
+        """Model key -> the seat that asks for contrastive decoding or steering on it."""
+        return {key: entry for entry, key in zip(self.agents, self.seat_models())
+                if isinstance(entry, Seat) and entry.intervenes}
 
     def seat_backends(self) -> dict[str, tuple[str, BackendOptions]]:
         """Model key -> (model string, backend options) for every seat with its own model."""

@@ -36,10 +36,10 @@ class AtomicFiles:
         self._ready: list[tuple[str, Path]] = []
 
     @contextmanager
-    def open(self, path: Path, newline: str | None = None) -> Iterator[IO[str]]:
+    def open(self, path: Path, newline: str | None = None, binary: bool = False) -> Iterator[IO[Any]]:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as fh:
+            with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline=newline)) as fh:
                 yield fh
                 fh.flush()
                 # Some filesystems report a full disk only at fsync (delayed allocation, NFS):
@@ -110,6 +110,16 @@ def write_json(path: Path, payload: Any) -> None:
     try:
         with atomic_open(path) as fh:
             fh.write(json_text(payload))
+    except OSError as exc:
+        raise DebatelabError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """``data`` (a rendered figure) to ``path``, atomically; one line if it cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_files() as files, files.open(path, binary=True) as fh:
+            fh.write(data)
     except OSError as exc:
         raise DebatelabError(f"cannot write {path}: {exc.strerror or exc}") from None
 

@@ -88,6 +88,7 @@ def plan_debates(config: ExperimentConfig, bank: Sequence[Persona], identity: di
     for topic in config.resolved_topics():
         for rep, combo in enumerate(combos):
             agents = _seat(config.roles, config.seat_models(), combo, derive_seed(config.seed, "names", rep))
+            agents = tuple(a.model_copy(update={"reanchor": k}) if k else a for a, k in zip(agents, config.seat_reanchors()))
             specs.append(_spec(config, topic, rep, agents, identity, seat_identities or {}))
     return specs
 
@@ -147,6 +148,6 @@ def _spec(config: ExperimentConfig, topic: Topic, rep: int, agents: tuple[Agent,
 
 def agent_content(agent: Agent) -> dict[str, Any]:
     """An agent as its debate's id hashes it. Fields added later (its own model, a society's
-    memory) are left out at their defaults, so earlier run directories keep their ids."""
-    exclude = {name for name, unset in (("model", ""), ("memory", None)) if getattr(agent, name) == unset}
+    memory, re-anchoring) are left out at their defaults, so earlier run directories keep their ids."""
+    exclude = {name for name, unset in (("model", ""), ("memory", None), ("reanchor", 0)) if getattr(agent, name) == unset}
     return agent.model_dump(exclude=exclude)

@@ -14,7 +14,7 @@ from jinja2 import Environment, StrictUndefined
 from .llm.base import Message, Prompt
 from .scales import PEW4, Scale, ZERO_TEN
 from .topics import Topic
-from .types import Agent, Turn
+from .types import DEFAULT_CONTEXT, Agent, Turn
 
 TEMPLATE_VERSION = "1"
 SURVEY_OPTIONS: tuple[str, ...] = ZERO_TEN.options
@@ -34,8 +34,12 @@ _DEBATE_INTRO = _env.from_string(
     "{% elif history %}The debate so far:\n\n{{ history }}\n\n{% else %}Nobody has spoken yet.\n\n{% endif %}"
 )
 
+ANCHOR_INTRO = "Remember the position you opened this debate with:"
+"""How a re-anchored reply prompt restates the agent's opening statement (after the history)."""
+
 _REPLY = _env.from_string(
-    "{{ intro }}Write {{ name }}'s next reply in the debate: one short paragraph that "
+    "{{ intro }}{% if anchor is not none %}" + ANCHOR_INTRO + " "
+    "\"{{ anchor }}\"\n\n{% endif %}Write {{ name }}'s next reply in the debate: one short paragraph that "
     "stays true to {{ name }}'s views."
 )
 
@@ -102,12 +106,30 @@ def _intro(agents: Sequence[Agent], me: int, topic: Topic, turns: Sequence[Turn]
 
 def reply_prompt(agents: Sequence[Agent], me: int, topic: Topic, turns: Sequence[Turn]) -> Prompt:
     """The agent's background as system message; topic, history and the task as user message.
-    The answer is prefilled with "Name:" so the model completes the agent's next line."""
-    user = _REPLY.render(intro=_intro(agents, me, topic, turns), name=agents[me].name)
+    The answer is prefilled with "Name:" so the model completes the agent's next line. An agent
+    that re-anchors (``Agent.reanchor`` = k) has its opening statement restated before the task
+    on every k-th of its replies after its first (:func:`anchor_text`)."""
+    anchor = anchor_text(agents[me], me, turns)
+    user = _REPLY.render(intro=_intro(agents, me, topic, turns), name=agents[me].name, anchor=anchor)
     return Prompt(
         messages=(Message("system", agents[me].background), Message("user", user)),
         assistant_prefix=f"{agents[me].name}:",
     )
+
+
+def anchor_text(agent: Agent, me: int, turns: Sequence[Turn]) -> str | None:
+    """The agent's first reply when this reply is one it re-anchors on, else None."""
+    mine = [t for t in turns if t.agent_index == me]
+    if not agent.reanchor or not mine or len(mine) % agent.reanchor:
+        return None
+    return mine[0].text
+
+
+def without_persona(agents: Sequence[Agent], me: int) -> tuple[Agent, ...]:
+    """The seats with agent ``me``'s background replaced by the Default agent's, everything else
+    (its name, the others, the history) kept: the contrast of persona-contrastive decoding."""
+    plain = agents[me].model_copy(update={"background": DEFAULT_CONTEXT})
+    return tuple(plain if i == me else a for i, a in enumerate(agents))
 
 
 def summary_prompt(agents: Sequence[Agent], me: int, topic: Topic, turns: Sequence[Turn]) -> Prompt:

@@ -16,7 +16,7 @@ import re
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .config import ExperimentConfig, load_config
 from .errors import DebatelabError
@@ -128,7 +128,7 @@ def reproduce(names: Sequence[str], out_dir: Path, *, model: str | None = None, 
         locks += [lock_run_dir(out_dir / p.stem) for p in presets]
         for name, idx in groups.items():
             backends = _Backends(llm)
-            _ensure_bank(paths[name], name, [configs[i] for i in idx], backends)
+            ensure_bank(paths[name], name, [configs[i] for i in idx], backends.get)
             for i in idx:
                 preset = load_config(presets[i], **overrides, personas=str(paths[name].resolve()))
                 summaries[i] = run_experiment(preset, out_dir / presets[i].stem, llm=backends.get(preset),
@@ -173,12 +173,15 @@ def _bank_model(path: Path) -> str | None:
     return models.pop() if len(models) == 1 else None
 
 
-def _ensure_bank(path: Path, model: str, configs: Sequence[ExperimentConfig], backends: _Backends) -> None:
+def ensure_bank(path: Path, model: str, configs: Sequence[ExperimentConfig],
+                backend: Callable[[ExperimentConfig], LLM]) -> None:
+    """``path`` holds one bank that can seat every one of ``configs``: written by ``model``
+    (through ``backend(configs[0])``) when absent, refused in one line when it cannot serve."""
     sizes = bank_sizes(configs)
     if not path.exists():
         config = configs[0]
         gen = config.persona_generation
-        bank = generate_personas(backends.get(config), model, sizes, config.seed, temperature=gen.temperature,
+        bank = generate_personas(backend(config), model, sizes, config.seed, temperature=gen.temperature,
                                  max_tokens=gen.max_tokens, min_words=gen.min_words, max_attempts=gen.max_attempts)
         save_bank(bank, path)
     _check_shared_bank(load_bank(path), path, sizes, model)

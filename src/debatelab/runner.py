@@ -108,6 +108,9 @@ class WaveRunner:
         self.llms: dict[str, LLM] = {"": llm, **(seat_llms or {})}
         self.store = store
         self.config = config
+        self.contrastive = {key: seat.contrastive for key, seat in config.seat_methods().items()
+                            if seat.contrastive is not None}
+        """Model key -> its persona-contrastive decoding: its requests carry the prompt without the persona."""
 
     def run(self, specs: Sequence[DebateSpec]) -> None:
         for _ in self.waves(specs):
@@ -181,6 +184,9 @@ class WaveRunner:
         else:
             prompt = prompts.reply_prompt(spec.agents, step.agent, spec.topic, debate.turns)
             temperature, top_p = reply.temperature, reply.top_p
+        method = self.contrastive.get(model)
+        contrast = (prompts.reply_prompt(prompts.without_persona(spec.agents, step.agent), step.agent, spec.topic,
+                                         debate.turns) if method is not None and method.replies else None)
         bucket = pending.setdefault(model, _Pending())
         bucket.generate.append((debate, step.iteration, step.agent, "reply"))
         sha = self.llms[model].conditioning(prompt, "generate").sha()
@@ -188,6 +194,7 @@ class WaveRunner:
         bucket.gen_requests.append(GenerateRequest(
             prompt, temperature=temperature, max_tokens=reply.max_tokens, top_p=top_p,
             stop=prompts.reply_stops(spec.agents), seed=derive_seed(spec.seed, "reply", step.iteration),
+            contrast=contrast,
         ))
 
     def _add_survey(self, pending: dict[str, _Pending], debate: LiveDebate, step: Survey) -> None:
@@ -196,15 +203,18 @@ class WaveRunner:
             prompt = prompts.survey_prompt(spec.agents, agent, spec.topic, debate.turns, scale)
             seed = derive_seed(spec.seed, "survey", step.iteration, agent)
             model = spec.agents[agent].model
+            method = self.contrastive.get(model)
+            contrast = (prompts.survey_prompt(prompts.without_persona(spec.agents, agent), agent, spec.topic,
+                                              debate.turns, scale) if method is not None and method.surveys else None)
             bucket = pending.setdefault(model, _Pending())
             bucket.shas[("survey", spec.debate_id, step.iteration, agent)] = self._survey_sha(self.llms[model], prompt)
             if self.config.survey.records_distribution:
                 bucket.score.append((debate, step.iteration, agent))
-                bucket.score_requests.append(ScoreRequest(prompt, scale.options, seed=seed))
+                bucket.score_requests.append(ScoreRequest(prompt, scale.options, seed=seed, contrast=contrast))
             if self.config.survey.records_greedy:  # the paper's measure: the answer at T=0
                 bucket.generate.append((debate, step.iteration, agent, "survey"))
                 bucket.gen_requests.append(GenerateRequest(
-                    prompt, temperature=0.0, max_tokens=self.config.survey.max_tokens, seed=seed))
+                    prompt, temperature=0.0, max_tokens=self.config.survey.max_tokens, seed=seed, contrast=contrast))
 
     def _survey_sha(self, llm: LLM, prompt: Prompt) -> str:
         """The hash of what a survey sends: the greedy request's text, then the scoring request's

@@ -43,6 +43,9 @@ class Agent(BaseModel):
     memory: str | None = None
     """A society agent's memory of its earlier encounters on the topic ("" = none yet), shown in
     its prompts; None for a debate's agents, whose prompts have no memory block."""
+    reanchor: int = 0
+    """Every k-th of the agent's replies after its first restates its opening statement in its
+    reply prompt (``Seat.reanchor``); 0: never."""
 
 
 UnitKind = Literal["debate", "encounter", "summary", "panel"]

@@ -11,7 +11,7 @@ import pytest
 import statsmodels.api as sm
 
 from debatelab.analysis.attractor import (
-    TRANSITION_COLUMNS, _Anchors, _bootstrap, _design, cluster_resamples, default_attitudes, fit_attractor, transitions)
+    TRANSITION_COLUMNS, Anchors, _bootstrap, _design, cluster_resamples, default_attitudes, fit_attractor, transitions)
 from debatelab.analysis.metrics import COLUMNS
 from debatelab.errors import DebatelabError
 
@@ -119,7 +119,7 @@ def test_duplicated_transitions_do_not_narrow_the_clustered_interval():
     """A transition bootstrap would shrink the interval by √2 when every row is doubled; a debate
     bootstrap draws the same debates and solves the same weighted problem."""
     data = transitions(simulate(0.2, 0.1, R_D, debates=20)).assign(d=6.0)
-    anchors = _Anchors({"gun": 6.0, "race": 4.0, "climate": 7.0, "border": 5.0})
+    anchors = Anchors({"gun": 6.0, "race": 4.0, "climate": 7.0, "border": 5.0})
     once = _bootstrap(data, anchors, seed=1, n_boot=200, confidence=0.95)
     twice = _bootstrap(pd.concat([data, data]), anchors, seed=1, n_boot=200, confidence=0.95)
     assert once[0] == pytest.approx(twice[0]) and once[1] == pytest.approx(twice[1]) and twice[2] == 200

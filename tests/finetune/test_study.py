@@ -204,7 +204,7 @@ BAD_FIELDS = [
     ({"seeds": [0, 0]}, "seeds: values must not repeat (0 given twice)"),
     ({"seeds": "0,1"}, "seeds: Input should be a valid list"),
     ({"model": "scripted"}, "model: 'scripted' has no local weights to tune"),
-    ({"party": "green"}, "party: Input should be 'republican' or 'democrat'"),
+    ({"party": "green"}, "party: Input should be 'republican', 'democrat' or 'both'"),
     ({"benchmarks": {"limit": 0}}, "benchmarks.limit: Input should be greater than or equal to 1"),
     ({"benchmarks": {"compare": ["hf:x", "hf:x"]}}, "benchmarks.compare: values must not repeat"),
     ({"experiment": "nope.yaml"}, "experiment: config file not found"),

@@ -100,7 +100,7 @@ def default_attitudes(surveys: pd.DataFrame, reference_surveys: pd.DataFrame | N
 
 
 @dataclass(frozen=True)
-class _Anchors:
+class Anchors:
     """D per topic, and what a bootstrap resample redraws it from: this run's per-debate Default
     values (``own``, by debate_id), which travel with their debates, and a reference run's
     (``reference``, per topic), which are resampled on their own. Fixed D has neither."""
@@ -110,7 +110,7 @@ class _Anchors:
     reference: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def estimated(cls, surveys: pd.DataFrame, reference_surveys: pd.DataFrame | None) -> _Anchors:
+    def estimated(cls, surveys: pd.DataFrame, reference_surveys: pd.DataFrame | None) -> Anchors:
         own, ref = _per_debate_defaults(surveys), _per_debate_defaults(reference_surveys)
         mine = set(own.index.get_level_values("topic"))
         borrowed = {str(t): g.to_numpy(float) for t, g in ref.groupby(level="topic") if t not in mine}
@@ -138,8 +138,8 @@ def fit_attractor(surveys: pd.DataFrame, defaults: Mapping[str, float] | None = 
     statsmodels, treat D as known)."""
     if defaults is not None and reference_surveys is not None:
         raise DebatelabError("fit_attractor takes defaults or reference_surveys, not both")
-    anchors = (_Anchors.estimated(surveys, reference_surveys) if defaults is None
-               else _Anchors({str(t): float(v) for t, v in defaults.items() if np.isfinite(v)}))
+    anchors = (Anchors.estimated(surveys, reference_surveys) if defaults is None
+               else Anchors({str(t): float(v) for t, v in defaults.items() if np.isfinite(v)}))
     data = transitions(surveys)
     data = data.assign(topic=data["topic"].astype(str), role=data["role"].astype(str))
     data = data.assign(d=data["topic"].map(anchors.point).astype(float))
@@ -148,10 +148,10 @@ def fit_attractor(surveys: pd.DataFrame, defaults: Mapping[str, float] | None = 
     for topic in sorted(data["topic"].unique()):
         mine = data[data["topic"] == topic]
         for role in [*sorted(mine["role"].unique()), "all"]:
-            rows += _fit_rows(mine if role == "all" else mine[mine["role"] == role], topic, role, *settings)
+            rows += fit_rows(mine if role == "all" else mine[mine["role"] == role], topic, role, *settings)
     anchored = data[data["d"].notna()]
     if anchored["topic"].nunique() > 1:
-        rows += _fit_rows(anchored, "all", "all", *settings)
+        rows += fit_rows(anchored, "all", "all", *settings)
     return rows
 
 
@@ -176,7 +176,7 @@ def _ols(dx: np.ndarray, design: np.ndarray, debates: np.ndarray) -> tuple[np.nd
     return np.asarray(fit.params), np.asarray(fit.pvalues)
 
 
-def _fit_rows(data: pd.DataFrame, topic: str, role: str, anchors: _Anchors, seed: int, n_boot: int,
+def fit_rows(data: pd.DataFrame, topic: str, role: str, anchors: Anchors, seed: int, n_boot: int,
               confidence: float) -> list[dict[str, Any]]:
     """The three rows of one fit (``topic`` ``all``: pooled over topics, each with its own D)."""
     pooled = topic == "all" and data["topic"].nunique() > 1
@@ -226,7 +226,7 @@ def cluster_resamples(clusters: np.ndarray, rng: np.random.Generator, n_boot: in
         yield rows
 
 
-def _d_sampler(data: pd.DataFrame, anchors: _Anchors,
+def _d_sampler(data: pd.DataFrame, anchors: Anchors,
                rng: np.random.Generator) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """A function of (clusters drawn, rows drawn) giving those rows' D, estimated again from the
     drawn debates' own Default agents and from a fresh resample of a reference run's."""
@@ -250,7 +250,7 @@ def _d_sampler(data: pd.DataFrame, anchors: _Anchors,
     return draw_d
 
 
-def _bootstrap(data: pd.DataFrame, anchors: _Anchors, seed: int, n_boot: int,
+def _bootstrap(data: pd.DataFrame, anchors: Anchors, seed: int, n_boot: int,
                confidence: float) -> tuple[np.ndarray, np.ndarray, int]:
     """Percentile interval of the coefficients over resamples of whole debates (least squares,
     D redrawn with them), and how many resamples could be fitted (a singular one is skipped)."""

@@ -78,7 +78,7 @@ def consistency_rows(stances: pd.DataFrame, surveys: pd.DataFrame, *, seed: int 
     return rows
 
 
-def _r(stance: np.ndarray, survey: np.ndarray) -> float:
+def pearson_r(stance: np.ndarray, survey: np.ndarray) -> float:
     """Pearson r, NaN where it is undefined (too few pairs, or either side constant)."""
     if len(stance) < MIN_PAIRS or np.ptp(stance) < 1e-12 or np.ptp(survey) < 1e-12:
         return np.nan
@@ -98,13 +98,13 @@ def _correlation(pairs: pd.DataFrame, topic: str, role: str, rng: np.random.Gene
     stance, survey = pairs["stance"].to_numpy(float), pairs["survey"].to_numpy(float)
     debates = pairs["debate_id"].to_numpy()
     n_debates = len(pd.unique(debates))
-    r = _r(stance, survey)
+    r = pearson_r(stance, survey)
     who = "all agents" if role == "all" else f"{role.title()} agents"
     if not np.isfinite(r):
         reading = (f"Not computed for {who}: fewer than {MIN_PAIRS} paired replies ({len(pairs)}), or the stances "
                    "or the surveys do not vary, so a correlation is undefined.")
         return _row("stance_survey_correlation", topic, role, np.nan, np.nan, np.nan, len(pairs), np.nan, reading)
-    boots = [_r(stance[idx], survey[idx]) for idx in cluster_resamples(debates, rng, n_boot if n_debates > 1 else 0)]
+    boots = [pearson_r(stance[idx], survey[idx]) for idx in cluster_resamples(debates, rng, n_boot if n_debates > 1 else 0)]
     finite = [b for b in boots if np.isfinite(b)]
     low, high = np.percentile(finite, [2.5, 97.5]) if finite else (np.nan, np.nan)
     p = float(sps.pearsonr(stance, survey).pvalue)

@@ -41,7 +41,8 @@ PARTISAN = ("republican", "democrat")
 
 def metric_table(run: RunData, reference: RunData | None = None, seed: int = 0, n_boot: int = 2000) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
-    same_party = [r for r in PARTISAN if list(run.config.get("agents", [])).count(r) >= 2]
+    roster = [a.get("role") if isinstance(a, dict) else a for a in run.config.get("agents", [])]  # seats may be mappings
+    same_party = [r for r in PARTISAN if roster.count(r) >= 2]
     for topic, group in run.surveys.groupby("topic", sort=True):
         defaults = _default_starts(group, reference, topic)
         for role in sorted(group["role"].unique()):

@@ -16,6 +16,14 @@ the locks are on different files, so they nest.
 
 Every debate, before and after tuning, runs on the study's ``backend`` (over the experiment's own
 backend options), so the base model and the adapters are held the same way (e.g. 8-bit).
+
+``party: both`` (see ``parties``) shares the questions between the two parties: each party's agent
+answers them, each party's adapters train into ``adapters/<party>/`` (DPO: that party's answers
+chosen, the other's rejected), and each "after" debate run (one per method, rank and seed, named
+like the adapters: ``debates/sft-r16-seed0``) seats every Republican on the Republican adapter of
+that seed and every Democrat on the Democrat one, the Default agent on the base model. Its
+figures compare the base run with those runs; Table 1 has one row per party, method and rank
+(benchmarks of that party's adapters; the Default attitude of the shared runs).
 """
 
 from __future__ import annotations
@@ -29,12 +37,11 @@ from typing import Any, Iterator
 
 from ..config import ExperimentConfig, load_config
 from ..errors import DebatelabError
+from .parties import BOTH, OTHER, PARTIES, adapter_dir, party_adapter_seats, seat_parties
 from .study_config import StudyConfig, check_files, load_study
 from .table1 import TableRow, table_rows, write_table
 
-__all__ = ["StudyConfig", "Variant", "load_study", "run_study"]
-
-OTHER = {"republican": "democrat", "democrat": "republican"}
+__all__ = ["StudyConfig", "Variant", "load_study", "party_adapter_seats", "run_study"]
 
 
 @dataclass(frozen=True)
@@ -44,10 +51,17 @@ class Variant:
     method: str  # "SFT" | "SFT+DPO"
     r: int
     adapters: tuple[Path, ...]
+    party: str | None = None  # whose adapters, in a party: both study
 
     @property
     def slug(self) -> str:
         return f"{self.method.lower().replace('+', '_')}_r{self.r}"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The adapters' model names (benchmark files, Table 1 members): the folder name, after its
+        party in a two-party study, whose two parties' folders share names."""
+        return tuple(a.name if self.party is None else f"{self.party}-{a.name}" for a in self.adapters)
 
 
 def run_study(study: StudyConfig, out: Path, progress: bool = False) -> Path:
@@ -121,7 +135,7 @@ def _bank(study: StudyConfig, out: Path, base_llm: Any) -> Path:
     path = out / "personas.jsonl"
     if not path.exists():
         counts = dict(personas_needed(load_config(study.experiment, repetitions=study.repetitions)))
-        for party in (study.party, OTHER[study.party]):
+        for party in PARTIES:  # the tuned party, and the other one for DPO's rejected answers
             counts[party] = max(1, counts.get(party, 0))
         save_bank(generate_personas(base_llm(), study.model, counts, study.seed), path)
     return path
@@ -144,7 +158,8 @@ def _answers(study: StudyConfig, out: Path, base_llm: Any, bank_path: Path, ques
     from .answers import answer_dataset, dpo_pairs, load_jsonl, save_jsonl
 
     bank = load_bank(bank_path)
-    parties = [study.party] + ([OTHER[study.party]] if study.dpo is not None else [])
+    # Every tuned party answers; DPO also needs the other party's answers to reject.
+    parties = list(dict.fromkeys([*study.parties(), *(PARTIES if study.dpo is not None else ())]))
     paths = {}
     for party in parties:
         path = paths[party] = out / "answers" / f"{party}.jsonl"
@@ -158,65 +173,73 @@ def _answers(study: StudyConfig, out: Path, base_llm: Any, bank_path: Path, ques
                               max_tokens=a.max_tokens, include_persona=a.include_persona)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_jsonl(rows, path)
-    if study.dpo is not None:
-        paths["pairs"] = out / "answers" / "dpo_pairs.jsonl"
-        if not paths["pairs"].exists():
-            save_jsonl(dpo_pairs(load_jsonl(paths[parties[0]]), load_jsonl(paths[parties[1]])), paths["pairs"])
+    for party in study.parties() if study.dpo is not None else ():
+        name = "dpo_pairs.jsonl" if study.party != BOTH else f"dpo_pairs_{party}.jsonl"
+        pairs = paths[f"pairs:{party}"] = out / "answers" / name
+        if not pairs.exists():
+            save_jsonl(dpo_pairs(load_jsonl(paths[party]), load_jsonl(paths[OTHER[party]])), pairs)
     return paths
 
 
 def _train(study: StudyConfig, out: Path, data: dict[str, Path]) -> list[Variant]:
-    """Every SFT rank, then DPO on the SFT adapters of the DPO ranks, each once per seed; an
-    adapter folder with a manifest is done."""
+    """Per tuned party: every SFT rank, then DPO on the SFT adapters of the DPO ranks, each once
+    per seed; an adapter folder with a manifest is done."""
     from .dpo import train_dpo
     from .sft import train_sft
 
     variants = []
-    for r in study.sft_ranks():
-        dirs = []
-        for seed in study.seeds:
-            folder = out / "adapters" / f"sft-r{r}-seed{seed}"
-            if not (folder / "manifest.json").exists():
-                train_sft(study.model, data[study.party], folder,
-                          study.sft.model_copy(update={"r": r, "seed": seed}), overwrite=True)
-            dirs.append(folder)
-        variants.append(Variant("SFT", r, tuple(dirs)))
-    dpo = study.dpo
-    for r in study.dpo_ranks():  # empty without a dpo section
-        assert dpo is not None
-        dirs = []
-        for seed in study.seeds:
-            folder, parent = out / "adapters" / f"dpo-r{r}-seed{seed}", out / "adapters" / f"sft-r{r}-seed{seed}"
-            if not (folder / "manifest.json").exists():
-                train_dpo(study.model, parent, data["pairs"], folder, dpo.model_copy(update={"seed": seed}),
-                          overwrite=True)
-            dirs.append(folder)
-        variants.append(Variant("SFT+DPO", r, tuple(dirs)))
+    for party in study.parties():
+        tag = party if study.party == BOTH else None  # a one-party study keeps its folder names
+        for r in study.sft_ranks():
+            dirs = tuple(adapter_dir(out, tag, "sft", r, seed) for seed in study.seeds)
+            for seed, folder in zip(study.seeds, dirs):
+                if not (folder / "manifest.json").exists():
+                    train_sft(study.model, data[party], folder,
+                              study.sft.model_copy(update={"r": r, "seed": seed}), overwrite=True)
+            variants.append(Variant("SFT", r, dirs, tag))
+        for r in study.dpo_ranks():  # empty without a dpo section
+            assert study.dpo is not None
+            dirs = tuple(adapter_dir(out, tag, "dpo", r, seed) for seed in study.seeds)
+            for seed, folder in zip(study.seeds, dirs):
+                if not (folder / "manifest.json").exists():
+                    train_dpo(study.model, adapter_dir(out, tag, "sft", r, seed), data[f"pairs:{party}"], folder,
+                              study.dpo.model_copy(update={"seed": seed}), overwrite=True)
+            variants.append(Variant("SFT+DPO", r, dirs, tag))
     return variants
 
 
-def debate_config(study: StudyConfig, bank_path: Path, adapter: Path | None = None) -> ExperimentConfig:
-    """The study's experiment on its model, with its personas and repetitions, on the base model or
-    an adapter; the backend is the experiment's with the study's ``backend`` fields over it, the
-    same for every debate before and after tuning."""
+def debate_config(study: StudyConfig, bank_path: Path, adapter: Path | None = None,
+                  seats: dict[str, Path] | None = None) -> ExperimentConfig:
+    """The study's experiment on its model, with its personas and repetitions, on the base model,
+    an adapter, or with ``seats`` (party -> adapter) every agent of a party on its adapter and
+    the others on the base; the backend is the experiment's with the study's ``backend`` fields
+    over it, the same for every debate before and after tuning."""
     common = {"model": study.model, "repetitions": study.repetitions, "personas": str(Path(bank_path).resolve())}
     experiment = load_config(study.experiment, **common)
     backend = {**experiment.backend.model_dump(exclude_unset=True), **study.backend.model_dump(exclude_unset=True)}
-    return load_config(study.experiment, **common, backend=backend or None, adapter=adapter)
+    agents = seat_parties(experiment.agents, seats) if seats else None
+    return load_config(study.experiment, **common, backend=backend or None, adapter=adapter, agents=agents)
 
 
 def _debates(study: StudyConfig, out: Path, bank_path: Path, variants: list[Variant],
              progress: bool) -> dict[str, Path]:
     """The same experiment, with the same personas and backend, on the base model and on every
-    adapter; {"base" or adapter folder name: run folder}. Each run loads its model itself, after
+    adapter (party: both, on every seed's pair of party adapters, found by their shared folder
+    name); {"base" or adapter folder name: run folder}. Each run loads its model itself, after
     locking its folder."""
     from ..experiment import run_experiment
 
     runs = {"base": out / "debates" / "base"}
     run_experiment(debate_config(study, bank_path), runs["base"], progress=progress)
-    for adapter in (a for v in variants for a in v.adapters):
-        runs[adapter.name] = out / "debates" / adapter.name
-        run_experiment(debate_config(study, bank_path, adapter), runs[adapter.name], progress=progress)
+    seatings: dict[str, dict[str | None, Path]] = {}
+    for v in variants:
+        for adapter in v.adapters:
+            seatings.setdefault(adapter.name, {})[v.party] = adapter
+    for name, seating in seatings.items():
+        runs[name] = out / "debates" / name
+        config = debate_config(study, bank_path, seating[None]) if None in seating else \
+            debate_config(study, bank_path, seats={str(party): folder for party, folder in seating.items()})
+        run_experiment(config, runs[name], progress=progress)
     return runs
 
 
@@ -226,8 +249,8 @@ def _figures(out: Path, variants: list[Variant], runs: dict[str, Path]) -> None:
     from ..analysis.frames import load, merge_runs
 
     before = load(runs["base"], complete_only=True)
-    for v in variants:
-        label = f"{v.method} r={v.r}"
+    for v in {v.slug: v for v in variants}.values():  # party: both, one figure for the parties' shared runs
+        label = f"{v.method} r={v.r}" + (" party adapters" if v.party else "")
         after = merge_runs([load(runs[a.name], complete_only=True) for a in v.adapters], f"after {label}")
         fig = attitude_figure([before, after], labels=["before", f"after {label} (seeds pooled)"])
         save_figure(fig, out / "figures" / f"before_after_{v.slug}")
@@ -239,7 +262,8 @@ def _benchmarks(study: StudyConfig, out: Path, variants: list[Variant]) -> dict[
     tasks = {name: path for name, path in (("mmlu", b.mmlu), ("hellaswag", b.hellaswag)) if path is not None}
     if not tasks:
         return {}
-    models = [("base", study.model, None)] + [(a.name, study.model, a) for v in variants for a in v.adapters]
+    models = [("base", study.model, None)]
+    models += [(name, study.model, a) for v in variants for name, a in zip(v.names, v.adapters)]
     models += [(f"compare-{i}", model, None) for i, model in enumerate(b.compare)]
     return {name: _scores(study, out / "benchmarks" / f"{name}.json", model, adapter, tasks)
             for name, model, adapter in models}
@@ -266,9 +290,11 @@ def _table1(study: StudyConfig, out: Path, variants: list[Variant], runs: dict[s
     from ..analysis.frames import load
 
     rows = [TableRow(study.model, "base", None, ("base",))]
-    rows += [TableRow(study.model, v.method, v.r, tuple(a.name for a in v.adapters)) for v in variants]
+    rows += [TableRow(study.model, v.method, v.r, v.names, v.party) for v in variants]
     rows += [TableRow(model, "reference", None, (f"compare-{i}",)) for i, model in enumerate(study.benchmarks.compare)]
-    attitudes = {name: default_final(load(run, complete_only=True), study.table_topic) for name, run in runs.items()}
+    finals = {name: default_final(load(run, complete_only=True), study.table_topic) for name, run in runs.items()}
+    # An adapter's attitude is its run's; in a two-party study both parties' adapters of a seed share one.
+    attitudes = {"base": finals["base"], **{name: finals[a.name] for v in variants for name, a in zip(v.names, v.adapters)}}
     return write_table(table_rows(rows, scores, attitudes, study.table_topic), study.table_topic, out)
 
 

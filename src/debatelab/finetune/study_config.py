@@ -8,7 +8,7 @@ and training, never a traceback.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BeforeValidator,
@@ -23,9 +23,9 @@ from ..config import (MAX_MODEL, MAX_REPETITIONS, MAX_TOKENS, ExperimentConfig, 
 from ..errors import DebatelabError
 from ..readers import read_yaml
 from ..llm.options import BackendOptions
-from ..types import Party
 from .base import MAX_BATCH, SEED_LIMIT
 from .dpo import DPOSettings
+from .parties import BOTH, check_roster, study_parties
 from .sft import MAX_RANK, SFTSettings
 from ..validation import StrictModel, describe
 
@@ -117,10 +117,13 @@ class StudyConfig(StrictModel):
     backend: BackendOptions = BackendOptions()
     """Backend options for generation and for every debate, before and after tuning alike (laid
     over the experiment's own backend options); ``device`` also places the benchmarks."""
-    party: Party = "republican"
-    """The party whose agent writes the training answers (the direction of the tuning)."""
+    party: Literal["republican", "democrat", "both"] = "republican"
+    """The party whose agent writes the training answers (the direction of the tuning), or
+    ``both``: each party's agent answers the same questions and trains its own adapters
+    (``adapters/<party>/``), and the debates after tuning seat every partisan on its own party's
+    adapter, the Default agent on the base model (see ``parties``)."""
     personas: FilePath | None = None
-    """Persona bank; the first persona of ``party`` answers. Generated when absent."""
+    """Persona bank; the first persona of each tuned party answers. Generated when absent."""
     seed: Seed = 0
     """Seed for questions, answers and persona generation, in [0, 2**32)."""
     questions: QuestionSettings = QuestionSettings()
@@ -175,6 +178,10 @@ class StudyConfig(StrictModel):
     def dpo_ranks(self) -> list[int]:
         return list(self.ranks.dpo) if self.dpo is not None else []
 
+    def parties(self) -> tuple[str, ...]:
+        """The parties whose adapters the study trains, in training order."""
+        return study_parties(self.party)
+
 
 # ---- loading ------------------------------------------------------------------------------
 _PATHS = (("experiment",), ("personas",), ("questions", "file"), ("benchmarks", "mmlu"), ("benchmarks", "hellaswag"))
@@ -217,6 +224,11 @@ def load_study(path: Path) -> StudyConfig:
     except DebatelabError as exc:
         raise DebatelabError(f"invalid study config {path}: experiment: {exc}") from None
     _check_table_topic(study, experiment, path)
+    if study.party == BOTH:
+        try:
+            check_roster(experiment.agents)
+        except DebatelabError as exc:
+            raise DebatelabError(f"invalid study config {path}: experiment: {exc}") from None
     return study
 
 

@@ -1,7 +1,8 @@
 """The paper's Table 1 from a study's benchmark scores and debate runs.
 
 One row per model: the base, every (method, r) the study trained, averaged over its seeds, and
-any comparison model (benchmarks only). Each value column is a mean with its spread: the sample
+any comparison model (benchmarks only); a ``party: both`` study has a ``party`` column and one
+row per party, method and rank (that party's adapters). Each value column is a mean with its spread: the sample
 standard deviation over seeds (empty with one seed). Which metric a column holds is in its name
 and in the Markdown table's header: HellaSwag is lm-eval's ``acc_norm`` (the length-normalised
 accuracy that the harness reports for HellaSwag), MMLU its ``acc``.
@@ -30,6 +31,7 @@ class TableRow:
     method: str  # base | SFT | SFT+DPO | reference
     r: int | None
     members: tuple[str, ...]  # keys of the scores and attitudes: "base", "sft-r16-seed0", ...
+    party: str | None = None  # whose adapters, in a two-party study
 
 
 def attitude_column(topic: str) -> str:
@@ -57,8 +59,10 @@ def table_rows(rows: Sequence[TableRow], scores: Mapping[str, Any], attitudes: M
                topic: str) -> list[dict[str, Any]]:
     """Table 1 as records: for each row, every metric's mean and sd over the row's members."""
     records = []
+    by_party = any(row.party for row in rows)
     for row in sorted(rows, key=lambda r: (METHOD_ORDER.get(r.method, 9), r.r or 0)):
-        record: dict[str, Any] = {"model": row.model, "method": row.method, "r": row.r, "seeds": len(row.members)}
+        record: dict[str, Any] = {"model": row.model, "method": row.method, **({"party": row.party} if by_party else {}),
+                                  "r": row.r, "seeds": len(row.members)}
         for task in TASK_ORDER:
             column = metric_column(task)
             record[f"{column}_mean"], record[f"{column}_sd"] = mean_sd([_score(scores, m, task) for m in row.members])
@@ -95,14 +99,20 @@ def _cell(mean: float, sd: float, scale: float, digits: int) -> str:
 def markdown(records: list[dict[str, Any]], topic: str) -> str:
     """Table 1 in Markdown, with the metric of every column in its header."""
     heads = [f"{LABELS[t]} {TABLE_METRICS[t]} (%)" for t in TASK_ORDER] + [f"Default final attitude, {topic} (0-10)"]
-    lines = ["| model | method | r | seeds | " + " | ".join(heads) + " |", "|---" * (4 + len(heads)) + "|"]
+    by_party = any("party" in rec for rec in records)
+    keys = ["model", "method", *(["party"] if by_party else []), "r", "seeds"]
+    lines = ["| " + " | ".join(keys) + " | " + " | ".join(heads) + " |", "|---" * (len(keys) + len(heads)) + "|"]
     for rec in records:
         cells = [_cell(rec[f"{metric_column(t)}_mean"], rec[f"{metric_column(t)}_sd"], 100, 1) for t in TASK_ORDER]
         column = attitude_column(topic)
         cells.append(_cell(rec[f"{column}_mean"], rec[f"{column}_sd"], 1, 2))
-        r = "–" if rec["r"] is None else str(rec["r"])
-        lines.append(f"| {rec['model']} | {rec['method']} | {r} | {rec['seeds']} | " + " | ".join(cells) + " |")
+        head = ["–" if rec[key] is None else str(rec[key]) for key in keys]
+        lines.append("| " + " | ".join(head + cells) + " |")
     notes = ("Values: mean ± sample standard deviation over the fine-tuning seeds. HellaSwag: lm-eval `acc_norm` "
              "(length-normalised accuracy); MMLU: lm-eval `acc`. Attitude: the Default agent's mean survey value "
              "at the last iteration of every debate on the topic.")
+    if by_party:
+        notes += (" Party rows: benchmarks of that party's adapters; the attitude is the Default agent's (on the "
+                  "base model) in the debates that seat each partisan on its own party's adapter, shared by both "
+                  "parties' rows.")
     return "\n".join(lines) + "\n\n" + notes + "\n"

@@ -89,6 +89,9 @@ class GenerateRequest:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     top_p: float = 1.0
+    contrast: Prompt | None = None
+    """The prompt without the agent's persona, for a backend view with persona-contrastive
+    decoding (:class:`Intervention`); every other backend ignores it."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,8 @@ class ScoreRequest:
     prompt: Prompt
     options: tuple[str, ...]
     seed: int | None = None
+    contrast: Prompt | None = None
+    """As :attr:`GenerateRequest.contrast`: options are then scored under the contrastive distribution."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,27 @@ class OptionScores:
     text: str | None = None
     error: str | None = None
     """As :attr:`Completion.error`: this request failed for good; ``logprobs`` is then empty."""
+
+
+@dataclass(frozen=True)
+class Steer:
+    """Activation steering: ``scale`` times the mean output of decoder layer ``layer`` (at the
+    last token) over ``persona_prompts`` minus that over ``default_prompts``, added to that
+    layer's output at every position."""
+
+    layer: int
+    scale: float
+    persona_prompts: tuple[Prompt, ...]
+    default_prompts: tuple[Prompt, ...]
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """What a backend view computes beyond plain decoding (see :mod:`debatelab.methods`)."""
+
+    contrast: float | None = None
+    """λ of persona-contrastive decoding for requests that carry a ``contrast`` prompt; None: off."""
+    steer: Steer | None = None
 
 
 @dataclass
@@ -177,6 +203,11 @@ class LLM(abc.ABC):
     def with_adapter(self, adapter: str | None) -> LLM | None:
         """A view on the SAME loaded model that serves ``adapter`` (None: the base model), or None
         when this backend cannot switch adapters and the caller must load a separate backend."""
+        return None
+
+    def with_intervention(self, intervention: Intervention) -> LLM | None:
+        """A view on the same loaded model that applies ``intervention`` (its identity says so),
+        or None when this backend cannot (only the transformers backends can)."""
         return None
 
     def shares_engine(self, other: LLM) -> bool:

@@ -14,11 +14,12 @@ and in full, which makes results bit-identical at one-at-a-time speed.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import os
-from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any, ContextManager, Iterator, Sequence
 
 import torch
 from transformers import (
@@ -30,9 +31,11 @@ from transformers import (
 )
 
 from . import chat
-from .base import LLM, Completion, Conditioning, GenerateRequest, OptionScores, Prompt, Purpose, ScoreRequest, Usage
+from . import hf_methods
+from .base import (LLM, Completion, Conditioning, GenerateRequest, Intervention, OptionScores, Prompt, Purpose,
+                   ScoreRequest, Usage)
 from .hf_kv import Layout, Row, layout, look_up, prefix_cache_budget, remember, supports_prefix_cache
-from .hf_options import OptionTree, option_tree, tree_logprobs
+from .hf_options import OptionTree, node_logprobs, option_sums, option_tree
 from .options import BackendOptions
 from .prefix_cache import PrefixCache
 
@@ -114,6 +117,9 @@ class HFLLM(LLM):
         self._trees: dict[tuple[tuple[str, ...], tuple[int, ...]], OptionTree] = {}
         budget = prefix_cache_budget(options, self.device)
         self.prefix_cache = PrefixCache(budget) if budget and supports_prefix_cache(model) else None
+        self.intervention = Intervention()
+        self._steer: tuple[int, torch.Tensor] | None = None  # (layer, scaled vector) while this view computes
+        self._directions: dict[str, tuple[torch.Tensor, str]] = {}  # shared by views: computed once per model
 
     def _stop_token_ids(self, model: Any) -> set[int]:
         shipped = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -122,6 +128,35 @@ class HFLLM(LLM):
 
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
+
+    # ---- inference-time methods (debatelab.methods) ----------------------------------------
+    def with_intervention(self, intervention: Intervention) -> HFLLM:
+        """A view on this loaded model that applies ``intervention``; its identity names the
+        method (at strength 0 too, so results never mix) and, for steering, the direction's SHA.
+        A steered view keeps its own prefix cache (its keys and values differ), at a quarter of the
+        budget, so a few steered seats stay within the memory one cache would take."""
+        view = copy.copy(self)
+        view.intervention, view._identity = intervention, dict(self._identity)
+        if intervention.contrast is not None:
+            view._identity["contrastive"] = intervention.contrast
+        steer = intervention.steer
+        if steer is not None:
+            key = hf_methods.prompts_key(steer)
+            if key not in self._directions:
+                self._directions[key] = hf_methods.steering_direction(self, steer)
+            direction, sha = self._directions[key]
+            view._identity["steering"] = {"layer": steer.layer, "scale": steer.scale, "direction": sha,
+                                          "prompts": len(steer.persona_prompts) + len(steer.default_prompts)}
+            if steer.scale != 0:
+                view._steer = (steer.layer, direction * steer.scale)
+                view.prefix_cache = PrefixCache(self.prefix_cache.budget // 4) if self.prefix_cache else None
+        return view
+
+    def _steered(self) -> ContextManager[None]:
+        return nullcontext() if self._steer is None else hf_methods.steered(self.model, *self._steer)
+
+    def _contrasts(self, req: GenerateRequest | ScoreRequest) -> bool:
+        return req.contrast is not None and bool(self.intervention.contrast)
 
     # ---- the prompt-prefix cache, as the LLM contract exposes it --------------------------
     def cache_stats(self) -> dict[str, float] | None:
@@ -195,12 +230,19 @@ class HFLLM(LLM):
         over = self._over_context(rows, [r.max_tokens for r in requests])
         results: list[Completion | None] = [Completion("", error=over[i]) if i in over else None
                                             for i in range(len(requests))]
-        for batch in self._fitting_batches(rows, over):
-            outs = self._generate_batch([requests[i] for i in batch], [rows[i] for i in batch])
-            for i, out in zip(batch, outs):
-                results[i] = out
+        with self._steered():
+            for batch in self._fitting_batches(rows, over):
+                for part in self._split_contrast(batch, requests):
+                    outs = self._generate_batch([requests[i] for i in part], [rows[i] for i in part])
+                    for i, out in zip(part, outs):
+                        results[i] = out
         self.usage.calls += 1
         return [r for r in results if r is not None]
+
+    def _split_contrast(self, batch: list[int], requests: Sequence[GenerateRequest | ScoreRequest]) -> list[list[int]]:
+        """A micro-batch as its plain rows, then its contrastive rows (those go through another path)."""
+        parts = [[i for i in batch if not self._contrasts(requests[i])], [i for i in batch if self._contrasts(requests[i])]]
+        return [p for p in parts if p]
 
     def _generate_batch(self, reqs: list[GenerateRequest], rows: list[Row]) -> list[Completion]:
         lay = self._layout(rows)
@@ -210,9 +252,14 @@ class HFLLM(LLM):
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.stop_ids),
         )
         width = lay.ids.shape[1]
+        processors = [_RowSampler(reqs, self.device)]
+        if self._contrasts(reqs[0]):  # _split_contrast: all rows of this batch, or none
+            ids, mask = hf_methods.left_padded([self.encode(r.contrast) for r in reqs], self.tokenizer.pad_token_id,
+                                               self.device)
+            processors.insert(0, hf_methods.contrast_processor(self.model, self.intervention.contrast, ids, mask))
         out = self.model.generate(
             input_ids=lay.ids, attention_mask=lay.mask, generation_config=config,
-            logits_processor=LogitsProcessorList([_RowSampler(reqs, self.device)]),
+            logits_processor=LogitsProcessorList(processors),
             stopping_criteria=StoppingCriteriaList([_RowStop(reqs, width, self.tokenizer)]),
             **({self._cache_kwarg: cache} if cache is not None else {}),
         )
@@ -253,16 +300,31 @@ class HFLLM(LLM):
         over = self._over_context(rows, longest)
         results: list[OptionScores | None] = [OptionScores((), error=over[i]) if i in over else None
                                               for i in range(len(requests))]
-        for batch in self._fitting_batches(rows, over):
-            scores = self._score_batch([requests[i] for i in batch], [rows[i] for i in batch])
-            for i, s in zip(batch, scores):
-                results[i] = s
+        with self._steered():
+            for batch in self._fitting_batches(rows, over):
+                for part in self._split_contrast(batch, requests):
+                    scores = self._score_batch([requests[i] for i in part], [rows[i] for i in part])
+                    for i, s in zip(part, scores):
+                        results[i] = s
         self.usage.calls += 1
         return [r for r in results if r is not None]
 
     def _score_batch(self, reqs: list[ScoreRequest], rows: list[Row]) -> list[OptionScores]:
+        """Each option's log-probability; under contrastive decoding, each of its tokens is
+        scored by the combination of the persona and the contrast contexts' log-softmaxes."""
+        trees = [self._option_tree(r) for r in reqs]
+        first, later = self._node_logprobs(rows, trees)
+        if self._contrasts(reqs[0]):  # _split_contrast: all rows of this batch, or none
+            strength = float(self.intervention.contrast or 0)
+            first_n, later_n = self._node_logprobs(self._rows([self.encode(r.contrast) for r in reqs]), trees)
+            first = hf_methods.contrast(first, first_n, strength)
+            later = None if later is None else hf_methods.contrast(later, later_n, strength)
+        return [OptionScores(tuple(s)) for s in option_sums(trees, first, later)]
+
+    def _node_logprobs(self, rows: list[Row], trees: list[OptionTree]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One forward over the new part of the contexts, then one forward over every row's
-        options at once, laid out as a token tree (options sharing a first token share its node)."""
+        options at once, laid out as a token tree (options sharing a first token share its node):
+        the contexts' next-token log-softmax, and every node's."""
         lay = self._layout(rows)
         cache = lay.cache
         new = slice(lay.cached, None)
@@ -272,10 +334,9 @@ class HFLLM(LLM):
         cache = ctx["cache"] if "cache" in ctx else ctx["past_key_values"]
         if self.prefix_cache is not None:
             remember(self.prefix_cache, rows, lay, cache)
-        trees = [self._option_tree(r) for r in reqs]
-        scores = tree_logprobs(self.model, self._cache_kwarg, trees, first, lay.mask, cache, self.tokenizer.pad_token_id)
+        later = node_logprobs(self.model, self._cache_kwarg, trees, lay.mask, cache, self.tokenizer.pad_token_id)
         self.usage.prompt_tokens += sum(len(r.tokens) for r in rows)
-        return [OptionScores(tuple(s)) for s in scores]
+        return first, later
 
     def _option_tree(self, req: ScoreRequest) -> OptionTree:
         """The tree of each option's tokens plus the terminator that makes it the whole answer;

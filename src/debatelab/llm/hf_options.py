@@ -66,21 +66,26 @@ def tree_mask(trees: Sequence[OptionTree], ctx_mask: torch.Tensor, width: int, d
     return mask.masked_fill(~keep, torch.finfo(dtype).min).to(ctx_mask.device)
 
 
-def tree_logprobs(model: Any, cache_kwarg: str, trees: Sequence[OptionTree], first: torch.Tensor,
-                  ctx_mask: torch.Tensor, cache: Any, pad: int) -> list[list[float]]:
-    """Log-probability of every option of every row; ``first`` is the context's next-token
-    log-softmax, ``cache`` the contexts' keys/values (left as it was)."""
+def node_logprobs(model: Any, cache_kwarg: str, trees: Sequence[OptionTree], ctx_mask: torch.Tensor,
+                  cache: Any, pad: int) -> torch.Tensor | None:
+    """[B, nodes, vocab] next-token log-softmax at every tree node (None: no option has a
+    second token); the cache is cropped back to the contexts afterwards."""
     width = max(len(t.tokens) for t in trees)
-    later = None
-    if width:
-        device = ctx_mask.device
-        ids = torch.tensor([t.tokens + [pad] * (width - len(t.tokens)) for t in trees], device=device)
-        depth = torch.tensor([t.depths + [0] * (width - len(t.depths)) for t in trees], device=device)
-        positions = ctx_mask.sum(-1, keepdim=True) + depth
-        sdpa = getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
-        mask = tree_mask(trees, ctx_mask, width, None if sdpa else model.get_input_embeddings().weight.dtype)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, **{cache_kwarg: cache})
-        later = torch.log_softmax(out.logits.float(), dim=-1)
-        cache.crop(-width)
+    if not width:
+        return None
+    device = ctx_mask.device
+    ids = torch.tensor([t.tokens + [pad] * (width - len(t.tokens)) for t in trees], device=device)
+    depth = torch.tensor([t.depths + [0] * (width - len(t.depths)) for t in trees], device=device)
+    positions = ctx_mask.sum(-1, keepdim=True) + depth
+    sdpa = getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
+    mask = tree_mask(trees, ctx_mask, width, None if sdpa else model.get_input_embeddings().weight.dtype)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, **{cache_kwarg: cache})
+    cache.crop(-width)
+    return torch.log_softmax(out.logits.float(), dim=-1)
+
+
+def option_sums(trees: Sequence[OptionTree], first: torch.Tensor, later: torch.Tensor | None) -> list[list[float]]:
+    """Each option's log-probability: its first token from ``first`` [B, vocab], each further
+    token from its parent node's row of ``later``."""
     return [[float(first[row, head] + sum(later[row, node, nxt] for node, nxt in steps)) if steps else
              float(first[row, head]) for head, steps in tree.options] for row, tree in enumerate(trees)]

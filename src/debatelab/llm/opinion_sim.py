@@ -18,7 +18,8 @@ Replay. The backend is a pure function of each request (runs resume after kill -
 workers), so it replays the debate from the prompt of a reply or survey: the speaker's name, the
 topic and the others' names from the intro line, its party from its background (system message:
 the first of the words Republican/Democrat in it, any case; neither: the Default agent), and the
-history's turns. n = 1 + the others named; the completed cycles c = turns // n (cycle k is turns
+history's turns (a re-anchoring restatement after them, ``prompts.ANCHOR_INTRO``, is none). n = 1 + the
+others named; the completed cycles c = turns // n (cycle k is turns
 (k-1)·n+1 .. k·n, in speaking order). Seeds (:func:`debatelab.debate.derive_seed`):
 
 - x0 = clip(random.Random(derive_seed(K, name, background, topic, names)).gauss(mean, 0.5)), with
@@ -72,7 +73,7 @@ from functools import cache
 from typing import Any, Sequence
 
 from ..debate import derive_seed
-from ..prompts import JUDGE_PREFIX, PEW4_PREFIX, SUMMARY_PREFIX, SURVEY_PREFIX
+from ..prompts import ANCHOR_INTRO, JUDGE_PREFIX, PEW4_PREFIX, SUMMARY_PREFIX, SURVEY_PREFIX
 from ..scales import PEW4, ZERO_TEN
 from ..topics import BUILTIN_TOPICS
 from .base import LLM, Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest, Usage
@@ -139,6 +140,8 @@ def _history(user: str, names: Sequence[str]) -> tuple[tuple[str, str], ...]:
     if _SO_FAR not in user:
         return ()
     body = user.split(_SO_FAR, 1)[1].rsplit("\n\n", 1)[0]  # the last block is the task
+    anchor = body.rfind(f"\n\n{ANCHOR_INTRO} ")
+    body = body[:anchor] if anchor >= 0 else body  # a re-anchoring restatement is no turn
     turns: list[tuple[str, str]] = []
     for block in body.split("\n\n"):
         who = next((n for n in names if block.startswith(f"{n}: ") or block == f"{n}:"), None)

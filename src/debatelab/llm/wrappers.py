@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any, ContextManager, Sequence
 
-from .base import LLM, Completion, Conditioning, GenerateRequest, OptionScores, Prompt, Purpose, ScoreRequest, Usage
+from .base import LLM, Completion, Conditioning, GenerateRequest, Intervention, OptionScores, Prompt, Purpose, ScoreRequest, Usage
 
 
 def keeps_mixed_calls(llm: LLM) -> bool:
@@ -68,6 +68,10 @@ class Wrapper(LLM):
     def with_adapter(self, adapter: str | None) -> LLM | None:
         """The backend's view for ``adapter``, wrapped like this one (None where it has none)."""
         view = self.inner.with_adapter(adapter)
+        return None if view is None else self.rewrap(view)
+
+    def with_intervention(self, intervention: Intervention) -> LLM | None:
+        view = self.inner.with_intervention(intervention)
         return None if view is None else self.rewrap(view)
 
     def rewrap(self, inner: LLM) -> Wrapper:
