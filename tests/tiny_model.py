@@ -50,6 +50,25 @@ def same_weights(llm, **options):  # (HFLLM, BackendOptions fields) -> HFLLM
     return HFLLM(llm.model, llm.tokenizer, llm.identity(), BackendOptions(device="cpu", **options))
 
 
+def load_tiny(model_dir: Path, **options):  # -> Iterator[HFLLM], for a module-scoped fixture
+    """The tiny model as an HFLLM on CPU in float32 with one intra-op thread (for a model this
+    small, torch's thread pool only adds contention), offline; torch's threads restored after."""
+    import pytest
+    import torch
+
+    from debatelab.llm import load_llm
+    from debatelab.llm.hf import HFLLM
+    from debatelab.llm.options import BackendOptions
+
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        llm = load_llm(f"hf:{model_dir}", BackendOptions(**{"device": "cpu", "dtype": "float32", "threads": 1, **options}))
+    assert isinstance(llm, HFLLM)
+    yield llm
+    torch.set_num_threads(threads)
+
+
 def build_tiny_model(path: Path, *, vocab_size: int = 1000, seed: int = 0) -> Path:
     """Write a tiny random ``LlamaForCausalLM`` plus its tokenizer into ``path`` and return it."""
     import torch

@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from tiny_model import load_tiny
 import torch
 
 from debatelab.errors import DebatelabError
-from debatelab.llm import load_llm
 from debatelab.llm.base import GenerateRequest, Intervention, Message, Prompt, ScoreRequest, Steer
 from debatelab.llm.hf import HFLLM
 from debatelab.llm.hf_methods import decoder_layers
-from debatelab.llm.options import BackendOptions
 
 SCALE = tuple(str(i) for i in range(11))
 PERSONA = "You are Alice, a debate agent who thinks the cost is too high."
@@ -27,13 +26,7 @@ def chat(system: str, user: str = "On a scale from 0 to 10, how much do you agre
 
 @pytest.fixture(scope="module")
 def llm(tiny_model_dir: Path) -> Iterator[HFLLM]:
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        loaded = load_llm(f"hf:{tiny_model_dir}", BackendOptions(device="cpu", dtype="float32", threads=1))
-    assert isinstance(loaded, HFLLM)
-    yield loaded
-    torch.set_num_threads(threads)
+    yield from load_tiny(tiny_model_dir)
 
 
 def _next_logprobs(llm: HFLLM, tokens: list[int]) -> torch.Tensor:

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from tiny_model import load_tiny
 import torch
 from tiny_model import same_weights as twin
 
-from debatelab.llm import load_llm
 from debatelab.llm.base import GenerateRequest, Message, Prompt, ScoreRequest
 from debatelab.llm.hf import HFLLM
 from debatelab.llm.hf_kv import prefix_cache_budget, supports_prefix_cache
@@ -21,13 +21,9 @@ NAMES = ("Alice", "Bob", "Carol")
 
 @pytest.fixture(scope="module")
 def cached(tiny_model_dir: Path) -> Iterator[HFLLM]:
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        llm = load_llm(f"hf:{tiny_model_dir}", BackendOptions(device="cpu", dtype="float32", threads=1))
-    assert isinstance(llm, HFLLM) and llm.prefix_cache is not None
-    yield llm
-    torch.set_num_threads(threads)
+    for llm in load_tiny(tiny_model_dir):
+        assert llm.prefix_cache is not None
+        yield llm
 
 
 def prompt(me: int, history: list[str], task: str, prefix: str) -> Prompt:

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..config import ExperimentConfig
 from ..errors import DebatelabError
-from ..files import write_json
+from ..files import atomic_open, write_json
 from ..llm.base import LLM
 from ..llm.registry import split_model
 from .config import LabConfig, method_configs
@@ -112,8 +112,6 @@ def _measure(lab: LabConfig, runs: Mapping[str, list[Path]], llm: LLM, out: Path
     perplexity = _perplexities(runs, llm) if lab.perplexity and transformers else None
     table = method_metrics(runs, perplexity=perplexity, seed=lab.seed, n_boot=lab.n_boot)
     path = out / "compare.csv"
-    from ..files import atomic_open
-
     with atomic_open(path, newline="") as fh:
         table.to_csv(fh, index=False)
     write_json(out / "compare.json", {"lab": lab.name, "methods": lab.method_names(),

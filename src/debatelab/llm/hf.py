@@ -230,14 +230,19 @@ class HFLLM(LLM):
         over = self._over_context(rows, [r.max_tokens for r in requests])
         results: list[Completion | None] = [Completion("", error=over[i]) if i in over else None
                                             for i in range(len(requests))]
+        self._run_parts(requests, rows, over, self._generate_batch, results)
+        self.usage.calls += 1
+        return [r for r in results if r is not None]
+
+    def _run_parts(self, requests: Sequence[Any], rows: list[Row], over: dict[int, str], compute: Any,
+                   results: list[Any]) -> None:
+        """``compute(requests, rows)`` on every micro-batch part (plain, then contrastive), steered
+        when this view steers; each answer lands at its request's index of ``results``."""
         with self._steered():
             for batch in self._fitting_batches(rows, over):
                 for part in self._split_contrast(batch, requests):
-                    outs = self._generate_batch([requests[i] for i in part], [rows[i] for i in part])
-                    for i, out in zip(part, outs):
+                    for i, out in zip(part, compute([requests[i] for i in part], [rows[i] for i in part])):
                         results[i] = out
-        self.usage.calls += 1
-        return [r for r in results if r is not None]
 
     def _split_contrast(self, batch: list[int], requests: Sequence[GenerateRequest | ScoreRequest]) -> list[list[int]]:
         """A micro-batch as its plain rows, then its contrastive rows (those go through another path)."""
@@ -300,12 +305,7 @@ class HFLLM(LLM):
         over = self._over_context(rows, longest)
         results: list[OptionScores | None] = [OptionScores((), error=over[i]) if i in over else None
                                               for i in range(len(requests))]
-        with self._steered():
-            for batch in self._fitting_batches(rows, over):
-                for part in self._split_contrast(batch, requests):
-                    scores = self._score_batch([requests[i] for i in part], [rows[i] for i in part])
-                    for i, s in zip(part, scores):
-                        results[i] = s
+        self._run_parts(requests, rows, over, self._score_batch, results)
         self.usage.calls += 1
         return [r for r in results if r is not None]
 
