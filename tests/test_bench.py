@@ -12,7 +12,7 @@ import pytest
 import torch
 from tiny_model import build_tiny_model
 
-from debatelab.bench import BenchSettings, OneAtATime, format_report, run_bench
+from debatelab.bench import BenchSettings, OneAtATime, format_report, roofline, run_bench
 from debatelab.bench.agreement import compare_backends, distribution_gap, within_tolerance
 from debatelab.cli import main
 from debatelab.llm.base import GenerateRequest, Message, OptionScores, Prompt, ScoreRequest
@@ -24,7 +24,8 @@ from debatelab.llm.wrappers import Wrapper
 from debatelab.prompts import SURVEY_OPTIONS
 
 SMALL = {"debates": 4, "one_at_a_time_debates": 2, "rounds": 1, "max_tokens": 8, "survey_prompts": 6}
-TOP_KEYS = {"workload", "modes", "ratios", "speedup", "correctness", "survey_methods", "survey_speedup", "machine"}
+TOP_KEYS = {"workload", "modes", "ratios", "speedup", "correctness", "survey_methods", "survey_speedup", "machine",
+            "roofline"}
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +64,12 @@ def test_scripted_report_and_identical_transcripts() -> None:
     assert check["survey_scores_equal"] == check["surveys"] == 2 * 6
     text = format_report(report)
     assert "speedup" in text and "correctness: transcripts identical" in text and "survey_speedup" in text
+    assert report["roofline"] is None and "roofline: not available" in text  # no FLOPs behind a script
 
 
-def test_tiny_hf_model_modes_agree(tiny: HFLLM, tiny_dir: Path) -> None:
+def test_tiny_hf_model_modes_agree(tiny: HFLLM, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(roofline, "SQUARES", (256,))  # the real peak measure takes a few seconds
+    monkeypatch.setattr(roofline, "SHAPE_BUDGET_S", 0.05)
     report = run_bench(BenchSettings(model=f"hf:{tiny_dir}", **SMALL), llm=tiny)
     _check_shape(report)
     check = report["correctness"]
@@ -79,6 +83,27 @@ def test_tiny_hf_model_modes_agree(tiny: HFLLM, tiny_dir: Path) -> None:
     assert cache["hits"] > 0 and 0.2 < cache["reused_share"] < 1
     assert tiny.prefix_cache is not None  # switched back on after the baseline
     assert "prompt-prefix cache: one at a time: off; wave: " in format_report(report)
+    _check_roofline(report)
+
+
+def _check_roofline(report: dict) -> None:
+    """Each mode's needed work from its own calls, against the backend's own counts."""
+    roof = report["roofline"]
+    assert roof["peak"]["gflops"] > 0 and roof["peak"]["dtype"] == "float32" and roof["peak"]["threads"] == 1
+    for mode in ("one_at_a_time", "wave"):
+        r, measured = roof["modes"][mode], report["modes"][mode]
+        assert r["measured_s"] == measured["seconds"] and r["needed_gflop"] > 0
+        assert 0 < r["efficiency"] < 1 and r["bound_s"] == pytest.approx(r["needed_gflop"] / roof["peak"]["gflops"])
+        assert r["prompts"] == measured["turns"] + measured["surveys"]  # a reply or a survey each
+        assert r["generated_tokens"] == measured["completion_tokens"]  # surveys by option scoring
+        assert r["needed_prompt_tokens"] <= r["computed_prompt_tokens"] <= r["prompt_tokens"]
+        assert 0 < r["reuse_bound_share"] < 1
+    one, wave = roof["modes"]["one_at_a_time"], roof["modes"]["wave"]
+    assert one["computed_prompt_tokens"] == one["prompt_tokens"]  # the baseline computes every prompt in full
+    assert wave["prompt_tokens"] == report["modes"]["wave"]["prefix_cache"]["prompt_tokens"]
+    assert wave["prompts"] > one["prompts"]  # the baseline runs only the first debates
+    text = format_report(report)
+    assert "roofline (matmul work" in text and "wave: " in text and "efficiency" in text
 
 
 def test_one_at_a_time_sends_each_request_alone() -> None:

@@ -21,7 +21,7 @@ POPULATION, STEPS = 300, 3
 TOP_KEYS = {"workload", "machine", "agents", "edges", "steps", "encounters", "replies", "notes", "surveys",
             "seconds", "encounters_per_s", "surveys_per_s", "replies_per_s", "start_rss_mb", "peak_rss_mb",
             "memory_growth_mb", "per_step", "export", "tokens", "prefix_cache", "prompt_tokens_reused_share",
-            "complete", "incomplete"}
+            "complete", "incomplete", "roofline"}
 
 
 def _csv_rows(path: Path) -> list[dict[str, str]]:
@@ -45,6 +45,7 @@ def _check_report(report: dict, population: int, steps: int) -> None:
     assert report["peak_rss_mb"] >= max(s["peak_rss_mb"] for s in per_step) > 0
     assert report["encounters_per_s"] > 0 and report["surveys_per_s"] > 0
     assert report["prefix_cache"] is None and report["prompt_tokens_reused_share"] is None  # scripted keeps none
+    assert report["roofline"] is None  # no FLOPs behind a script (the tiny model's: test_bench_roofline.py)
     assert report["tokens"]["completion_tokens"] > 0
     assert report["machine"]["cpu_model"] and report["machine"]["cpu_count"]
     json.dumps(report)

@@ -310,7 +310,7 @@ def test_generate_and_score_run_wholly_in_inference_mode(llm: HFLLM, monkeypatch
     all be inference tensors (mixing them with ordinary ones fails later, in another call)."""
     seen = []
     layout = llm._layout
-    monkeypatch.setattr(llm, "_layout", lambda rows: seen.append(torch.is_inference_mode_enabled()) or layout(rows))
+    monkeypatch.setattr(llm, "_layout", lambda rows, extra=0: seen.append(torch.is_inference_mode_enabled()) or layout(rows, extra))
     llm.generate([GenerateRequest(chat("hello"), max_tokens=2, seed=1)])
     llm.score_options([ScoreRequest(chat("hello"), ("1", "2"))])
     assert seen == [True, True]

@@ -17,6 +17,7 @@ from ..prompts import SURVEY_OPTIONS
 from ..store import read_transcript
 from ..survey import normalise, parse_rating
 from .agreement import compare_backends
+from .roofline import Tracer, mode_rooflines, tracer_for
 from .workload import (ROSTER, BenchSettings, OneAtATime, PeakRss, Recorder, Stopwatch, bench_config,
                        write_bank)
 
@@ -41,9 +42,11 @@ def run_bench(settings: BenchSettings, llm: LLM | None = None) -> dict[str, Any]
     llm = llm or load_llm(settings.model, settings.backend)
     _warm_up(llm)
     recorder = Recorder(llm)
-    results, transcripts = _run_modes(settings, llm, recorder)
+    results, transcripts, tracers = _run_modes(settings, llm, recorder)
     report: dict[str, Any] = {"workload": _workload(settings), **summarise(results)}
     report["correctness"] = compare_transcripts(transcripts["one_at_a_time"], transcripts["wave"])
+    # Measured after the modes, so the matmul loop never shares the machine with a timed mode.
+    report["roofline"] = mode_rooflines(tracers, {m: (r.seconds, r.prefix_cache) for m, r in results.items()})
     requests = spread(recorder.score_requests, settings.survey_prompts)
     if requests:
         report["survey_methods"] = compare_survey_methods(llm, requests, settings.survey_max_tokens)
@@ -55,19 +58,24 @@ def run_bench(settings: BenchSettings, llm: LLM | None = None) -> dict[str, Any]
     return report
 
 
-def _run_modes(settings: BenchSettings, llm: LLM, recorder: Recorder) -> tuple[dict[str, ModeResult], dict[str, Any]]:
-    """One-at-a-time runs the first debates of the workload, wave mode all of them in flight."""
+def _run_modes(settings: BenchSettings, llm: LLM,
+               recorder: Recorder) -> tuple[dict[str, ModeResult], dict[str, Any], dict[str, Tracer | None]]:
+    """One-at-a-time runs the first debates of the workload, wave mode all of them in flight;
+    each mode's calls traced on their own (the roofline's needed work of that mode)."""
     serial = min(settings.one_at_a_time_debates, settings.debates)
     results, transcripts = {}, {}
+    tracers = {"one_at_a_time": tracer_for(llm), "wave": tracer_for(llm)}
+    recorder.tracer = tracers["wave"]
     with tempfile.TemporaryDirectory(prefix="debatelab-bench-") as tmp:
         bank = write_bank(Path(tmp) / "bank.jsonl", settings.debates)
-        for mode, wrapped, debates in (("one_at_a_time", OneAtATime(llm), serial), ("wave", recorder, settings.debates)):
+        for mode, wrapped, debates in (("one_at_a_time", OneAtATime(llm, tracers["one_at_a_time"]), serial),
+                                       ("wave", recorder, settings.debates)):
             config = bench_config(settings, bank, debates)
             llm.clear_cache()
             before = cache_stats(llm)
             results[mode], transcripts[mode] = _run_mode(wrapped, config, Path(tmp) / mode)
             results[mode].prefix_cache = cache_delta(before, cache_stats(llm))
-    return results, transcripts
+    return results, transcripts, tracers
 
 
 def cache_stats(llm: LLM) -> dict[str, float]:

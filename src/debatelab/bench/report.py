@@ -26,7 +26,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"{'wave / one':<15}{'':>9}{ratios['tokens_per_s']:>10.2f}x{ratios['turns_per_s']:>9.2f}x"
                  f"{ratios['surveys_per_s']:>10.2f}x{ratios['peak_rss_mb']:>12.2f}x")
     lines += ["", f"speedup (wave over one-at-a-time tokens/s): {report['speedup']:.2f}x",
-              _prefix_cache(report["modes"]), _correctness(report["correctness"])]
+              _prefix_cache(report["modes"]), _correctness(report["correctness"]),
+              *roofline_lines(report.get("roofline"), _LABELS)]
     if "survey_methods" in report:
         s = report["survey_methods"]
         agree = "n/a" if s["generate_agrees_with_argmax"] is None else f"{100 * s['generate_agrees_with_argmax']:.0f} %"
@@ -51,6 +52,23 @@ def _dtype_check(d: dict[str, Any]) -> str:
             f"(max {d['max_abs_diff_expected']:.4f}), same argmax {100 * d['argmax_agree']:.0f} % -> {verdict} "
             f"tolerance (mean TV < {tol['mean_tv']}, mean |delta expected| < {tol['mean_abs_diff_expected']}); "
             f"scoring {1000 * d['reference_s_per_survey']:.1f} vs {1000 * d['other_s_per_survey']:.1f} ms/survey")
+
+
+def roofline_lines(roofline: dict[str, Any] | None, labels: dict[str, str]) -> list[str]:
+    """The peak, then one line per part (``labels``: key in ``roofline["modes"]`` -> label)."""
+    if roofline is None:
+        return ["roofline: not available for this backend (transformers backends only)"]
+    p = roofline["peak"]
+    lines = [f"roofline (matmul work a perfect prefix cache still needs, at the measured peak of "
+             f"{p['gflops']:,.1f} GFLOP/s: torch.matmul, {p['dtype']} on {p['device']}, {p['threads']} thread(s)):"]
+    for key, label in labels.items():
+        r = roofline["modes"][key]
+        eff = "n/a" if r["efficiency"] is None else f"{r['efficiency']:.3f}"
+        lines.append(f"  {label}: {r['needed_gflop']:,.1f} GFLOP needed -> bound {r['bound_s']:.3f} s of "
+                     f"{r['measured_s']:.2f} s measured, efficiency {eff}; prompt tokens {r['prompt_tokens']:,} sent, "
+                     f"{r['needed_prompt_tokens']:,} needed (reuse bound {100 * r['reuse_bound_share']:.0f} %), "
+                     f"{r['computed_prompt_tokens']:,} computed; {r['generated_tokens']:,} generated")
+    return lines
 
 
 def _prefix_cache(modes: dict[str, Any]) -> str:

@@ -6,7 +6,9 @@ temporary run directory unless ``run_dir`` is given). A thread samples the resid
 survey (the last survey request of step s is answered once (population + probes at step 0) x
 topics requests have been); the counts come from the run's own exports (``encounters.csv``,
 ``debates.csv``). ``memory_growth_mb`` is the flatness figure: the peak RSS over the last third of
-steps 1..S minus the peak over the first third.
+steps 1..S minus the peak over the first third. On a transformers model, ``roofline`` holds each
+step's strictly needed matmul work, its time at the measured matmul peak and the efficiency
+(:mod:`.roofline`); the same wrapper traces the calls, one tally per step on one perfect cache.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pydantic import ValidationError
 
 from ..errors import DebatelabError
 from ..experiment import run_experiment
-from ..llm.base import LLM, GenerateRequest, OptionScores, Prompt, ScoreRequest
+from ..llm.base import LLM, Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest
 from ..llm.options import BackendOptions
 from ..llm.registry import load_llm
 from ..llm.wrappers import Wrapper
@@ -33,6 +35,7 @@ from ..society.engine import PROBES
 from ..society.network import check_network
 from ..validation import describe
 from .core import cache_delta, cache_stats, machine_facts
+from .roofline import COUNTED, Tracer, bounded, computed_tokens, merged, model_peak, traced_mixed, tracer_for
 from .workload import TOPIC, current_rss, write_bank
 
 _MB = 2**20
@@ -125,11 +128,12 @@ class RssTimeline:
 
 class StepClock(Wrapper):
     """Forwards every call unchanged; stamps the time (and samples RSS) when the survey requests
-    answered so far reach each step's cumulative total (``thresholds``)."""
+    answered so far reach each step's cumulative total (``thresholds``). ``tracer`` (None: off)
+    replays the calls into the roofline's needed work, one tally per step."""
 
-    def __init__(self, inner: LLM, thresholds: Sequence[int], rss: RssTimeline):
+    def __init__(self, inner: LLM, thresholds: Sequence[int], rss: RssTimeline, tracer: Tracer | None = None):
         super().__init__(inner)
-        self.thresholds, self.rss = list(thresholds), rss
+        self.thresholds, self.rss, self.tracer = list(thresholds), rss, tracer
         self.surveyed = 0
         self.ends: list[float] = []
         self._mixed = 0
@@ -140,17 +144,31 @@ class StepClock(Wrapper):
             now = time.perf_counter()
             self.ends.append(now)
             self.rss.sample(now)  # each step's window holds its closing sample
+            if self.tracer is not None:  # the call that closed the step was traced into it
+                self.tracer.split()
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
+        out = self.inner.generate(requests)
+        if self.tracer is not None:
+            self.tracer.generate(requests, out, self.inner)
+        return out
+
+    def generate_mixed(self, parts: Sequence[tuple[LLM, Sequence[GenerateRequest]]]) -> list[list[Completion]]:
+        # Overridden with generate, or a mixed call would bypass this layer (keeps_mixed_calls).
+        return traced_mixed(self.tracer, parts, lambda: super(StepClock, self).generate_mixed(parts), "generate")
 
     def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
         out = self.inner.score_options(requests)
         if not self._mixed:  # a mixed call that falls back to the views' own calls counts once
+            if self.tracer is not None:
+                self.tracer.score(requests, out, self.inner)
             self._count(len(requests))
         return out
 
     def score_options_mixed(self, parts: Sequence[tuple[LLM, Sequence[ScoreRequest]]]) -> list[list[OptionScores]]:
         self._mixed += 1
         try:
-            out = super().score_options_mixed(parts)
+            out = traced_mixed(self.tracer, parts, lambda: super(StepClock, self).score_options_mixed(parts), "score")
         finally:
             self._mixed -= 1
         self._count(sum(len(r) for _, r in parts))
@@ -195,8 +213,9 @@ def _warm_up(llm: LLM) -> None:
 def _measure(config: SocietyConfig, llm: LLM, run_dir: Path, interval: float) -> dict[str, Any]:
     _warm_up(llm)
     cache_before, usage_before = cache_stats(llm), _usage(llm)
+    tracer = tracer_for(llm)
     with RssTimeline(interval) as rss:
-        clock = StepClock(llm, survey_thresholds(config), rss)
+        clock = StepClock(llm, survey_thresholds(config), rss, tracer)
         start = time.perf_counter()
         summary = run_experiment(config, run_dir, llm=clock)
         end = time.perf_counter()
@@ -209,11 +228,29 @@ def _measure(config: SocietyConfig, llm: LLM, run_dir: Path, interval: float) ->
     tokens = {k: usage[k] - usage_before[k] for k in usage} if usage and usage_before else None
     cache = cache_delta(cache_before, cache_stats(llm))
     return {**_totals(steps, end - start, summary.complete == summary.debates),
+            "roofline": step_rooflines(tracer, [s["seconds"] for s in steps], cache),
             "agents": (summary.society or {}).get("agents"), "edges": (summary.society or {}).get("edges"),
             "start_rss_mb": rss.samples[0][1] / _MB, "peak_rss_mb": max(r for _, r in rss.samples) / _MB,
             "export": {"seconds": end - bounds[-1], "peak_rss_mb": rss.peak(bounds[-1], end) / _MB},
             "memory_growth_mb": memory_growth(steps), "per_step": steps, "tokens": tokens, "prefix_cache": cache,
             "prompt_tokens_reused_share": cache["reused_share"] if cache else None}
+
+
+def step_rooflines(tracer: Tracer | None, seconds: list[float], cache: dict[str, float] | None,
+                   shapes: Sequence[tuple[int, int, int]] | None = None) -> dict[str, Any] | None:
+    """Per step (``seconds``: each step's measured time) and in total: needed work, bound and
+    efficiency against the measured matmul peak; None without a tracer (not a transformers model).
+    The total's computed prompt tokens come from the run's prefix-cache delta (not kept per step)."""
+    if tracer is None:
+        return None
+    peak = model_peak(tracer.backend, shapes)
+    works = tracer.works[:len(seconds)]
+    works += [tracer.work.fork() for _ in range(len(seconds) - len(works))]  # a run stopped early
+    steps = [{"step": s, **bounded(w, peak["gflops"], t)} for s, (w, t) in enumerate(zip(works, seconds))]
+    whole = merged(tracer.works)  # calls after the last panel (none in a complete run) count in the total
+    total = {**bounded(whole, peak["gflops"], sum(seconds)), "computed_prompt_tokens": computed_tokens(whole, cache),
+             "trace_s": tracer.seconds}
+    return {"peak": peak, "model": whole.shape.as_dict(), "counted": COUNTED, "steps": steps, "total": total}
 
 
 def _usage(llm: LLM) -> dict[str, int] | None:
@@ -269,18 +306,19 @@ def _workload(settings: SocietyBenchSettings) -> dict[str, Any]:
 
 def format_society_report(report: dict[str, Any]) -> str:
     """The report as a compact table for the terminal."""
-    w, m = report["workload"], report["machine"]
+    w, m, roof = report["workload"], report["machine"], report.get("roofline")
     lines = [
         f"society: {report['agents']:,} agents ({report['edges']:,} edges, {w['network']}, degree {w['degree']:g}) "
         f"x {report['steps']} steps; encounters of {w['encounter_size']}, {w['rounds']} round(s), "
         f"memory {w['memory']}, replies <= {w['max_tokens']} tokens",
         f"model: {w['model']} ({m.get('dtype') or 'dtype n/a'}); {m['cpu_count']} CPUs ({m['cpu_model']})",
         "",
-        f"{'step':>6}{'seconds':>9}{'encounters':>12}{'replies':>9}{'surveys':>9}{'peak RSS MB':>13}",
+        f"{'step':>6}{'seconds':>9}{'encounters':>12}{'replies':>9}{'surveys':>9}{'peak RSS MB':>13}"
+        + (f"{'GFLOP':>10}{'bound s':>9}{'eff.':>7}" if roof else ""),
     ]
-    for s in report["per_step"]:
+    for i, s in enumerate(report["per_step"]):
         lines.append(f"{s['step']:>6}{s['seconds']:>9.2f}{s['encounters']:>12,}{s['replies'] + s['notes']:>9,}"
-                     f"{s['surveys']:>9,}{s['peak_rss_mb']:>13.0f}")
+                     f"{s['surveys']:>9,}{s['peak_rss_mb']:>13.0f}" + (_roof_cells(roof["steps"][i]) if roof else ""))
     e = report["export"]
     lines.append(f"{'export':>6}{e['seconds']:>9.2f}{'':>39}{e['peak_rss_mb']:>13.0f}")
     lines += ["", f"total: {report['seconds']:.1f} s; {report['encounters']:,} encounters "
@@ -290,10 +328,27 @@ def format_society_report(report: dict[str, Any]) -> str:
               + (f", {report['notes']:,} notes" if report["notes"] else ""),
               f"memory: peak RSS {report['peak_rss_mb']:.0f} MB (start {report['start_rss_mb']:.0f} MB); growth "
               f"from the first to the last third of steps {report['memory_growth_mb']:+.1f} MB",
-              _cache_line(report)]
+              _cache_line(report), _roofline_line(roof)]
     if not report["complete"]:
         lines.append(f"WARNING: {report['incomplete']} unit(s) did not complete")
     return "\n".join(lines)
+
+
+def _roof_cells(r: dict[str, Any]) -> str:
+    eff = "n/a" if r["efficiency"] is None else f"{r['efficiency']:.3f}"
+    return f"{r['needed_gflop']:>10,.1f}{r['bound_s']:>9.3f}{eff:>7}"
+
+
+def _roofline_line(roof: dict[str, Any] | None) -> str:
+    if roof is None:
+        return "roofline: not available for this backend (transformers backends only)"
+    p, t = roof["peak"], roof["total"]
+    eff = "n/a" if t["efficiency"] is None else f"{t['efficiency']:.3f}"
+    return (f"roofline: {t['needed_gflop']:,.1f} GFLOP needed (matmuls, perfect prefix cache) at the measured peak of "
+            f"{p['gflops']:,.1f} GFLOP/s ({p['dtype']}, {p['threads']} thread(s)) -> bound {t['bound_s']:.3f} s of "
+            f"{t['measured_s']:.2f} s in steps, efficiency {eff}; prompt tokens {t['prompt_tokens']:,} sent, "
+            f"{t['needed_prompt_tokens']:,} needed (reuse bound {100 * t['reuse_bound_share']:.0f} %), "
+            f"{t['computed_prompt_tokens']:,} computed")
 
 
 def _cache_line(report: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ from ..llm.options import BackendOptions
 from ..llm.wrappers import Wrapper
 from ..personas import save_bank
 from ..types import Persona
+from .roofline import Tracer, traced_mixed
 
 ROSTER = ("republican", "democrat", "default")
 TOPIC = "climate_change"
@@ -80,32 +81,58 @@ def bench_config(settings: BenchSettings, bank: Path, debates: int) -> Experimen
 
 class OneAtATime(Wrapper):
     """Sends every request alone and computes every prompt in full, as peer tools and the
-    paper's scripts call a model (no prompt-prefix reuse between calls)."""
+    paper's scripts call a model (no prompt-prefix reuse between calls). ``tracer`` (None: off)
+    replays the calls into the roofline's needed work."""
+
+    def __init__(self, inner: LLM, tracer: Tracer | None = None):
+        super().__init__(inner)
+        self.tracer = tracer
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
         with self.inner.without_cache():
-            return [self.inner.generate([r])[0] for r in requests]
+            out = [self.inner.generate([r])[0] for r in requests]
+        if self.tracer is not None:
+            self.tracer.generate(requests, out, self.inner)
+        return out
 
     def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
         with self.inner.without_cache():
-            return [self.inner.score_options([r])[0] for r in requests]
+            out = [self.inner.score_options([r])[0] for r in requests]
+        if self.tracer is not None:
+            self.tracer.score(requests, out, self.inner)
+        return out
 
 
 class Recorder(Wrapper):
-    """Forwards whole waves unchanged and keeps the survey (scoring) requests it saw."""
+    """Forwards whole waves unchanged and keeps the survey (scoring) requests it saw; ``tracer``
+    (None: off) replays every call into the roofline's needed work."""
 
-    def __init__(self, inner: LLM):
+    def __init__(self, inner: LLM, tracer: Tracer | None = None):
         super().__init__(inner)
         self.score_requests: list[ScoreRequest] = []
+        self.tracer = tracer
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
+        out = self.inner.generate(requests)
+        if self.tracer is not None:
+            self.tracer.generate(requests, out, self.inner)
+        return out
+
+    def generate_mixed(self, parts: Sequence[tuple[LLM, Sequence[GenerateRequest]]]) -> list[list[Completion]]:
+        # Overridden with generate, or a mixed call would bypass this layer (keeps_mixed_calls).
+        return traced_mixed(self.tracer, parts, lambda: super(Recorder, self).generate_mixed(parts), "generate")
 
     def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
         self.score_requests.extend(requests)
-        return self.inner.score_options(requests)
+        out = self.inner.score_options(requests)
+        if self.tracer is not None:
+            self.tracer.score(requests, out, self.inner)
+        return out
 
     def score_options_mixed(self, parts: Sequence[tuple[LLM, Sequence[ScoreRequest]]]) -> list[list[OptionScores]]:
         for _, requests in parts:
             self.score_requests.extend(requests)
-        return super().score_options_mixed(parts)
+        return traced_mixed(self.tracer, parts, lambda: super(Recorder, self).score_options_mixed(parts), "score")
 
 
 class PeakRss:

@@ -202,12 +202,12 @@ class HFLLM(LLM):
         size = self.options.batch_size
         return [order[i : i + size] for i in range(0, len(order), size)]
 
-    def _layout(self, rows: list[Row]) -> Layout:
+    def _layout(self, rows: list[Row], extra: int = 0) -> Layout:
         if self.prefix_cache is not None:  # an earlier micro-batch of this call may have replaced an entry
             for r in rows:
                 if r.entry is not None and r.entry not in self.prefix_cache.entries:
                     r.entry, r.shared = None, 0
-        return layout(rows, self.prefix_cache, self.model, self.tokenizer.pad_token_id, self.device)
+        return layout(rows, self.prefix_cache, self.model, self.tokenizer.pad_token_id, self.device, extra)
 
     # ---- generation ---------------------------------------------------------------------
     def _over_context(self, rows: list[Row], extra: Sequence[int]) -> dict[int, str]:
@@ -250,7 +250,7 @@ class HFLLM(LLM):
         return [p for p in parts if p]
 
     def _generate_batch(self, reqs: list[GenerateRequest], rows: list[Row]) -> list[Completion]:
-        lay = self._layout(rows)
+        lay = self._layout(rows, max(r.max_tokens for r in reqs))
         cache = lay.cache
         config = GenerationConfig(
             max_new_tokens=max(r.max_tokens for r in reqs), do_sample=False,
@@ -325,7 +325,7 @@ class HFLLM(LLM):
         """One forward over the new part of the contexts, then one forward over every row's
         options at once, laid out as a token tree (options sharing a first token share its node):
         the contexts' next-token log-softmax, and every node's."""
-        lay = self._layout(rows)
+        lay = self._layout(rows, max(len(t.tokens) for t in trees))
         cache = lay.cache
         new = slice(lay.cached, None)
         ctx = self.model(input_ids=lay.ids[:, new], attention_mask=lay.mask, position_ids=lay.positions[:, new],
