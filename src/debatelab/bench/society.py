@@ -25,10 +25,9 @@ from pydantic import ValidationError
 
 from ..errors import DebatelabError
 from ..experiment import run_experiment
-from ..llm.base import LLM, Completion, GenerateRequest, OptionScores, Prompt, ScoreRequest
+from ..llm.base import LLM, GenerateRequest, OptionScores, Prompt, ScoreRequest
 from ..llm.options import BackendOptions
 from ..llm.registry import load_llm
-from ..llm.wrappers import Wrapper
 from ..prompts import SURVEY_OPTIONS
 from ..society.config import SocietyConfig
 from ..society.engine import PROBES
@@ -36,7 +35,7 @@ from ..society.network import check_network
 from ..validation import describe
 from .core import cache_delta, cache_stats, machine_facts
 from .roofline import COUNTED, Tracer, bounded, computed_tokens, merged, model_peak, traced_mixed, tracer_for
-from .workload import TOPIC, current_rss, write_bank
+from .workload import TOPIC, TracedWrapper, current_rss, write_bank
 
 _MB = 2**20
 
@@ -126,14 +125,14 @@ class RssTimeline:
         return after[0] if after else (self.samples[-1][1] if self.samples else 0)
 
 
-class StepClock(Wrapper):
+class StepClock(TracedWrapper):
     """Forwards every call unchanged; stamps the time (and samples RSS) when the survey requests
     answered so far reach each step's cumulative total (``thresholds``). ``tracer`` (None: off)
     replays the calls into the roofline's needed work, one tally per step."""
 
     def __init__(self, inner: LLM, thresholds: Sequence[int], rss: RssTimeline, tracer: Tracer | None = None):
-        super().__init__(inner)
-        self.thresholds, self.rss, self.tracer = list(thresholds), rss, tracer
+        super().__init__(inner, tracer)
+        self.thresholds, self.rss = list(thresholds), rss
         self.surveyed = 0
         self.ends: list[float] = []
         self._mixed = 0
@@ -146,16 +145,6 @@ class StepClock(Wrapper):
             self.rss.sample(now)  # each step's window holds its closing sample
             if self.tracer is not None:  # the call that closed the step was traced into it
                 self.tracer.split()
-
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
-        out = self.inner.generate(requests)
-        if self.tracer is not None:
-            self.tracer.generate(requests, out, self.inner)
-        return out
-
-    def generate_mixed(self, parts: Sequence[tuple[LLM, Sequence[GenerateRequest]]]) -> list[list[Completion]]:
-        # Overridden with generate, or a mixed call would bypass this layer (keeps_mixed_calls).
-        return traced_mixed(self.tracer, parts, lambda: super(StepClock, self).generate_mixed(parts), "generate")
 
     def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
         out = self.inner.score_options(requests)

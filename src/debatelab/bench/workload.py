@@ -103,13 +103,12 @@ class OneAtATime(Wrapper):
         return out
 
 
-class Recorder(Wrapper):
-    """Forwards whole waves unchanged and keeps the survey (scoring) requests it saw; ``tracer``
-    (None: off) replays every call into the roofline's needed work."""
+class TracedWrapper(Wrapper):
+    """Forwards calls unchanged; ``tracer`` (None: off) replays each generate call into the
+    roofline's needed work (subclasses trace scoring alongside what else they do with it)."""
 
     def __init__(self, inner: LLM, tracer: Tracer | None = None):
         super().__init__(inner)
-        self.score_requests: list[ScoreRequest] = []
         self.tracer = tracer
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
@@ -120,7 +119,16 @@ class Recorder(Wrapper):
 
     def generate_mixed(self, parts: Sequence[tuple[LLM, Sequence[GenerateRequest]]]) -> list[list[Completion]]:
         # Overridden with generate, or a mixed call would bypass this layer (keeps_mixed_calls).
-        return traced_mixed(self.tracer, parts, lambda: super(Recorder, self).generate_mixed(parts), "generate")
+        return traced_mixed(self.tracer, parts, lambda: super(TracedWrapper, self).generate_mixed(parts), "generate")
+
+
+class Recorder(TracedWrapper):
+    """Forwards whole waves unchanged and keeps the survey (scoring) requests it saw; ``tracer``
+    (None: off) replays every call into the roofline's needed work."""
+
+    def __init__(self, inner: LLM, tracer: Tracer | None = None):
+        super().__init__(inner, tracer)
+        self.score_requests: list[ScoreRequest] = []
 
     def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
         self.score_requests.extend(requests)
