@@ -49,8 +49,8 @@ def _keys(start: int, end: int) -> int:
 def test_prefix_set_finds_the_longest_prefix_with_any_earlier_sequence() -> None:
     seen = PrefixSet()
     assert seen.common([1, 2, 3]) == 0
-    seen.add([1, 2, 3, 4])
-    seen.add([5, 6, 7])
+    seen.insert([1, 2, 3, 4])
+    seen.insert([5, 6, 7])
     assert seen.common([1, 2, 3, 9]) == 3
     assert seen.common([1, 2, 3, 4, 5]) == 4
     assert seen.common([1, 2, 5]) == 2  # shares with the earlier, not the latest, sequence
@@ -218,10 +218,10 @@ def test_society_steps_have_a_roofline_on_a_transformers_model(tiny, tiny_model_
     json.dumps(report)
 
 
-def test_insert_is_common_then_add() -> None:
-    a, b = PrefixSet(), PrefixSet()
+def test_insert_returns_the_common_prefix_before_adding() -> None:
+    seen = PrefixSet()
     for seq in ([1, 2, 3], [1, 2, 4, 5], [1, 2, 4, 5], [7], []):
-        expected = a.common(seq)
-        a.add(seq)
-        assert b.insert(seq) == expected
-    assert len(a) == len(b) == 6
+        expected = seen.common(seq)
+        assert seen.insert(seq) == expected
+        assert seen.common(seq) == len(seq)  # every prefix of it is held now
+    assert len(seen) == 6

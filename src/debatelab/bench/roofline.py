@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Iterator, Sequence
 
 from ..llm.base import LLM, Completion, GenerateRequest, ScoreRequest
@@ -102,9 +102,6 @@ class PrefixSet:
             k += 1
         return k
 
-    def add(self, tokens: Sequence[int]) -> None:
-        self.insert(tokens)
-
     def insert(self, tokens: Sequence[int]) -> int:
         """:meth:`common` then :meth:`add`, in one walk."""
         h, common = 0, len(tokens)
@@ -165,7 +162,7 @@ class Work:
         self._layers(len(ids), len(ids) + max(n - 1, 0))
         self.generated_tokens += n
         if reply:
-            self.prefixes.add([*ids, *reply])
+            self.prefixes.insert([*ids, *reply])
 
     def options(self, ids: Sequence[int], depths: Sequence[int]) -> None:
         """An option tree after context ``ids`` (already counted): logits at the context's last
@@ -340,9 +337,9 @@ def computed_tokens(work: Work, cache: dict[str, float] | None) -> int:
 def merged(works: Sequence[Work]) -> Work:
     """The sum of tallies (of one cache)."""
     total = works[0].fork()
+    counters = [f.name for f in fields(Work) if f.name not in ("shape", "prefixes")]
     for w in works:
-        for name in ("linear_flops", "attention_flops", "lm_head_flops", "prompts", "prompt_tokens",
-                     "needed_prompt_tokens", "generated_tokens", "option_nodes"):
+        for name in counters:
             setattr(total, name, getattr(total, name) + getattr(w, name))
     return total
 
