@@ -68,8 +68,10 @@ def test_scripted_report_and_identical_transcripts() -> None:
 
 
 def test_tiny_hf_model_modes_agree(tiny: HFLLM, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(roofline, "SQUARES", (256,))  # the real peak measure takes a few seconds
-    monkeypatch.setattr(roofline, "SHAPE_BUDGET_S", 0.05)
+    monkeypatch.setattr(roofline.peak, "SQUARES", (256,))  # the real peak measure takes a few seconds
+    monkeypatch.setattr(roofline.peak, "SHAPE_BUDGET_S", 0.05)
+    monkeypatch.setattr(roofline.peak, "BANDWIDTH_BYTES", 2**20)  # and the bandwidth one: 256 MiB
+    monkeypatch.setattr(roofline.peak, "BANDWIDTH_BUDGET_S", 0.05)
     report = run_bench(BenchSettings(model=f"hf:{tiny_dir}", **SMALL), llm=tiny)
     _check_shape(report)
     check = report["correctness"]
@@ -98,12 +100,15 @@ def _check_roofline(report: dict) -> None:
         assert r["generated_tokens"] == measured["completion_tokens"]  # surveys by option scoring
         assert r["needed_prompt_tokens"] <= r["computed_prompt_tokens"] <= r["prompt_tokens"]
         assert 0 < r["reuse_bound_share"] < 1
+        assert r["kv_read_gb"] > 0 and r["roofline_bound_s"] == max(r["bound_s"], r["memory_bound_s"])
+        assert 0 < r["roofline_efficiency"] < 1
     one, wave = roof["modes"]["one_at_a_time"], roof["modes"]["wave"]
     assert one["computed_prompt_tokens"] == one["prompt_tokens"]  # the baseline computes every prompt in full
     assert wave["prompt_tokens"] == report["modes"]["wave"]["prefix_cache"]["prompt_tokens"]
     assert wave["prompts"] > one["prompts"]  # the baseline runs only the first debates
     text = format_report(report)
     assert "roofline (matmul work" in text and "wave: " in text and "efficiency" in text
+    assert roof["bandwidth"]["gb_s"] > 0 and "GB/s read bandwidth" in text and "memory roof: " in text
 
 
 def test_one_at_a_time_sends_each_request_alone() -> None:

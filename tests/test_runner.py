@@ -96,6 +96,32 @@ def test_waves_batch_all_debates_in_flight(tmp_path, bank, method):
                    for r in batch)
 
 
+# 12 debates x 3 agents x 2 rounds (9 steps each) with room for 9 in flight.
+@pytest.mark.parametrize("admission, calls, first", [
+    ("staggered", 20, [3, 4, 5]),  # ceil(9 / 9) = 1 new debate per wave: its survey beside the others' replies
+    ("together", 18, [27, 9, 9]),  # 9 in lockstep, then the other 3
+])
+def test_admission_staggers_debates_over_their_stages(tmp_path, bank, admission, calls, first):
+    cfg = load_config(write_config(tmp_path / "c.yaml", personas=str(bank), repetitions=12, max_in_flight=9,
+                                   admission=admission, survey={"method": "generate"}))
+    llm = ScriptedLLM(reply_fn=_survey_aware_reply)
+    assert run_experiment(cfg, tmp_path / "run", llm=llm).complete == 12
+    assert len(llm.generate_calls) == calls
+    assert [len(b) for b in llm.generate_calls[:3]] == first
+    mixed = [b for b in llm.generate_calls if len({r.prompt.assistant_prefix == SURVEY_PREFIX for r in b}) == 2]
+    assert bool(mixed) == (admission == "staggered")
+
+
+def test_staggered_and_together_store_the_same_debates(tmp_path, bank):
+    out = {}
+    for admission in ("staggered", "together"):
+        cfg = load_config(write_config(tmp_path / f"{admission}.yaml", personas=str(bank), repetitions=7,
+                                       max_in_flight=4, admission=admission))
+        run_experiment(cfg, tmp_path / admission, llm=ScriptedLLM(reply_fn=_survey_aware_reply))
+        out[admission] = [sorted(map(str, _rows(tmp_path / admission / name))) for name in ("turns.csv", "attitudes.csv")]
+    assert out["staggered"] == out["together"] and len(out["staggered"][0]) == 7 * 6
+
+
 def test_four_agents_inline_topic(tmp_path, bank):
     topic = {"id": "housing", "name": "Housing costs", "question": "How big a problem are housing costs?"}
     cfg = load_config(write_config(tmp_path / "c.yaml", personas=str(bank), topics=[topic],

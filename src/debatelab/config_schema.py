@@ -247,6 +247,12 @@ class ExperimentConfig(StrictModel):
     """Attitude survey method."""
     max_in_flight: int = Field(64, ge=1, le=MAX_IN_FLIGHT, strict=True)
     """Debates advanced together in one wave (the backend batches their requests), 1..4,096; per worker under Ray."""
+    admission: Literal["staggered", "together"] = "staggered"
+    """How debates enter the waves. ``staggered``: about max_in_flight / (steps of a debate) new
+    debates per wave, so those in flight are at every stage, a finished debate is replaced a wave
+    later and memory stays flat; ``together``: every free place filled at once (debates then move
+    in lockstep groups of max_in_flight, as earlier releases did). A runtime choice: results agree at
+    ``debatelab.compare.PRECISION``."""
     executor: ExecutorConfig = ExecutorConfig()
     """Where waves run: in this process, or across a Ray cluster (a runtime choice; results are the same)."""
 
@@ -370,7 +376,7 @@ class ExperimentConfig(StrictModel):
         """Hash of everything that shapes results: the config (less labels and runtime knobs such
         as batch size or concurrency, which a user may change when resuming), the resolved
         topics' wording, and any ``extra`` content (persona bank, template version)."""
-        payload = self.model_dump(mode="json", exclude={"name", "max_in_flight", "topic_files", "executor"})
+        payload = self.model_dump(mode="json", exclude={"name", "max_in_flight", "admission", "topic_files", "executor"})
         payload["survey"] = self.survey.identity()  # the measure is analysis-only
         payload["backend"] = {k: v for k, v in payload["backend"].items() if k not in RUNTIME_BACKEND_FIELDS
                               and not (k in LATER_BACKEND_FIELDS and v == LATER_BACKEND_FIELDS[k])}

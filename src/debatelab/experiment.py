@@ -111,7 +111,7 @@ def _run(config: ExperimentConfig, run_dir: Path, llm: LLM | None, progress: boo
 def _run_locked(config: ExperimentConfig, run_dir: Path, llm: LLM | None, bank: list[Persona] | None,
                 progress: bool, seat_llms: Mapping[str, LLM] | None, start: float, lock: RunLock,
                 fingerprint: str) -> RunSummary:
-    engine = config.model_copy(update={"max_in_flight": config.phase_in_flight()}) \
+    engine = config.model_copy(update={"max_in_flight": config.phase_in_flight(), "admission": "together"}) \
         if isinstance(config, SocietyConfig) else config  # a society's phase goes in flight at once
     with open_executor(engine, llm, seat_llms) as executor:  # the models load here, under the lock
         store = open_store(run_dir, lock, checked=True)  # check_claimable verified it under this lock

@@ -10,6 +10,7 @@ model, each with every request that model serves; models that are views of one l
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping, Protocol, Sequence
 
@@ -121,16 +122,29 @@ class WaveRunner:
         queue = [s for s in reversed(specs) if self.store.status(s.debate_id) != "complete"]
         active: list[LiveDebate] = []
         while queue or active:
-            admitted: list[LiveDebate] = []
-            while queue and len(active) + len(admitted) < self.config.max_in_flight:
-                spec = queue.pop()
-                turns, surveys = self.store.progress(spec.debate_id)
-                admitted.append(LiveDebate(spec, turns, surveys))
+            admitted = self._admit(queue, len(active))
             if admitted:  # each debate is marked once, when it enters, not on every wave
                 self.store.mark_running(d.spec.debate_id for d in admitted)
                 active += admitted
             wave, active = self._wave(active)
             yield wave
+
+    def _admit(self, queue: list[DebateSpec], in_flight: int) -> list[LiveDebate]:
+        """The debates that enter this wave, taken from the end of ``queue``. ``together`` fills
+        every free place at once, so debates begun together step in lockstep and finish together;
+        ``staggered`` lets in at most max_in_flight / (steps of a debate) per wave, so the debates
+        in flight are spread over every stage of a debate: each wave carries replies and surveys
+        alike, a finished debate's place is taken a wave later, and the prompts held in memory
+        (which grow with the history) average half a debate instead of all peaking at once."""
+        room, admitted = self.config.max_in_flight - in_flight, []
+        while queue and len(admitted) < room:
+            spec = queue.pop()
+            turns, surveys = self.store.progress(spec.debate_id)
+            admitted.append(LiveDebate(spec, turns, surveys))
+            share = math.ceil(self.config.max_in_flight / len(admitted[-1].steps))
+            if self.config.admission == "staggered" and len(admitted) >= share:
+                break
+        return admitted
 
     def _wave(self, active: list[LiveDebate]) -> tuple[Wave, list[LiveDebate]]:
         """Advance every debate in ``active`` one step and commit; the wave and the debates still going."""
@@ -158,8 +172,19 @@ class WaveRunner:
         failed = [(d, by_id[d].next().iteration, error) for d, error in result.failed.items()]
         wave = Wave(turns, surveys, [d.spec.debate_id for d in finished], failed)
         self.store.add_results(wave.turns, wave.surveys, wave.finished, wave.failed)
+        self._release(pending, set(wave.finished))
         done = set(wave.finished) | set(result.failed)  # ids: comparing LiveDebates would be quadratic
         return wave, [d for d in active if d.spec.debate_id not in done]
+
+    def _release(self, pending: Mapping[str, _Pending], finished: set[str]) -> None:
+        """Tell each model of the wave which debates finished: no later prompt extends a debate's
+        own history, so a prompt cache may free what they left at once. Society units are left
+        alone (an agent's next unit may begin where its last one ended)."""
+        for key, bucket in pending.items():
+            owners = [o[0] for o in bucket.generate] + [o[0] for o in bucket.score]
+            done = sorted({d.spec.debate_id for d in owners if d.spec.debate_id in finished and d.spec.kind == "debate"})
+            if done:
+                self.llms[key].release(done)
 
     def _engine_groups(self, pending: Mapping[str, _Pending]) -> list[list[str]]:
         """The wave's model keys, in bucket order, grouped so that keys whose backends share one
@@ -194,7 +219,7 @@ class WaveRunner:
         bucket.gen_requests.append(GenerateRequest(
             prompt, temperature=temperature, max_tokens=reply.max_tokens, top_p=top_p,
             stop=prompts.reply_stops(spec.agents), seed=derive_seed(spec.seed, "reply", step.iteration),
-            contrast=contrast,
+            contrast=contrast, group=spec.debate_id,
         ))
 
     def _add_survey(self, pending: dict[str, _Pending], debate: LiveDebate, step: Survey) -> None:
@@ -210,11 +235,13 @@ class WaveRunner:
             bucket.shas[("survey", spec.debate_id, step.iteration, agent)] = self._survey_sha(self.llms[model], prompt)
             if self.config.survey.records_distribution:
                 bucket.score.append((debate, step.iteration, agent))
-                bucket.score_requests.append(ScoreRequest(prompt, scale.options, seed=seed, contrast=contrast))
+                bucket.score_requests.append(ScoreRequest(prompt, scale.options, seed=seed, contrast=contrast,
+                                                         group=spec.debate_id))
             if self.config.survey.records_greedy:  # the paper's measure: the answer at T=0
                 bucket.generate.append((debate, step.iteration, agent, "survey"))
                 bucket.gen_requests.append(GenerateRequest(
-                    prompt, temperature=0.0, max_tokens=self.config.survey.max_tokens, seed=seed, contrast=contrast))
+                    prompt, temperature=0.0, max_tokens=self.config.survey.max_tokens, seed=seed, contrast=contrast,
+                    group=spec.debate_id))
 
     def _survey_sha(self, llm: LLM, prompt: Prompt) -> str:
         """The hash of what a survey sends: the greedy request's text, then the scoring request's

@@ -16,6 +16,7 @@ from debatelab.errors import DebatelabError
 from debatelab.llm import load_llm
 from debatelab.llm.base import GenerateRequest, Message, Prompt, ScoreRequest
 from debatelab.llm.hf import HFLLM
+from debatelab.llm.hf_kv import Row
 from debatelab.llm.weights import dir_fingerprint
 from debatelab.llm.options import BackendOptions
 
@@ -131,6 +132,14 @@ GEN_REQUESTS = [
     GenerateRequest(raw("The debate"), temperature=1.0, max_tokens=3, seed=4),
     GenerateRequest(chat("Answer with a single number between 0 and 10."), temperature=0.7, max_tokens=20, seed=5),
 ]
+
+
+def test_micro_batches_keep_token_budgets_apart(llm: HFLLM) -> None:
+    rows = [Row(list(range(n))) for n in (5, 40, 9, 30, 7, 12)]
+    budgets = [8, 96, 8, 96, 8, 8]
+    batches = with_batch_size(llm, 2)._batches(rows, budgets)
+    assert batches == [[1, 3], [5, 2], [4, 0]]  # each budget's rows, longest to compute first
+    assert sorted(i for b in batches for i in b) == list(range(6))
 
 
 @pytest.mark.parametrize("batch_size", [64, 2])

@@ -139,3 +139,22 @@ def test_the_cache_is_reached_through_the_llm_contract(cached: HFLLM) -> None:
     assert cached.prefix_cache is store and store.stats.lookups == lookups
     plain = twin(cached, prefix_cache_mb=0)
     assert plain.cache_stats() is None and plain.clear_cache() is None
+
+
+def test_a_finished_runs_prompts_leave_the_cache(cached: HFLLM, tmp_path: Path) -> None:
+    """What a debate leaves in the store is released when it finishes: after a run the store
+    holds nothing (it would otherwise keep every finished debate until full)."""
+    from debatelab.config import load_config
+    from debatelab.experiment import run_experiment
+
+    from conftest import make_bank, write_config
+
+    cfg = load_config(write_config(tmp_path / "c.yaml", model="hf:tiny", personas=str(make_bank(tmp_path / "b.jsonl")),
+                                   repetitions=4, rounds=2, max_in_flight=2, reply={"max_tokens": 6}))
+    store = cached.prefix_cache
+    store.clear()
+    released, reused = store.stats.released, store.stats.reused_tokens
+    assert run_experiment(cfg, tmp_path / "run", llm=cached).complete == 4
+    assert store.stats.reused_tokens > reused  # the cache was in use throughout
+    assert store.stats.released - released >= 4 * 3  # at least each agent's last survey prompt
+    assert not store.entries and store.used == 0

@@ -116,3 +116,47 @@ def test_stats_count_reused_tokens() -> None:
     assert stats["reused_share"] == len(a) / (len(a) + 13)
     cache.clear()
     assert cache.lookup(a + [1]) == (None, 0) and cache.used == 0
+
+
+def test_a_copied_source_is_taken_only_where_its_row_replaces_it() -> None:
+    cache = PrefixCache(budget_bytes=10**9)
+    first = seq(0, 4 * BLOCK)
+    src = store(cache, first)
+    cache.take(src, BLOCK)  # a row sharing only its head: the entry stays for its own agent
+    assert src in cache.entries
+    cache.take(src, 4 * BLOCK - 4)  # the same agent one step later: the row holds it now
+    assert not cache.entries and cache.used == 0
+    cache.take(src, 4 * BLOCK)  # already gone: nothing to do
+    assert store(cache, first[:-4] + seq(500, 30), src, 4 * BLOCK - 4) is not None  # inserting still works
+
+
+def test_release_drops_every_entry_of_the_finished_groups() -> None:
+    cache = PrefixCache(budget_bytes=10**9)
+    for start, group in ((0, "a"), (100, "a"), (200, "b"), (300, None)):
+        cache.insert(seq(start, 2 * BLOCK), *kv(seq(start, 2 * BLOCK)), group=group)
+    assert cache.release(["a", "zzz"]) == 2 and cache.stats.released == 2
+    assert [e.group for e in cache.entries.values()] == ["b", None]
+    assert cache.used == 2 * 2 * BLOCK * BYTES_PER_TOKEN
+    assert cache.lookup(seq(0, 2 * BLOCK + 3)) == (None, 0)  # gone from the index too
+    assert cache.lookup(seq(200, 2 * BLOCK + 3))[1] == 2 * BLOCK
+
+
+def test_the_same_debates_prompt_replaces_its_agents_other_chain() -> None:
+    """A reply prompt shares only the background and history with the agent's survey prompt
+    (then the others spoke, and the task differs): within one debate it still takes its place;
+    from another debate, or without a group, the 0.75 rule holds."""
+    survey = seq(0, 6 * BLOCK)
+    reply = survey[: 3 * BLOCK] + seq(500, 3 * BLOCK)  # half shared
+    for group, other, kept in (("d1", "d1", 1), ("d1", "d2", 2), (None, None, 2)):
+        cache = PrefixCache(budget_bytes=10**9)
+        src = cache.insert(survey, *kv(survey), group=group)
+        entry, shared = cache.lookup(reply)
+        assert (entry, shared) == (src, 3 * BLOCK)
+        cache.insert(reply, *kv(reply), source=entry, shared=shared, group=other)
+        assert len(cache.entries) == kept
+    cache = PrefixCache(budget_bytes=10**9)
+    src = cache.insert(survey, *kv(survey), group="d1")
+    cache.take(src, BLOCK, "d1")  # under a quarter shared: not the same agent's chain
+    assert src in cache.entries
+    cache.take(src, 3 * BLOCK, "d1")
+    assert not cache.entries

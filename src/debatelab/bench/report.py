@@ -58,17 +58,27 @@ def roofline_lines(roofline: dict[str, Any] | None, labels: dict[str, str]) -> l
     """The peak, then one line per part (``labels``: key in ``roofline["modes"]`` -> label)."""
     if roofline is None:
         return ["roofline: not available for this backend (transformers backends only)"]
-    p = roofline["peak"]
+    p, b = roofline["peak"], roofline.get("bandwidth")
+    memory = f"; key/value reads at the measured {b['gb_s']:,.1f} GB/s read bandwidth (torch.sum)" if b else ""
     lines = [f"roofline (matmul work a perfect prefix cache still needs, at the measured peak of "
-             f"{p['gflops']:,.1f} GFLOP/s: torch.matmul, {p['dtype']} on {p['device']}, {p['threads']} thread(s)):"]
+             f"{p['gflops']:,.1f} GFLOP/s: torch.matmul, {p['dtype']} on {p['device']}, {p['threads']} thread(s)"
+             f"{memory}):"]
     for key, label in labels.items():
         r = roofline["modes"][key]
-        eff = "n/a" if r["efficiency"] is None else f"{r['efficiency']:.3f}"
         lines.append(f"  {label}: {r['needed_gflop']:,.1f} GFLOP needed -> bound {r['bound_s']:.3f} s of "
-                     f"{r['measured_s']:.2f} s measured, efficiency {eff}; prompt tokens {r['prompt_tokens']:,} sent, "
-                     f"{r['needed_prompt_tokens']:,} needed (reuse bound {100 * r['reuse_bound_share']:.0f} %), "
-                     f"{r['computed_prompt_tokens']:,} computed; {r['generated_tokens']:,} generated")
+                     f"{r['measured_s']:.2f} s measured, efficiency {_eff(r['efficiency'])}; prompt tokens "
+                     f"{r['prompt_tokens']:,} sent, {r['needed_prompt_tokens']:,} needed (reuse bound "
+                     f"{100 * r['reuse_bound_share']:.0f} %), {r['computed_prompt_tokens']:,} computed; "
+                     f"{r['generated_tokens']:,} generated")
+        if "memory_bound_s" in r:
+            lines.append(f"    memory roof: {r['kv_read_gb']:,.2f} GB of key/value reads -> "
+                         f"{r['memory_bound_s']:.3f} s; roofline bound {r['roofline_bound_s']:.3f} s, "
+                         f"efficiency {_eff(r['roofline_efficiency'])}")
     return lines
+
+
+def _eff(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _prefix_cache(modes: dict[str, Any]) -> str:

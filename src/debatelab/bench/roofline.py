@@ -1,5 +1,6 @@
-"""A matmul roofline for the transformers backends: the work a run strictly needed, against the
-machine's measured matrix-multiply peak.
+"""A roofline for the transformers backends: the work a run strictly needed, against the
+machine's two measured roofs (:mod:`.peak`): the matrix-multiply peak, and the memory bandwidth
+at which decoding streams its key/value cache.
 
 **Needed work.** The calls a mode made are replayed, in order, against a *perfect prefix cache*
 with unlimited memory that holds every token sequence computed so far: each prompt's ids and,
@@ -24,8 +25,22 @@ is never needed as input); option-tree nodes go through the layers at context le
 An end-of-turn token that stopped a reply is not counted (``Completion.completion_tokens`` leaves
 it out), nor are contrastive prompts: leaving work out keeps the bound a lower bound.
 
-This is a matmul roofline: norms, activations, softmax, rotary embeddings, embedding lookups,
-sampling and micro-batch padding are not counted, and the peak is that of ``torch.matmul``.
+**Needed bytes.** A token decoded at position ``p`` reads the keys and values of the ``p + 1``
+positions it attends to, in every layer: ``(p + 1) x kv_token_bytes`` with ``kv_token_bytes =
+2 (K and V) x layers x kv_heads x head_dim x`` the element size of the model's dtype (grouped-
+query attention shares ``kv_heads`` < ``heads``). They are counted for the ``n - 1`` generated
+tokens fed back per request and for every option-tree node, the calls a batch of rows runs one
+position at a time; there each row reads its own cache, so the bytes do not shrink with the batch
+(SmolLM2-135M in float32: 46,080 bytes per context token, 27.6 MB per row per step at context
+600, against 0.31 GFLOP). Prefill (prompt tokens) is left out: its attention reuses each key for
+a whole block of queries and is compute-bound. Weight reads, shared by every row of a batch, and
+activations are not counted either: leaving bytes out keeps the memory bound a lower bound.
+
+This is a matmul-and-KV-read roofline: norms, activations, softmax, rotary embeddings, embedding
+lookups, sampling and micro-batch padding are not counted, the compute peak is that of
+``torch.matmul`` and the bandwidth that of ``torch.sum`` over a tensor far beyond any cache. The
+bound is the larger of the two roofs' times (``roofline_bound_s``); ``bound_s`` and
+``efficiency`` stay the FLOP roof's alone.
 """
 
 from __future__ import annotations
@@ -37,17 +52,10 @@ from typing import Any, Iterator, Sequence
 
 from ..llm.base import LLM, Completion, GenerateRequest, ScoreRequest
 from ..llm.wrappers import unwrap
-
-SQUARES = (1024, 2048, 4096)
-"""Square matmul sizes of the peak measure (plus the model's MLP shape at ``MLP_ROWS`` rows)."""
-MLP_ROWS = 2048
-SHAPE_BUDGET_S = 1.0
-"""Seconds of timed repeats per shape after its warm-up (at least one repeat)."""
-MAX_REPEATS = 20
-SKIP_OVER_S = 2.5
-"""A shape whose one run would take longer than this at the best rate seen so far is skipped
-(bf16 on a CPU without bf16 units would spend half a minute on 4096^3)."""
-_PEAKS: dict[tuple[Any, ...], dict[str, Any]] = {}
+from . import peak  # noqa: F401  (the module the roofs are measured in: patch SQUARES etc. on roofline.peak)
+from .peak import (  # noqa: F401  (re-exported: the peak's long-standing home)
+    _PEAKS, MAX_REPEATS, MLP_ROWS, SHAPE_BUDGET_S, SKIP_OVER_S, SQUARES, _best_seconds, _measure, measure_bandwidth,
+    measure_peak, mlp_dims, model_bandwidth, model_dtype, model_peak, peak_shapes, text_config)
 
 
 @dataclass(frozen=True)
@@ -60,29 +68,48 @@ class ModelShape:
     head_dim: int
     hidden: int
     intermediate: int
+    kv_heads: int
+    """Key/value heads (fewer than ``heads`` under grouped-query attention)."""
+    dtype_bytes: int
+    """Element size of the model's dtype, that of its key/value cache."""
+
+    @property
+    def kv_token_bytes(self) -> int:
+        """Bytes of keys and values one context position holds across the layers."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * self.dtype_bytes
 
     def layer_flops(self, start: int, end: int) -> tuple[float, float]:
         """(linear, attention) FLOPs of the tokens at positions ``start .. end - 1``."""
         n = max(end - start, 0)
-        keys = (end * (end + 1) - start * (start + 1)) // 2 if n else 0  # sum of p + 1 over the span
-        return 2.0 * self.linear_params * n, 4.0 * self.layers * self.heads * self.head_dim * keys
+        return 2.0 * self.linear_params * n, 4.0 * self.layers * self.heads * self.head_dim * _keys(start, end)
+
+    def kv_read_bytes(self, start: int, end: int) -> int:
+        """Key/value bytes the tokens at positions ``start .. end - 1`` read, decoded one by one."""
+        return self.kv_token_bytes * _keys(start, end)
 
     def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "kv_token_bytes": self.kv_token_bytes}
+
+
+def _keys(start: int, end: int) -> int:
+    """Keys the positions ``start .. end - 1`` attend to: the sum of ``p + 1`` over the span."""
+    return (end * (end + 1) - start * (start + 1)) // 2 if end > start else 0
 
 
 def model_shape(model: Any) -> ModelShape:
     """The shape of a transformers causal LM, its linear weights counted from its modules."""
     from torch import nn
 
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model)
     head = model.get_output_embeddings()
     linear = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear) and m is not head)
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     lm_head = head.in_features * head.out_features if isinstance(head, nn.Linear) else head.weight.numel()
-    return ModelShape(linear, lm_head, config.num_hidden_layers, heads, head_dim, config.hidden_size,
-                      getattr(config, "intermediate_size", None) or 4 * config.hidden_size)
+    hidden, intermediate = mlp_dims(model)
+    return ModelShape(linear, lm_head, config.num_hidden_layers, heads, head_dim, hidden, intermediate,
+                      kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+                      dtype_bytes=model_dtype(model).itemsize)
 
 
 class PrefixSet:
@@ -118,7 +145,8 @@ class PrefixSet:
 
 @dataclass
 class Work:
-    """FLOPs and token counts of calls, against a perfect prefix cache (shared by forks)."""
+    """FLOPs, key/value bytes read and token counts of calls, against a perfect prefix cache
+    (shared by forks)."""
 
     shape: ModelShape
     prefixes: PrefixSet = field(default_factory=PrefixSet)
@@ -130,6 +158,8 @@ class Work:
     needed_prompt_tokens: int = 0
     generated_tokens: int = 0
     option_nodes: int = 0
+    kv_read_bytes: int = 0
+    """Key/value bytes read by tokens decoded one position at a time (generated, option nodes)."""
 
     def fork(self) -> "Work":
         """Zero counters, the same cache: a later part of one run (a society's next step)."""
@@ -143,6 +173,11 @@ class Work:
         linear, attention = self.shape.layer_flops(start, end)
         self.linear_flops += linear
         self.attention_flops += attention
+
+    def _decode(self, start: int, end: int) -> None:
+        """Tokens at ``start .. end - 1`` through the layers, each reading its cached context."""
+        self._layers(start, end)
+        self.kv_read_bytes += self.shape.kv_read_bytes(start, end)
 
     def _logits(self, times: int) -> None:
         self.lm_head_flops += 2.0 * self.shape.lm_head_params * times
@@ -159,7 +194,7 @@ class Work:
         """``n`` tokens generated after prompt ``ids`` (already counted); ``reply`` the reply's
         ids as re-encoded, cached after the prompt."""
         self._logits(max(n, 1))  # the first distribution is read even when nothing came of it
-        self._layers(len(ids), len(ids) + max(n - 1, 0))
+        self._decode(len(ids), len(ids) + max(n - 1, 0))
         self.generated_tokens += n
         if reply:
             self.prefixes.insert([*ids, *reply])
@@ -170,14 +205,15 @@ class Work:
         self._logits(1 + len(depths))
         self.option_nodes += len(depths)
         for depth in depths:
-            self._layers(len(ids) + depth, len(ids) + depth + 1)
+            self._decode(len(ids) + depth, len(ids) + depth + 1)
 
     def as_dict(self) -> dict[str, Any]:
         return {"needed_gflop": self.flops / 1e9, "linear_gflop": self.linear_flops / 1e9,
                 "attention_gflop": self.attention_flops / 1e9, "lm_head_gflop": self.lm_head_flops / 1e9,
                 "prompts": self.prompts, "prompt_tokens": self.prompt_tokens,
                 "needed_prompt_tokens": self.needed_prompt_tokens, "generated_tokens": self.generated_tokens,
-                "option_nodes": self.option_nodes, "reuse_bound_share": reuse_share(self)}
+                "option_nodes": self.option_nodes, "kv_read_gb": self.kv_read_bytes / 1e9,
+                "reuse_bound_share": reuse_share(self)}
 
 
 def reuse_share(work: Work) -> float:
@@ -252,79 +288,22 @@ def tracer_for(llm: LLM) -> Tracer | None:
     return Tracer(backend)
 
 
-# ---- the machine's matmul peak ---------------------------------------------------------------
-def peak_shapes(shape: ModelShape | None) -> list[tuple[int, int, int]]:
-    """(m, k, n) of the measure: the squares and the model's MLP up-projection, smallest first."""
-    shapes = [(s, s, s) for s in SQUARES]
-    if shape is not None:
-        shapes.append((MLP_ROWS, shape.hidden, shape.intermediate))
-    return sorted(dict.fromkeys(shapes), key=lambda s: s[0] * s[1] * s[2])
-
-
-def measure_peak(dtype: Any, device: Any, shapes: Sequence[tuple[int, int, int]], threads: int | None = None) -> dict[str, Any]:
-    """The best ``torch.matmul`` rate (GFLOP/s) over ``shapes`` for this dtype, device and torch
-    thread count, each shape warmed up then repeated for about ``SHAPE_BUDGET_S``; cached per
-    process."""
-    import torch
-
-    threads = threads or torch.get_num_threads()
-    key = (str(dtype), str(device), threads, tuple(shapes))
-    if key not in _PEAKS:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            _PEAKS[key] = _measure(torch, dtype, torch.device(device), shapes, threads)
-        finally:
-            torch.set_num_threads(previous)
-    return _PEAKS[key]
-
-
-def _measure(torch: Any, dtype: Any, device: Any, shapes: Sequence[tuple[int, int, int]], threads: int) -> dict[str, Any]:
-    began, best, rows = time.perf_counter(), 0.0, []
-    for m, k, n in shapes:
-        flops = 2.0 * m * k * n
-        if best and flops / (best * 1e9) > SKIP_OVER_S:
-            rows.append({"m": m, "k": k, "n": n, "gflops": None, "skipped": "too slow at the rate seen so far"})
-            continue
-        seconds = _best_seconds(torch, dtype, device, m, k, n)
-        rows.append({"m": m, "k": k, "n": n, "gflops": flops / seconds / 1e9, "seconds": seconds})
-        best = max(best, rows[-1]["gflops"])
-    return {"gflops": best, "dtype": str(dtype).removeprefix("torch."), "device": str(device), "threads": threads,
-            "shapes": rows, "measure_s": time.perf_counter() - began}
-
-
-def _best_seconds(torch: Any, dtype: Any, device: Any, m: int, k: int, n: int) -> float:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    with torch.inference_mode():
-        a = torch.randn(m, k, device=device).to(dtype)
-        b = torch.randn(k, n, device=device).to(dtype)
-        c = torch.matmul(a, b)  # warm-up: kernel choice and first-touch of the output
-        sync()
-        best, spent = float("inf"), 0.0
-        for _ in range(MAX_REPEATS):
-            start = time.perf_counter()
-            torch.matmul(a, b, out=c)
-            sync()
-            took = time.perf_counter() - start
-            best, spent = min(best, took), spent + took
-            if spent >= SHAPE_BUDGET_S:
-                break
-    return max(best, 1e-9)
-
-
-def model_peak(backend: Any, shapes: Sequence[tuple[int, int, int]] | None = None) -> dict[str, Any]:
-    """The peak for the dtype and device the backend's model computes in."""
-    model = backend.model
-    dtype = getattr(model, "dtype", None) or next(p.dtype for p in model.parameters() if p.is_floating_point())
-    return measure_peak(dtype, getattr(backend, "device", "cpu"), shapes or peak_shapes(model_shape(model)))
-
-
 # ---- the report ------------------------------------------------------------------------------
-def bounded(work: Work, peak_gflops: float, measured_s: float) -> dict[str, Any]:
-    """Needed work, its time at the peak (the bound), the measured time and bound / measured."""
+def bounded(work: Work, peak_gflops: float, measured_s: float, bandwidth_gb_s: float | None = None) -> dict[str, Any]:
+    """Needed work, its time at the matmul peak (``bound_s``), the measured time and bound /
+    measured (``efficiency``); with the read bandwidth, also the KV reads' time at it
+    (``memory_bound_s``), the larger roof (``roofline_bound_s``) and it over measured."""
     bound = work.flops / (peak_gflops * 1e9) if peak_gflops else float("inf")
-    return {**work.as_dict(), "bound_s": bound, "measured_s": measured_s,
-            "efficiency": bound / measured_s if measured_s > 0 else None}
+    out = {**work.as_dict(), "bound_s": bound, "measured_s": measured_s, "efficiency": _ratio(bound, measured_s)}
+    if bandwidth_gb_s is not None:
+        memory = work.kv_read_bytes / (bandwidth_gb_s * 1e9) if bandwidth_gb_s else float("inf")
+        roof = max(bound, memory)
+        out.update(memory_bound_s=memory, roofline_bound_s=roof, roofline_efficiency=_ratio(roof, measured_s))
+    return out
+
+
+def _ratio(bound: float, measured_s: float) -> float | None:
+    return bound / measured_s if measured_s > 0 else None
 
 
 def computed_tokens(work: Work, cache: dict[str, float] | None) -> int:
@@ -357,21 +336,24 @@ def traced_mixed(tracer: Tracer | None, parts: Sequence[tuple[LLM, Sequence[Any]
 
 
 COUNTED = ("matmul FLOPs a perfect prefix cache still needs (linear layers, attention QK^T and AV, lm_head "
-           "where logits are read); norms, activations, softmax, embeddings and padding not counted")
+           "where logits are read) against the matmul peak, and the key/value bytes each token decoded one at a "
+           "time (generated, option nodes; not prefill) reads against the read bandwidth; norms, activations, "
+           "softmax, embeddings, weight reads and padding not counted")
 
 
 def mode_rooflines(tracers: dict[str, Tracer | None], measured: dict[str, tuple[float, dict[str, float] | None]],
                    shapes: Sequence[tuple[int, int, int]] | None = None) -> dict[str, Any] | None:
-    """The ``roofline`` of a bench report: the peak, then per mode its needed work, bound,
-    measured seconds, efficiency and prompt tokens computed (``measured``: mode -> (seconds,
-    prefix-cache delta)); None when a mode ran on a backend without a tracer."""
+    """The ``roofline`` of a bench report: the peak and bandwidth, then per mode its needed work,
+    bounds, measured seconds, efficiencies and prompt tokens computed (``measured``: mode ->
+    (seconds, prefix-cache delta)); None when a mode ran on a backend without a tracer."""
     if not tracers or any(t is None for t in tracers.values()):
         return None
     first = next(iter(tracers.values()))
-    peak = model_peak(first.backend, shapes)
+    peak, bandwidth = model_peak(first.backend, shapes), model_bandwidth(first.backend)
     modes = {}
     for mode, tracer in tracers.items():
         seconds, cache = measured[mode]
-        modes[mode] = {**bounded(tracer.work, peak["gflops"], seconds),
+        modes[mode] = {**bounded(tracer.work, peak["gflops"], seconds, bandwidth["gb_s"]),
                        "computed_prompt_tokens": computed_tokens(tracer.work, cache), "trace_s": tracer.seconds}
-    return {"peak": peak, "model": first.work.shape.as_dict(), "counted": COUNTED, "modes": modes}
+    return {"peak": peak, "bandwidth": bandwidth, "model": first.work.shape.as_dict(), "counted": COUNTED,
+            "modes": modes}

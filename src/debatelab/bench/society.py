@@ -34,7 +34,8 @@ from ..society.engine import PROBES
 from ..society.network import check_network
 from ..validation import describe
 from .core import cache_delta, cache_stats, machine_facts
-from .roofline import COUNTED, Tracer, bounded, computed_tokens, merged, model_peak, traced_mixed, tracer_for
+from .roofline import (COUNTED, Tracer, bounded, computed_tokens, merged, model_bandwidth, model_peak, traced_mixed,
+                       tracer_for)
 from .workload import TOPIC, TracedWrapper, current_rss, write_bank
 
 _MB = 2**20
@@ -227,19 +228,22 @@ def _measure(config: SocietyConfig, llm: LLM, run_dir: Path, interval: float) ->
 
 def step_rooflines(tracer: Tracer | None, seconds: list[float], cache: dict[str, float] | None,
                    shapes: Sequence[tuple[int, int, int]] | None = None) -> dict[str, Any] | None:
-    """Per step (``seconds``: each step's measured time) and in total: needed work, bound and
-    efficiency against the measured matmul peak; None without a tracer (not a transformers model).
-    The total's computed prompt tokens come from the run's prefix-cache delta (not kept per step)."""
+    """Per step (``seconds``: each step's measured time) and in total: needed work, bounds and
+    efficiencies against the measured matmul peak and read bandwidth; None without a tracer (not a
+    transformers model). The total's computed prompt tokens come from the run's prefix-cache delta
+    (not kept per step)."""
     if tracer is None:
         return None
-    peak = model_peak(tracer.backend, shapes)
+    peak, bandwidth = model_peak(tracer.backend, shapes), model_bandwidth(tracer.backend)
+    roofs = (peak["gflops"], bandwidth["gb_s"])
     works = tracer.works[:len(seconds)]
     works += [tracer.work.fork() for _ in range(len(seconds) - len(works))]  # a run stopped early
-    steps = [{"step": s, **bounded(w, peak["gflops"], t)} for s, (w, t) in enumerate(zip(works, seconds))]
+    steps = [{"step": s, **bounded(w, roofs[0], t, roofs[1])} for s, (w, t) in enumerate(zip(works, seconds))]
     whole = merged(tracer.works)  # calls after the last panel (none in a complete run) count in the total
-    total = {**bounded(whole, peak["gflops"], sum(seconds)), "computed_prompt_tokens": computed_tokens(whole, cache),
-             "trace_s": tracer.seconds}
-    return {"peak": peak, "model": whole.shape.as_dict(), "counted": COUNTED, "steps": steps, "total": total}
+    total = {**bounded(whole, roofs[0], sum(seconds), roofs[1]),
+             "computed_prompt_tokens": computed_tokens(whole, cache), "trace_s": tracer.seconds}
+    return {"peak": peak, "bandwidth": bandwidth, "model": whole.shape.as_dict(), "counted": COUNTED, "steps": steps,
+            "total": total}
 
 
 def _usage(llm: LLM) -> dict[str, int] | None:
@@ -303,7 +307,7 @@ def format_society_report(report: dict[str, Any]) -> str:
         f"model: {w['model']} ({m.get('dtype') or 'dtype n/a'}); {m['cpu_count']} CPUs ({m['cpu_model']})",
         "",
         f"{'step':>6}{'seconds':>9}{'encounters':>12}{'replies':>9}{'surveys':>9}{'peak RSS MB':>13}"
-        + (f"{'GFLOP':>10}{'bound s':>9}{'eff.':>7}" if roof else ""),
+        + (f"{'GFLOP':>10}{'bound s':>9}{'eff.':>7}{'KV GB':>8}{'mem s':>8}{'roof eff.':>10}" if roof else ""),
     ]
     for i, s in enumerate(report["per_step"]):
         lines.append(f"{s['step']:>6}{s['seconds']:>9.2f}{s['encounters']:>12,}{s['replies'] + s['notes']:>9,}"
@@ -317,27 +321,36 @@ def format_society_report(report: dict[str, Any]) -> str:
               + (f", {report['notes']:,} notes" if report["notes"] else ""),
               f"memory: peak RSS {report['peak_rss_mb']:.0f} MB (start {report['start_rss_mb']:.0f} MB); growth "
               f"from the first to the last third of steps {report['memory_growth_mb']:+.1f} MB",
-              _cache_line(report), _roofline_line(roof)]
+              _cache_line(report), *_roofline_lines(roof)]
     if not report["complete"]:
         lines.append(f"WARNING: {report['incomplete']} unit(s) did not complete")
     return "\n".join(lines)
 
 
+def _eff(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _roof_cells(r: dict[str, Any]) -> str:
-    eff = "n/a" if r["efficiency"] is None else f"{r['efficiency']:.3f}"
-    return f"{r['needed_gflop']:>10,.1f}{r['bound_s']:>9.3f}{eff:>7}"
+    memory = (f"{r['kv_read_gb']:>8.2f}{r['memory_bound_s']:>8.3f}{_eff(r['roofline_efficiency']):>10}"
+              if "memory_bound_s" in r else f"{'':>26}")  # a report measured before the memory roof
+    return f"{r['needed_gflop']:>10,.1f}{r['bound_s']:>9.3f}{_eff(r['efficiency']):>7}" + memory
 
 
-def _roofline_line(roof: dict[str, Any] | None) -> str:
+def _roofline_lines(roof: dict[str, Any] | None) -> list[str]:
     if roof is None:
-        return "roofline: not available for this backend (transformers backends only)"
+        return ["roofline: not available for this backend (transformers backends only)"]
     p, t = roof["peak"], roof["total"]
-    eff = "n/a" if t["efficiency"] is None else f"{t['efficiency']:.3f}"
-    return (f"roofline: {t['needed_gflop']:,.1f} GFLOP needed (matmuls, perfect prefix cache) at the measured peak of "
-            f"{p['gflops']:,.1f} GFLOP/s ({p['dtype']}, {p['threads']} thread(s)) -> bound {t['bound_s']:.3f} s of "
-            f"{t['measured_s']:.2f} s in steps, efficiency {eff}; prompt tokens {t['prompt_tokens']:,} sent, "
-            f"{t['needed_prompt_tokens']:,} needed (reuse bound {100 * t['reuse_bound_share']:.0f} %), "
-            f"{t['computed_prompt_tokens']:,} computed")
+    lines = [f"roofline: {t['needed_gflop']:,.1f} GFLOP needed (matmuls, perfect prefix cache) at the measured peak "
+             f"of {p['gflops']:,.1f} GFLOP/s ({p['dtype']}, {p['threads']} thread(s)) -> bound {t['bound_s']:.3f} s of "
+             f"{t['measured_s']:.2f} s in steps, efficiency {_eff(t['efficiency'])}; prompt tokens "
+             f"{t['prompt_tokens']:,} sent, {t['needed_prompt_tokens']:,} needed (reuse bound "
+             f"{100 * t['reuse_bound_share']:.0f} %), {t['computed_prompt_tokens']:,} computed"]
+    if "memory_bound_s" in t:
+        lines.append(f"memory roof: {t['kv_read_gb']:,.2f} GB of key/value reads (decoding) at the measured "
+                     f"{roof['bandwidth']['gb_s']:,.1f} GB/s -> {t['memory_bound_s']:.3f} s; roofline bound (the "
+                     f"larger roof) {t['roofline_bound_s']:.3f} s, efficiency {_eff(t['roofline_efficiency'])}")
+    return lines
 
 
 def _cache_line(report: dict[str, Any]) -> str:

@@ -75,7 +75,7 @@ def bench_config(settings: BenchSettings, bank: Path, debates: int) -> Experimen
         rounds=settings.rounds, repetitions=debates, seed=settings.seed, personas=bank,
         reply={"temperature": settings.temperature, "max_tokens": settings.max_tokens},
         survey={"method": "logprobs", "max_tokens": settings.survey_max_tokens},
-        max_in_flight=settings.debates,
+        max_in_flight=settings.debates, admission="together",  # the wave mode: every debate in one wave
     )
 
 

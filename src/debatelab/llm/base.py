@@ -92,6 +92,9 @@ class GenerateRequest:
     contrast: Prompt | None = None
     """The prompt without the agent's persona, for a backend view with persona-contrastive
     decoding (:class:`Intervention`); every other backend ignores it."""
+    group: str | None = None
+    """The unit of work the request belongs to (the runner's debate id): :meth:`LLM.release`
+    names groups whose prompts no later request extends."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,8 @@ class ScoreRequest:
     seed: int | None = None
     contrast: Prompt | None = None
     """As :attr:`GenerateRequest.contrast`: options are then scored under the contrastive distribution."""
+    group: str | None = None
+    """As :attr:`GenerateRequest.group`."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +237,11 @@ class LLM(abc.ABC):
 
     def clear_cache(self) -> None:
         """Drop every prompt-prefix cache entry (statistics stay); the default has none to drop."""
+
+    def release(self, groups: Sequence[str]) -> None:
+        """Groups (finished debates) no later request belongs to: a backend with a prompt-prefix
+        cache may drop what their requests left there now, instead of holding it until it is
+        full. Results do not change; the default keeps nothing to drop."""
 
     def without_cache(self) -> ContextManager[None]:
         """A context in which calls compute every prompt in full, the cache restored after it."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import itertools
 import math
 import os
 from contextlib import contextmanager, nullcontext
@@ -166,6 +167,10 @@ class HFLLM(LLM):
         if self.prefix_cache is not None:
             self.prefix_cache.clear()
 
+    def release(self, groups: Sequence[str]) -> None:
+        if self.prefix_cache is not None:
+            self.prefix_cache.release(groups)
+
     @contextmanager
     def without_cache(self) -> Iterator[None]:
         store, self.prefix_cache = self.prefix_cache, None
@@ -189,18 +194,23 @@ class HFLLM(LLM):
         special = not self.uses_chat_template(prompt)
         return self.tokenizer(self.render(prompt), add_special_tokens=special).input_ids
 
-    def _rows(self, encoded: list[list[int]]) -> list[Row]:
+    def _rows(self, encoded: list[list[int]], requests: Sequence[GenerateRequest | ScoreRequest]) -> list[Row]:
         """Each prompt with the longest cached prefix it can reuse (none without a prefix cache)."""
         if self.prefix_cache is None:
             return [Row(seq) for seq in encoded]
         self.prefix_cache.tick()
-        return look_up(self.prefix_cache, encoded)
+        return look_up(self.prefix_cache, encoded, [r.group for r in requests])
 
-    def _batches(self, rows: list[Row]) -> list[list[int]]:
-        """Indices grouped into micro-batches by how many tokens each must compute (less padding)."""
-        order = sorted(range(len(rows)), key=lambda i: rows[i].new, reverse=True)
-        size = self.options.batch_size
-        return [order[i : i + size] for i in range(0, len(order), size)]
+    def _batches(self, rows: list[Row], budgets: Sequence[int]) -> list[list[int]]:
+        """Indices grouped into micro-batches: rows of one token budget together (a survey's 8
+        tokens never decode for as long as a reply's 96 beside it), each budget's rows by how
+        many tokens each must compute (less padding)."""
+        order = sorted(range(len(rows)), key=lambda i: (budgets[i], rows[i].new), reverse=True)
+        size, batches = self.options.batch_size, []
+        for _, same in itertools.groupby(order, key=lambda i: budgets[i]):
+            group = list(same)
+            batches += [group[i : i + size] for i in range(0, len(group), size)]
+        return batches
 
     def _layout(self, rows: list[Row], extra: int = 0) -> Layout:
         if self.prefix_cache is not None:  # an earlier micro-batch of this call may have replaced an entry
@@ -220,26 +230,28 @@ class HFLLM(LLM):
         return {i: f"prompt of {len(r.tokens)} tokens + {n} new exceeds the model's context of {limit} tokens"
                 for i, (r, n) in enumerate(zip(rows, extra)) if len(r.tokens) + n > limit}
 
-    def _fitting_batches(self, rows: list[Row], over: dict[int, str]) -> list[list[int]]:
-        batches = [[i for i in b if i not in over] for b in self._batches(rows)]
+    def _fitting_batches(self, rows: list[Row], over: dict[int, str], budgets: Sequence[int]) -> list[list[int]]:
+        batches = [[i for i in b if i not in over] for b in self._batches(rows, budgets)]
         return [b for b in batches if b]
 
     @torch.inference_mode()
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
-        rows = self._rows([self.encode(r.prompt) for r in requests])
-        over = self._over_context(rows, [r.max_tokens for r in requests])
+        rows = self._rows([self.encode(r.prompt) for r in requests], requests)
+        budgets = [r.max_tokens for r in requests]
+        over = self._over_context(rows, budgets)
         results: list[Completion | None] = [Completion("", error=over[i]) if i in over else None
                                             for i in range(len(requests))]
-        self._run_parts(requests, rows, over, self._generate_batch, results)
+        self._run_parts(requests, rows, (over, budgets), self._generate_batch, results)
         self.usage.calls += 1
         return [r for r in results if r is not None]
 
-    def _run_parts(self, requests: Sequence[Any], rows: list[Row], over: dict[int, str], compute: Any,
-                   results: list[Any]) -> None:
+    def _run_parts(self, requests: Sequence[Any], rows: list[Row], fit: tuple[dict[int, str], Sequence[int]],
+                   compute: Any, results: list[Any]) -> None:
         """``compute(requests, rows)`` on every micro-batch part (plain, then contrastive), steered
-        when this view steers; each answer lands at its request's index of ``results``."""
+        when this view steers; each answer lands at its request's index of ``results``. ``fit``:
+        the rows over the context (left out) and each row's token budget (see ``_batches``)."""
         with self._steered():
-            for batch in self._fitting_batches(rows, over):
+            for batch in self._fitting_batches(rows, *fit):
                 for part in self._split_contrast(batch, requests):
                     for i, out in zip(part, compute([requests[i] for i in part], [rows[i] for i in part])):
                         results[i] = out
@@ -298,14 +310,14 @@ class HFLLM(LLM):
 
     @torch.inference_mode()
     def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
-        rows = self._rows([self.encode(r.prompt) for r in requests])
+        rows = self._rows([self.encode(r.prompt) for r in requests], requests)
         # Tokens an option adds, its terminator included (the length of its path in the cached
         # option tree): exact, where the tokenizer writes the terminator as several tokens.
         longest = [max((len(steps) + 1 for _, steps in self._option_tree(r).options), default=0) for r in requests]
         over = self._over_context(rows, longest)
         results: list[OptionScores | None] = [OptionScores((), error=over[i]) if i in over else None
                                               for i in range(len(requests))]
-        self._run_parts(requests, rows, over, self._score_batch, results)
+        self._run_parts(requests, rows, (over, longest), self._score_batch, results)
         self.usage.calls += 1
         return [r for r in results if r is not None]
 
@@ -316,7 +328,7 @@ class HFLLM(LLM):
         first, later = self._node_logprobs(rows, trees)
         if self._contrasts(reqs[0]):  # _split_contrast: all rows of this batch, or none
             strength = float(self.intervention.contrast or 0)
-            first_n, later_n = self._node_logprobs(self._rows([self.encode(r.contrast) for r in reqs]), trees)
+            first_n, later_n = self._node_logprobs(self._rows([self.encode(r.contrast) for r in reqs], reqs), trees)
             first = hf_methods.contrast(first, first_n, strength)
             later = None if later is None else hf_methods.contrast(later, later_n, strength)
         return [OptionScores(tuple(s)) for s in option_sums(trees, first, later)]

@@ -29,6 +29,8 @@ class Row:
     tokens: list[int]
     entry: int | None = None
     shared: int = 0
+    group: str | None = None
+    """The request's group, given to the entry this row leaves in the store."""
 
     @property
     def new(self) -> int:
@@ -78,11 +80,11 @@ def _available_ram() -> int:
         return 6 * 2**30
 
 
-def look_up(store: PrefixCache, seqs: Sequence[list[int]]) -> list[Row]:
+def look_up(store: PrefixCache, seqs: Sequence[list[int]], groups: Sequence[str | None]) -> list[Row]:
     rows = []
-    for seq in seqs:
+    for seq, group in zip(seqs, groups):
         entry, shared = store.lookup(seq)
-        rows.append(Row(seq, entry, shared))
+        rows.append(Row(seq, entry, shared, group))
     return rows
 
 
@@ -180,6 +182,9 @@ def _build_cache(rows: Sequence[Row], store: PrefixCache, model: Any, cached: in
                 block._keys[i, :, cached - r.shared : cached] = entry.keys[layer][:, : r.shared]
                 block._values[i, :, cached - r.shared : cached] = entry.values[layer][:, : r.shared]
         block._view(cached)
+    for r in rows:
+        if r.entry is not None and r.shared:
+            store.take(r.entry, r.shared, r.group)
     return cache
 
 
@@ -199,4 +204,4 @@ def remember(store: PrefixCache, rows: Sequence[Row], lay: Layout, cache: Any) -
         cols = cols.to(lay.ids.device)
         keys = [k[i].index_select(1, cols) for k, _ in tensors]
         values = [v[i].index_select(1, cols) for _, v in tensors]
-        store.insert(r.tokens, keys, values, source=r.entry, shared=r.shared)
+        store.insert(r.tokens, keys, values, source=r.entry, shared=r.shared, group=r.group)

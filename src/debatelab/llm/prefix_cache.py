@@ -33,6 +33,8 @@ from typing import Any, Iterator, Sequence
 
 BLOCK = 16
 """Tokens per hashed block."""
+GROUP_SHARE = 0.25
+"""Share of an entry that a prompt of the same group (debate) must repeat to replace it."""
 
 
 @dataclass
@@ -44,6 +46,8 @@ class Entry:
     values: list[Any]
     last_used: int = 0
     hashes: list[int] = field(default_factory=list)
+    group: str | None = None
+    """The group of the request that left it (see ``LLM.release``)."""
 
     @property
     def nbytes(self) -> int:
@@ -58,6 +62,7 @@ class CacheStats:
     reused_tokens: int = 0
     evictions: int = 0
     refused: int = 0
+    released: int = 0
 
     def as_dict(self) -> dict[str, float]:
         share = self.reused_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
@@ -119,12 +124,12 @@ class PrefixCache:
         return self.entries[entry_id]
 
     def insert(self, tokens: Sequence[int], keys: list[Any], values: list[Any],
-               source: int | None = None, shared: int = 0) -> int | None:
-        """Store one prompt; ``source``/``shared`` are what its lookup returned. Returns the new
-        entry's id, or None where the budget refused it."""
-        entry = Entry(tuple(tokens), keys, values, last_used=self.clock)
+               source: int | None = None, shared: int = 0, group: str | None = None) -> int | None:
+        """Store one prompt; ``source``/``shared`` are what its lookup returned, ``group`` that of
+        its request. Returns the new entry's id, or None where the budget refused it."""
+        entry = Entry(tuple(tokens), keys, values, last_used=self.clock, group=group)
         replaced = self.entries.get(source) if source is not None else None
-        if replaced is not None and shared < self.replace_share * len(replaced.tokens):
+        if replaced is not None and not self._replaces(replaced, shared, group):
             replaced = None  # only a short shared head (e.g. a common system prompt): keep both
         freed = replaced.nbytes if replaced is not None else 0
         if not self._make_room(entry.nbytes - freed, keep=source):
@@ -133,6 +138,35 @@ class PrefixCache:
         if replaced is not None:
             self._remove(source)
         return self._add(entry)
+
+    def _replaces(self, entry: Entry, shared: int, group: str | None) -> bool:
+        """Whether a prompt sharing ``shared`` tokens with ``entry`` takes its place: it covers
+        most of it (the same agent one step later), or it comes from the same group and shares
+        at least ``GROUP_SHARE`` of it. Within one debate only the agent itself shares that much
+        (its background comes first); its old prompt's tail (a survey question, a reply task
+        before the others spoke) is never repeated, and keeping it would hold the agent's
+        history twice."""
+        if shared >= self.replace_share * len(entry.tokens):
+            return True
+        return group is not None and entry.group == group and shared >= GROUP_SHARE * len(entry.tokens)
+
+    def take(self, entry_id: int, shared: int, group: str | None = None) -> None:
+        """Drop an entry a batch row has just copied, where that row will replace it
+        (``_replaces``): holding both while the call runs would keep the row's keys and values
+        twice. An entry shared only by its head stays for its own agent."""
+        entry = self.entries.get(entry_id)
+        if entry is not None and self._replaces(entry, shared, group):
+            self._remove(entry_id)
+
+    def release(self, groups: Sequence[str]) -> int:
+        """Drop every entry left by requests of ``groups`` (finished debates: no later prompt
+        extends them, and idle entries would otherwise stay until the store is full); how many."""
+        names = set(groups)
+        gone = [k for k, e in self.entries.items() if e.group is not None and e.group in names]
+        for k in gone:
+            self._remove(k)
+        self.stats.released += len(gone)
+        return len(gone)
 
     def clear(self) -> None:
         self.entries.clear()

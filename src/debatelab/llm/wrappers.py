@@ -102,5 +102,8 @@ class Wrapper(LLM):
     def clear_cache(self) -> None:
         self.inner.clear_cache()
 
+    def release(self, groups: Sequence[str]) -> None:
+        self.inner.release(groups)
+
     def without_cache(self) -> ContextManager[None]:
         return self.inner.without_cache()
