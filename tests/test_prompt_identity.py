@@ -131,7 +131,8 @@ def test_a_tiny_hf_model_stores_the_hash_of_its_rendered_chat_template(tmp_path,
 
 
 def test_a_crashed_run_resumes_with_every_hash_as_an_uninterrupted_run_has_it(tmp_path, bank):
-    cfg = load_config(write_config(tmp_path / "c.yaml", personas=str(bank), max_in_flight=2))
+    cfg = load_config(write_config(tmp_path / "c.yaml", personas=str(bank), max_in_flight=2,
+                                   admission="together"))  # the crash lands after the first replies
     run_experiment(cfg, tmp_path / "clean", llm=ScriptedLLM())
     with pytest.raises(_Crash):
         run_experiment(cfg, tmp_path / "run", llm=CrashingLLM(4))
@@ -165,7 +166,8 @@ def _schema_4_copy(source: Path, run: Path) -> None:
 
 
 def test_a_schema_4_run_reads_with_null_hashes_and_resumes_into_schema_5(tmp_path, bank):
-    cfg = load_config(write_config(tmp_path / "c.yaml", personas=str(bank), max_in_flight=2))
+    cfg = load_config(write_config(tmp_path / "c.yaml", personas=str(bank), max_in_flight=2,
+                                   admission="together"))  # the crash lands after the first replies
     with pytest.raises(_Crash):
         run_experiment(cfg, tmp_path / "crashed", llm=CrashingLLM(4))
     _schema_4_copy(tmp_path / "crashed", tmp_path / "old")
