@@ -219,7 +219,9 @@ def test_server_errors_never_lower_the_limit(server: FakeOpenAIServer, kind: str
     server.fail_next(kind, count=8)
     llm = make_llm(server, concurrency=8, max_retries=3, timeout=0.3)
     assert all(o.error is None for o in llm.generate([ask(f"q{i}") for i in range(8)]))
-    assert list(llm.limit.history) == [8] and llm.usage.extra["retries"] == 8
+    # every failed request retried; on a loaded machine a retry may time out again (0.3 s), never fewer
+    retries = llm.usage.extra["retries"]
+    assert list(llm.limit.history) == [8] and (retries == 8 if kind != "timeout" else retries >= 8)
     server.reset_stats()
     server.delay = 0.2
     assert all(o.error is None for o in llm.generate([ask(f"r{i}") for i in range(8)]))
