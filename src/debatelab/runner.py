@@ -180,6 +180,8 @@ class WaveRunner:
         """Tell each model of the wave which debates finished: no later prompt extends a debate's
         own history, so a prompt cache may free what they left at once. Society units are left
         alone (an agent's next unit may begin where its last one ended)."""
+        if not finished:
+            return
         for key, bucket in pending.items():
             owners = [o[0] for o in bucket.generate] + [o[0] for o in bucket.score]
             done = sorted({d.spec.debate_id for d in owners if d.spec.debate_id in finished and d.spec.kind == "debate"})

@@ -53,9 +53,8 @@ from typing import Any, Iterator, Sequence
 from ..llm.base import LLM, Completion, GenerateRequest, ScoreRequest
 from ..llm.wrappers import unwrap
 from . import peak  # noqa: F401  (the module the roofs are measured in: patch SQUARES etc. on roofline.peak)
-from .peak import (  # noqa: F401  (re-exported: the peak's long-standing home)
-    _PEAKS, MAX_REPEATS, MLP_ROWS, SHAPE_BUDGET_S, SKIP_OVER_S, SQUARES, _best_seconds, _measure, measure_bandwidth,
-    measure_peak, mlp_dims, model_bandwidth, model_dtype, model_peak, peak_shapes, text_config)
+from .peak import (  # noqa: F401  (the measures are re-exported: callers import them from here)
+    measure_bandwidth, measure_peak, mlp_dims, model_bandwidth, model_dtype, model_peak, peak_shapes, text_config)
 
 
 @dataclass(frozen=True)
