@@ -26,7 +26,7 @@ from ..llm.registry import load_llm
 from ..store import lock_run_dir
 from .core import machine_facts
 from .roofline import bounded, computed_tokens, model_bandwidth, model_peak, tracer_for
-from .workload import PeakRss, Recorder, Stopwatch
+from .workload import PeakRss, Stopwatch, TracedWrapper
 
 
 def traced_run(config: ExperimentConfig, run_dir: Path, llm: LLM | None = None) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def traced_run(config: ExperimentConfig, run_dir: Path, llm: LLM | None = None) 
                 llm = llm or load_llm(config.model, config.backend)
             tracer = tracer_for(llm)
             with Stopwatch() as run:
-                summary = run_experiment(config, run_dir, llm=Recorder(llm, tracer), lock=lock)
+                summary = run_experiment(config, run_dir, llm=TracedWrapper(llm, tracer), lock=lock)
     finally:
         lock.release()
     report: dict[str, Any] = {

@@ -34,7 +34,7 @@ from ..society.engine import PROBES
 from ..society.network import check_network
 from ..validation import describe
 from .core import cache_delta, cache_stats, machine_facts
-from .roofline import (COUNTED, Tracer, bounded, computed_tokens, merged, model_bandwidth, model_peak, traced_mixed,
+from .roofline import (COUNTED, Tracer, bounded, computed_tokens, merged, model_bandwidth, model_peak,
                        tracer_for)
 from .workload import TOPIC, TracedWrapper, current_rss, write_bank
 
@@ -148,17 +148,15 @@ class StepClock(TracedWrapper):
                 self.tracer.split()
 
     def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
-        out = self.inner.score_options(requests)
+        out = super().score_options(requests)
         if not self._mixed:  # a mixed call that falls back to the views' own calls counts once
-            if self.tracer is not None:
-                self.tracer.score(requests, out, self.inner)
             self._count(len(requests))
         return out
 
     def score_options_mixed(self, parts: Sequence[tuple[LLM, Sequence[ScoreRequest]]]) -> list[list[OptionScores]]:
         self._mixed += 1
         try:
-            out = traced_mixed(self.tracer, parts, lambda: super(StepClock, self).score_options_mixed(parts), "score")
+            out = super().score_options_mixed(parts)
         finally:
             self._mixed -= 1
         self._count(sum(len(r) for _, r in parts))

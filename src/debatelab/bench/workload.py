@@ -104,8 +104,8 @@ class OneAtATime(Wrapper):
 
 
 class TracedWrapper(Wrapper):
-    """Forwards calls unchanged; ``tracer`` (None: off) replays each generate call into the
-    roofline's needed work (subclasses trace scoring alongside what else they do with it)."""
+    """Forwards calls unchanged; ``tracer`` (None: off) replays each call into the roofline's
+    needed work (the tracer itself skips the views' calls inside a mixed call)."""
 
     def __init__(self, inner: LLM, tracer: Tracer | None = None):
         super().__init__(inner)
@@ -121,6 +121,15 @@ class TracedWrapper(Wrapper):
         # Overridden with generate, or a mixed call would bypass this layer (keeps_mixed_calls).
         return traced_mixed(self.tracer, parts, lambda: super(TracedWrapper, self).generate_mixed(parts), "generate")
 
+    def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
+        out = self.inner.score_options(requests)
+        if self.tracer is not None:
+            self.tracer.score(requests, out, self.inner)
+        return out
+
+    def score_options_mixed(self, parts: Sequence[tuple[LLM, Sequence[ScoreRequest]]]) -> list[list[OptionScores]]:
+        return traced_mixed(self.tracer, parts, lambda: super(TracedWrapper, self).score_options_mixed(parts), "score")
+
 
 class Recorder(TracedWrapper):
     """Forwards whole waves unchanged and keeps the survey (scoring) requests it saw; ``tracer``
@@ -132,15 +141,12 @@ class Recorder(TracedWrapper):
 
     def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
         self.score_requests.extend(requests)
-        out = self.inner.score_options(requests)
-        if self.tracer is not None:
-            self.tracer.score(requests, out, self.inner)
-        return out
+        return super().score_options(requests)
 
     def score_options_mixed(self, parts: Sequence[tuple[LLM, Sequence[ScoreRequest]]]) -> list[list[OptionScores]]:
         for _, requests in parts:
             self.score_requests.extend(requests)
-        return traced_mixed(self.tracer, parts, lambda: super(Recorder, self).score_options_mixed(parts), "score")
+        return super().score_options_mixed(parts)
 
 
 class PeakRss:
