@@ -14,7 +14,7 @@ from debatelab.llm.base import Message
 from debatelab.llm.scripted import ScriptedLLM
 from debatelab.personas import load_bank
 from debatelab.planning import plan_debates
-from debatelab.prompts import SURVEY_PREFIX, reply_prompt, survey_prompt
+from debatelab.prompts import SURVEY_PREFIX, clean_reply, reply_prompt, survey_prompt
 from debatelab.topics import BUILTIN_TOPICS
 from debatelab.types import DEFAULT_CONTEXT, Agent, Turn
 
@@ -143,3 +143,40 @@ def test_engine_sends_replies_at_the_reply_temperature_and_surveys_at_zero(tmp_p
     assert len(greedy) == 2 * 9 and {r.temperature for r in greedy} == {0.0}  # the paper's T=0 survey
     assert sum(len(b) for b in llm.score_calls) == len(greedy)  # and its distribution, same prompts
     assert [r.prompt for b in llm.score_calls for r in b] == [r.prompt for r in greedy]
+
+
+# ---- what is stored of a reply -------------------------------------------------------------------
+
+NAMES = ["Andrew", "Amelia", "Dominik"]
+
+
+@pytest.mark.parametrize(("raw", "stored"), [
+    (" I think so.", "I think so."),
+    ("Andrew: I think so.", "I think so."),  # its own name, written back by a backend that cannot prefill it
+    ("Amelia: I think so.", "I think so."),  # another speaker's: never stored inside Andrew's turn
+    ("Amelia: Dominik:  I think so.", "I think so."),
+    ("I think so.\nAmelia: No.", "I think so."),  # a later speaker line ends it, stops or not
+    ("I think so. Dominik: Yes.", "I think so."),
+    ("Amelia:", ""),
+    ("Amelias are fine. Ameliorate: a word.", "Amelias are fine. Ameliorate: a word."),  # not a speaker
+])
+def test_clean_reply_removes_every_speakers_prefix_and_later_lines(raw: str, stored: str) -> None:
+    assert clean_reply(raw, NAMES) == stored
+
+
+def test_a_reply_opening_with_another_speakers_name_is_stored_without_it(tmp_path, bank):
+    import debatelab
+
+    def reply(request) -> str:  # whoever speaks, the model opens with the name of the first other speaker
+        if request.prompt.assistant_prefix == SURVEY_PREFIX:
+            return "5"
+        me = request.prompt.assistant_prefix[:-1]
+        other = re.search(r"taking part in a debate about .+? with (\w+)", request.prompt.messages[1].content).group(1)
+        return f"{other}: I hold my view, as {me}. {me}: and more"
+
+    config = load_config(write_config(tmp_path / "c.yaml", personas=str(bank), repetitions=1, rounds=2))
+    run_experiment(config, tmp_path / "run", llm=ScriptedLLM(reply_fn=reply))
+    turns = debatelab.load(tmp_path / "run").turns
+    assert len(turns) == 6
+    for row in turns.itertuples():
+        assert row.text == f"I hold my view, as {row.agent}.", row.text

@@ -46,10 +46,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_conditioning(summary: RunSummary) -> None:
-    """What each model conditioned on; a backend whose text debatelab cannot see warns on stderr."""
-    from .experiment import conditioning_lines
+    """What each model conditioned on (unseen text warns on stderr); what remote requests went through."""
+    from .experiment import conditioning_lines, request_counts
 
-    for line in conditioning_lines(summary.conditioning):
+    for line in conditioning_lines(summary.conditioning) + request_counts.request_lines(summary.requests):
         print(line, file=sys.stderr if line.startswith("WARNING:") else sys.stdout)
 
 

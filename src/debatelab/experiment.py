@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from . import stopping
+from . import request_counts, stopping
 from .config import ExperimentConfig
 from .errors import DebatelabError, RunInterrupted, first_line
 from .executor import Executor, open_executor
@@ -55,6 +55,10 @@ class RunSummary:
     conditioning: dict[str, dict[str, Any]] = field(default_factory=dict)
     """What each model conditions on (:func:`describe_conditioning`; stored as the run's
     ``conditioning`` meta); :func:`conditioning_lines` says it for the run summary."""
+    requests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per model with network requests, the run's retries, 429s, requests failed for good and
+    surveys by scoring method, over all its sessions (:mod:`debatelab.request_counts`; meta
+    ``requests``)."""
 
 
 def run_experiment(config: ExperimentConfig, run_dir: Path, llm: LLM | None = None,
@@ -118,16 +122,21 @@ def _run_locked(config: ExperimentConfig, run_dir: Path, llm: LLM | None, bank: 
         try:
             store.claim(fingerprint, _provenance(config))
             _check_identity(store, executor.llm, executor.seats)
+            backends = {"": executor.llm, **executor.seats}
+            before = request_counts.snapshot(backends, config.model)
             try:
                 summary = _debate(config, executor, store, run_dir, bank, progress)
             except stopping.StopRequested as stop:
+                _record_requests(store, backends, config.model, before)
                 _record_state(store, "interrupted", stop.name)
                 raise
             except Exception as exc:
                 error = disk_full_error(exc, run_dir) or exc  # run_experiment raises it as this too
                 if not (isinstance(error, DebatelabError) and error.bad_input):  # bad input leaves the run as it was
+                    _record_requests(store, backends, config.model, before)
                     _record_state(store, "failed", _failure_detail(error))
                 raise
+            summary.requests = _record_requests(store, backends, config.model, before)
             summary.seconds = time.monotonic() - start
             return summary
         finally:
@@ -238,6 +247,19 @@ def _inexact_warning(model: str, how: str) -> str:
     if "instruction" in how:  # the backends' wording when the prefix goes in as a request to start with it
         warning += "; the assistant prefix could not be prefilled (it was asked for as an instruction)"
     return warning
+
+
+def _record_requests(store: RunStore, backends: Mapping[str, LLM], model: str,
+                     before: request_counts.Counts) -> request_counts.Counts:
+    """This session's request counts added to the run's meta ``requests``; the run's totals.
+    Best effort like :func:`_record_state` when the run is on its way out."""
+    session = request_counts.since(request_counts.snapshot(backends, model), before)
+    totals = request_counts.add_session(store.get_meta(request_counts.META_KEY), session)
+    if any(counts["calls"] for counts in session.values()):
+        with suppress(stopping.StopRequested):
+            with stopping.critical():
+                store.try_set_meta(request_counts.META_KEY, totals)
+    return totals
 
 
 def _record_state(store: RunStore, state: str, detail: str) -> None:

@@ -7,7 +7,7 @@ results are never resumed under new wording.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from jinja2 import Environment, StrictUndefined
 
@@ -142,14 +142,25 @@ def summary_prompt(agents: Sequence[Agent], me: int, topic: Topic, turns: Sequen
 
 def reply_stops(agents: Sequence[Agent]) -> tuple[str, ...]:
     """A reply ends where the model starts writing any speaker's line (another agent's or its own)."""
-    return tuple(f"\n{a.name}:" for a in agents) + tuple(f" {a.name}:" for a in agents)
+    return speaker_stops(a.name for a in agents)
 
 
-def clean_reply(text: str, name: str) -> str:
+def speaker_stops(names: Iterable[str]) -> tuple[str, ...]:
+    names = list(names)
+    return tuple(f"\n{name}:" for name in names) + tuple(f" {name}:" for name in names)
+
+
+def clean_reply(text: str, names: Sequence[str]) -> str:
+    """The reply as stored: every speaker's "Name:" at its start removed, its own or another's (a
+    backend that cannot prefill the agent's name gets it written back, or someone else's, at the
+    start, where no stop string can see it), then cut where any speaker's line begins later, as
+    :func:`reply_stops` stops it (for servers that applied only some stops, or none)."""
+    heads = sorted({f"{name}:" for name in names}, key=len, reverse=True)
     text = text.strip()
-    if text.startswith(f"{name}:"):
-        text = text[len(name) + 1 :].strip()
-    return text
+    while head := next((h for h in heads if text.startswith(h)), None):
+        text = text[len(head):].strip()
+    cuts = [text.find(stop) for stop in speaker_stops(names) if stop in text]
+    return text[: min(cuts)].strip() if cuts else text
 
 
 def survey_prompt(agents: Sequence[Agent], me: int, topic: Topic, turns: Sequence[Turn],

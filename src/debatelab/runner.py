@@ -281,7 +281,7 @@ def _record_generated(owners: list[tuple[LiveDebate, int, int, str]], outs: Sequ
         if out.error is not None:
             result.failed.setdefault(debate_id, out.error)
         elif kind == "reply":
-            text = prompts.clean_reply(out.text, debate.spec.agents[agent].name)
+            text = prompts.clean_reply(out.text, [a.name for a in debate.spec.agents])
             result.turns.append((debate_id, Turn(
                 iteration=iteration, agent_index=agent, text=text, prompt_tokens=out.prompt_tokens,
                 completion_tokens=out.completion_tokens, finish_reason=out.finish_reason,

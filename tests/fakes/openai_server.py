@@ -9,7 +9,9 @@ It speaks enough of ``POST /v1/chat/completions`` and ``POST /v1/completions`` f
 SDK. "Tokens" are whitespace-separated words. Replies are deterministic: ``reply`` (a string, or a
 function of the request body) or, by default, an echo of the prompt. When logprobs are asked for
 (and ``logprobs`` is on), the first token is the most likely one of ``distribution`` and its top
-alternatives come back. ``delay`` (seconds, or a function of the body) slows every answer. Every
+alternatives come back (on chat, with ``split_numbers``, also the token after it: a number's
+next digit or its end; ``chat_preamble`` tokens, such as a model writing "Rating: " itself, come
+first). ``delay`` (seconds, or a function of the body) slows every answer. Every
 request is recorded, with the number in flight when it arrived.
 
 Limits as OpenAI documents (and enforces with a 400): at most 4 stop strings, chat
@@ -127,6 +129,7 @@ class FakeOpenAIServer:
         hang: float = 30.0,
         echo: Literal["exact", "refuse", "ignore"] = "exact",
         split_numbers: bool = False,
+        chat_preamble: Sequence[str] = (),
     ):
         self.reply = reply
         self.distribution = dict(distribution or peaked_distribution())
@@ -140,6 +143,7 @@ class FakeOpenAIServer:
         self.hang = hang  # the longest a "timeout" fault waits for the client to give up
         self.echo = echo
         self.split_numbers = split_numbers
+        self.chat_preamble = tuple(chat_preamble)
         self.faults: Counter[str] = Counter()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -321,9 +325,10 @@ class FakeOpenAIServer:
     def _chat_answer(self, body: Body, serial: int) -> Body:
         prompt = _prompt_text(body, True)
         k = int(body.get("top_logprobs") or 0) if body.get("logprobs") else 0
-        top = self._first_tokens(prompt, k) if k > 0 and self.logprobs else []
-        text, finish = self._generated(body, prompt, top)
-        choice: Body = {"index": 0, "finish_reason": finish, "logprobs": _chat_logprobs(top) if top else None,
+        steps = self._chat_steps(prompt, k, int(body.get("max_tokens") or 16)) if k > 0 and self.logprobs else []
+        said = [("".join(token for token, _ in steps), 0.0)] if steps else []
+        text, finish = self._generated(body, prompt, said)
+        choice: Body = {"index": 0, "finish_reason": finish, "logprobs": _chat_logprobs(steps) if steps else None,
                         "message": {"role": "assistant", "content": text}}
         return self._envelope(body, serial, "chat.completion", [choice], len(prompt.split()), len(text.split()))
 
@@ -440,6 +445,19 @@ class FakeOpenAIServer:
         last = body["messages"][-1]["content"] if "messages" in body else prompt
         return f"echo: {last}"
 
+    def _chat_steps(self, prompt: str, k: int, max_tokens: int) -> list[tuple[str, list[tuple[str, float]]]]:
+        """The generated tokens with their top ``k`` alternatives: ``chat_preamble`` first (a
+        model writing the prefix itself, no number among its alternatives), then the answer's
+        first token and, with ``split_numbers``, the token after it (the next digit or the end)."""
+        steps = [(token, [(token, -0.01), ("The", -4.6)][:k]) for token in self.chat_preamble]
+        top = self._first_tokens(prompt, k)
+        if top:
+            steps.append((top[0][0], top))
+            after = self._first_tokens(prompt + top[0][0], k) if self.split_numbers else []
+            if after:
+                steps.append((after[0][0], after))
+        return steps[:max_tokens]
+
     def _first_tokens(self, prompt: str, k: int) -> list[tuple[str, float]]:
         """The top ``k`` alternatives for the first generated token. With ``split_numbers`` they
         follow the tokenizer: first digits (mass pooled over the numbers they start), or, after a
@@ -485,11 +503,13 @@ def _completion_logprobs(top: list[tuple[str, float]]) -> Body:
     return {"tokens": [token], "token_logprobs": [logprob], "top_logprobs": [dict(top)], "text_offset": [0]}
 
 
-def _chat_logprobs(top: list[tuple[str, float]]) -> Body:
-    token, logprob = top[0]
-    alternatives = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top]
-    first = {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": alternatives}
-    return {"content": [first], "refusal": None}
+def _chat_logprobs(steps: list[tuple[str, list[tuple[str, float]]]]) -> Body:
+    content = []
+    for token, top in steps:
+        alternatives = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top]
+        logprob = dict(top).get(token, top[0][1] if top else 0.0)
+        content.append({"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": alternatives})
+    return {"content": content, "refusal": None}
 
 
 def unused_port() -> int:

@@ -114,3 +114,32 @@ def test_replies_and_chat_surveys_run_through_the_server(llama_server: str) -> N
     cond = chat.conditioning(ask, "score")
     assert not cond.exact and "not prefilled" in cond.how
     assert completions.conditioning(ask, "score").sha() == load_llm("embedded").conditioning(ask, "score").sha()
+
+
+def test_a_ten_that_smollm2_splits_is_scored_from_its_two_tokens(llama_server: str) -> None:
+    import math
+
+    import openai
+    from transformers import AutoTokenizer
+
+    from debatelab.llm.embedded import ensure_converted
+
+    tokenizer = AutoTokenizer.from_pretrained(ensure_converted())
+    assert len(tokenizer("10", add_special_tokens=False).input_ids) == 2  # "1" + "0"
+    ask = prompts.survey_prompt(seat_personas(BANK, 1, 0)[0], 0, BUILTIN_TOPICS["gun_violence"], (), ZERO_TEN)
+    flat = load_llm("openai:smollm2", _options(llama_server, api="completions", logprobs_cap=100))
+    [scores] = flat.score_options([ScoreRequest(ask, ZERO_TEN.options)])
+    assert scores.error is None and scores.source == "logprobs" and all(math.isfinite(s) for s in scores.logprobs)
+    # The same two steps asked directly: P("1") first, then what follows "1".
+    client = openai.OpenAI(base_url=llama_server, api_key="sk-local-llama-server")
+
+    def after(text: str) -> dict[str, float]:
+        choice = client.completions.create(model="smollm2", prompt=text, max_tokens=1, temperature=0,
+                                           logprobs=100).choices[0]
+        return dict(choice.logprobs.top_logprobs[0])
+
+    first, then = after(ask.flat_text()), after(ask.flat_text() + "1")
+    p_one = sum(math.exp(lp) for token, lp in first.items() if token.strip() == "1")
+    assert math.exp(scores.logprobs[10]) == pytest.approx(p_one * math.exp(then["0"]), rel=1e-3)
+    going_on = sum(math.exp(lp) for token, lp in then.items() if token[:1].isalnum())
+    assert math.exp(scores.logprobs[1]) == pytest.approx(p_one * (1 - going_on), rel=1e-3)

@@ -15,7 +15,8 @@ from fakes.openai_server import FakeOpenAIServer
 from debatelab.errors import DebatelabError
 from debatelab.llm.base import LLM, GenerateRequest, Message, Prompt, ScoreRequest
 from debatelab.llm.openai_compat import load_openai
-from debatelab.llm.openai_scoring import parse_option
+from debatelab.llm.openai_scoring import ANSWER_WINDOW
+from debatelab.llm.openai_topk import parse_option
 from debatelab.llm.options import BackendOptions
 
 SCALE = tuple(str(i) for i in range(11))
@@ -148,7 +149,8 @@ def test_score_options_maps_server_logprobs(server: FakeOpenAIServer, api: str) 
     assert scores.logprobs[2] == pytest.approx(math.log(0.3))  # "7" and " 7" are one answer
     assert scores.logprobs[3] == pytest.approx(math.log(0.15))
     body = server.bodies[0]
-    assert (body["temperature"], body["max_tokens"], body["seed"]) == (0, 1, 9)
+    # chat asks for a few tokens: a model asked to begin with the prefix may write it first
+    assert (body["temperature"], body["max_tokens"], body["seed"]) == (0, 1 if api == "completions" else ANSWER_WINDOW, 9)
     if api == "chat":
         assert (body["logprobs"], body["top_logprobs"]) == (True, 5)
     else:

@@ -134,7 +134,9 @@ def test_a_server_that_fails_batched_echo_is_probed_once_then_scored_from_top_k(
     assert len(echoes) == 1  # the probe, sent once, never retried, never again after it failed
     assert first.error is None and second.error is None
     assert llm.usage.extra["failed_requests"] == 0 and llm.usage.extra["retries"] == 0
-    assert llm.usage.extra["survey_top_k"] == 2
+    # The fake knows no end-of-turn token, so no option ends an answer in its top 5: each survey
+    # falls back, visibly, to its parsed greedy answer.
+    assert llm.usage.extra["survey_fallbacks"] == 2 and first.source == second.source == "generated"
 
 
 def test_after_a_failed_probe_the_other_surveys_go_out_together(tiny_model_dir: Path) -> None:

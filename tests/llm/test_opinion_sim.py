@@ -93,7 +93,7 @@ def drive(sim, agents, topic, rounds: int, first: int, scale=ZERO_TEN):
             prompt = prompts.reply_prompt(agents, step.agent, topic, turns)
             out = sim.generate([GenerateRequest(prompt, max_tokens=96, stop=prompts.reply_stops(agents),
                                                 seed=derive_seed(11, "reply", step.iteration))])[0]
-            text = prompts.clean_reply(out.text, agents[step.agent].name)
+            text = prompts.clean_reply(out.text, [a.name for a in agents])
             turns.append(Turn(iteration=step.iteration, agent_index=step.agent, text=text))
             continue
         for i in step.agents:

@@ -24,6 +24,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from ..errors import DebatelabError
 from ..files import atomic_open
+from ..request_counts import request_lines
 from .frames import RunData, is_society, load
 from .show import LOW_MASS, LOW_MASS_WHY, MASS_MEANING, survey_diagnostics
 from .stats import aggregate
@@ -195,6 +196,7 @@ def provenance(run: RunData) -> dict[str, Any]:
             "seed": config.get("seed", "?"), "config": _pretty_yaml(meta.get("config", {})),
             "debates": _debate_counts(run), "state": meta.get("state", "?"),
             "conditioning": conditioning_statement(meta.get("conditioning")),
+            "requests": request_lines(meta.get("requests")),
             "left_out": [] if run.left_out is None else run.left_out.to_dict("records")}
 
 

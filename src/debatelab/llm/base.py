@@ -166,12 +166,20 @@ class Intervention:
 
 @dataclass
 class Usage:
-    """Running token counts a backend keeps for progress reporting."""
+    """Running token counts a backend keeps for progress reporting. A backend that makes network
+    requests also keeps :data:`REQUEST_COUNTERS` in ``extra`` (reported per run, see
+    :mod:`debatelab.request_counts`)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     calls: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+# What went wrong with a remote backend's requests, and how its surveys were scored: retries,
+# 429 answers, requests that failed for good, then surveys scored exactly (echo), from the top-k
+# alternatives (complete or partial) and from a parsed greedy answer.
+REQUEST_COUNTERS = ("retries", "rate_limited", "failed_requests", "survey_exact", "survey_top_k", "survey_fallbacks")
 
 
 class LLM(abc.ABC):

@@ -27,13 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable, Coroutine, Sequence, TypeVar
 
 from ..errors import DebatelabError, RunFailed
-from .base import LLM, Completion, Conditioning, GenerateRequest, OptionScores, Prompt, Purpose, ScoreRequest, Usage
+from .base import (LLM, REQUEST_COUNTERS, Completion, Conditioning, GenerateRequest, OptionScores, Prompt, Purpose,
+                   ScoreRequest, Usage)
 from .concurrency import AdaptiveLimit, Gate
 from .openai_keys import redact, resolve_key
 from .openai_scoring import SCORE_HINT, EchoUnsupported, OptionScorer, top_logprobs_of
 from .openai_template import resolve_template
-from .openai_wire import (Batch, WireReply, Unreachable, chat_messages, connect_failure, cut_at_stop, normalise_url,
-                          read_reply)
+from .openai_wire import (Batch, WireReply, Unreachable, chat_messages, connect_failure, cut_at_stop, gather_in_order,
+                          normalise_url, read_reply)
 from .options import BackendOptions
 from .retry import GaveUp, RetryPolicy, is_transient, status_of, with_retries
 
@@ -47,7 +48,6 @@ GENERATE_HINT = 'Begin your answer with: "{}"'
 FATAL_HINTS = {401: "check the API key", 403: "check the API key's permissions",
                404: "check the model name and base_url"}
 MAX_MESSAGE = 400  # characters of a server's error text kept in a failed request's error
-COUNTERS = ("retries", "rate_limited", "failed_requests", "survey_exact", "survey_top_k", "survey_fallbacks")
 
 Q = TypeVar("Q")
 T = TypeVar("T")
@@ -73,18 +73,6 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-async def gather_in_order(coros: Sequence[Awaitable[T]]) -> list[T]:
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        # Stop the siblings before the client is closed under them.
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
 class OpenAICompatLLM(LLM):
     """One model behind an OpenAI-compatible server; a fresh client per batch (nothing to close)."""
 
@@ -97,11 +85,11 @@ class OpenAICompatLLM(LLM):
         self._api_key = resolve_key(options, self.base_url)
         self.template = resolve_template(options)
         self._scorer = OptionScorer(self, options.api, self.top_logprobs, options.score_echo,
-                                    refused=self._openai.BadRequestError)
+                                    refused=self._openai.BadRequestError, prefill=options.chat_prefill)
         self._reached = False  # the server has answered (anything) at least once
         self._policy = RetryPolicy(options.max_retries, options.retry_budget, options.retry_backoff)
         self.limit = AdaptiveLimit(options.concurrency)
-        self.usage: Usage = Usage(extra={**{name: 0 for name in COUNTERS}, "concurrency": options.concurrency})
+        self.usage: Usage = Usage(extra={**{name: 0 for name in REQUEST_COUNTERS}, "concurrency": options.concurrency})
 
     def identity(self) -> dict[str, Any]:
         ident = {"backend": "openai", "model": self.model, "api": self.options.api,

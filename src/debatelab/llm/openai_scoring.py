@@ -13,14 +13,23 @@ config error):
   it. vLLM and other servers that implement echo support this; OpenAI's gpt-3.5-turbo-instruct
   refuses echo with logprobs (400) and llama.cpp ignores echo. Either is detected on the first
   survey (the same survey without echo then succeeds), logged once, and scoring continues as below.
-- otherwise: the top ``top_logprobs`` alternatives of the first answer token (one 1-token request;
-  mass outside them is lost, those options get -inf). With ``completions``, when an alternative is
-  the start of an option not among them ("1" of "10"), a second 1-token request on prompt + that
-  token gives P("10") = P("1") P("0" | "1") and makes "1" end there, as above. The result is
-  ``source = "logprobs"`` only when every option got a finite log-probability (chat's top 20 often
-  hold all of 0..10); when any is missing it is ``source = "top_k"``: true model log-probabilities
-  of the options seen, the rest -inf (probability 0 once renormalised), a partial distribution
-  (legacy completions' top 5 can hold at most 5 of 11 options).
+- otherwise: the top ``top_logprobs`` alternatives where the answer starts (mass outside them is
+  lost, those options get -inf): the first token after the prefix on completions, or on chat,
+  where a model asked to begin with the prefix may write it itself, the token after it
+  (:func:`.openai_topk.answer_step`, in up to ``ANSWER_WINDOW`` greedy tokens). An alternative
+  that is the start of an option not among them ("1" of "10") is split exactly by the
+  alternatives after it (:func:`.openai_topk.split_heads`): P("10") = P("1") P("0" | "1"), and
+  "1" also needs the answer to end there. They come from the greedy answer's own next token
+  when it took that head, else from a second 1-token request on the text continued by it
+  (completions, or chat with ``chat_prefill: continue``); chat without prefill has no text to
+  continue, so there both options are left out (logged once). The result is ``source =
+  "logprobs"`` only when every option got a finite log-probability (chat's top 20 often hold
+  all of 0..10); when any is missing it is ``source = "top_k"``: true model log-probabilities of
+  the options seen, the rest -inf (probability 0 once renormalised), a partial distribution
+  (legacy completions' top 5 can hold at most 5 of 11 options). With a client-side chat template
+  each option is walked to its end-of-turn token instead (:mod:`.openai_terminated`).
+- alternatives that hold no option at all (the model began with prose): the greedy answer is
+  parsed (``source = "generated"``), logged once.
 - a server that refuses logprobs (400, where the same survey without them succeeds) or answers
   without them: the greedy answer is parsed (``source = "generated"``), logged once.
 
@@ -32,20 +41,25 @@ alternatives, complete or partial) count the others by method.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 from ..errors import DebatelabError
 from .base import OptionScores, Prompt, ScoreRequest, Usage
 from .options import TOP_LOGPROBS_CAP, BackendOptions, top_logprobs_error
 from .openai_template import ClientTemplate
 from .openai_terminated import TerminatedWalk
-from .openai_wire import Batch, WireReply, reading_body, used_tokens
+from .openai_topk import (Alternatives, TokenStep, answer_step, log_word_ends, map_alternatives, open_heads,
+                          parse_option, split_heads, top_k_source)
+from .openai_wire import Batch, WireReply, gather_in_order, reading_body, used_tokens
 
 T = TypeVar("T")
 
 FALLBACK_MAX_TOKENS = 8
+# Chat with the prefix asked for: the model writes "Rating: " itself before its answer (4 tokens on SmolLM2).
+ANSWER_WINDOW = 8
 # For scoring, the first generated token must be the option itself, not a repeat of the prefix.
 SCORE_HINT = 'Your answer continues the text "{}". Reply with only what follows it.'
 
@@ -57,59 +71,6 @@ def top_logprobs_of(options: BackendOptions) -> int:
     if options.top_logprobs is not None and options.top_logprobs > cap:
         raise DebatelabError(top_logprobs_error(options.top_logprobs, options.api, options.logprobs_cap))
     return cap if options.top_logprobs is None else options.top_logprobs
-
-
-# --- arithmetic ----------------------------------------------------------------------------------
-
-def parse_option(text: str, options: Sequence[str]) -> int | None:
-    """The longest option ``text`` starts with as a whole token: "10/10" -> "10", "Seven" -> None."""
-    body, best, best_len = text.strip(), None, 0
-    for i, option in enumerate(o.strip() for o in options):
-        whole = body.startswith(option) and (len(body) == len(option) or not body[len(option)].isalnum())
-        if option and whole and len(option) > best_len:
-            best, best_len = i, len(option)
-    return best
-
-
-def logsumexp(values: Sequence[float]) -> float:
-    if not values:
-        return -math.inf
-    top = max(values)
-    if top == -math.inf:
-        return top
-    return top + math.log(sum(math.exp(v - top) for v in values))
-
-
-def map_alternatives(alternatives: Sequence[tuple[str, float]], options: Sequence[str]) -> tuple[float, ...]:
-    # "7" and " 7" are the same answer, so alternatives that strip to one text pool their mass.
-    by_text: dict[str, list[float]] = {}
-    for token, logprob in alternatives:
-        by_text.setdefault(token.strip(), []).append(logprob)
-    return tuple(logsumexp(by_text.get(o.strip(), [])) for o in options)
-
-
-def log_word_ends(alternatives: Sequence[tuple[str, float]]) -> float:
-    """log P(the next token does not continue the word): 1 minus the alternatives that start with
-    a letter or digit, as :func:`parse_option` reads a whole token (mass outside them counts as an end)."""
-    going_on = sum(math.exp(lp) for token, lp in alternatives if token[:1].isalnum())
-    return math.log1p(-going_on) if going_on < 1 else -math.inf
-
-
-def open_prefix(alternatives: Sequence[tuple[str, float]], options: Sequence[str],
-                scores: Sequence[float]) -> tuple[str, float] | None:
-    """The likeliest alternative that starts an option not among the alternatives ("1" of "10")."""
-    for raw, lp in sorted(alternatives, key=lambda a: -a[1]):
-        stem = raw.strip()
-        if stem and any(o.strip() != stem and o.strip().startswith(stem) and s == -math.inf
-                        for o, s in zip(options, scores)):
-            return raw, lp
-    return None
-
-
-def top_k_source(scores: Sequence[float]) -> Literal["logprobs", "top_k"]:
-    """``"logprobs"`` when the first-token alternatives scored every option, else ``"top_k"``: some
-    option was outside them (-inf), so the distribution is partial, not merely peaked."""
-    return "logprobs" if scores and all(math.isfinite(s) for s in scores) else "top_k"
 
 
 # --- echo ----------------------------------------------------------------------------------------
@@ -221,8 +182,9 @@ class OptionScorer:
     stepping down for good, logged once, the first time it refuses one."""
 
     def __init__(self, link: Link, api: str, top_logprobs: int, score_echo: bool,
-                 refused: type[BaseException]):
+                 refused: type[BaseException], prefill: str = "instruction"):
         self._link = link
+        self.prefill = prefill  # chat: "continue" sends the prefix as the assistant's message
         self._refused = refused  # the SDK's 400 (BadRequestError)
         self.api = api
         self.top_logprobs = top_logprobs
@@ -253,28 +215,50 @@ class OptionScorer:
         logprobs_refused: BaseException | None = None
         if self.logprobs_ok:
             try:
-                reply = await self._link.call(batch, req.prompt, SCORE_HINT, self._first_token(greedy))
+                reply = await self._link.call(batch, req.prompt, SCORE_HINT, self._logprobs_request(greedy))
             except self._refused as exc:
                 logprobs_refused = exc
             else:
                 if echo_refused is not None:
                     self._no_echo(self._link.describe(echo_refused))
-                if reply.alternatives and self._link.template is not None:
-                    return self._counted("survey_top_k", await self._terminated(batch, req, reply, greedy))
                 if reply.alternatives:
-                    return self._counted("survey_top_k", await self._top_k(batch, req, reply, greedy))
+                    return await self._from_alternatives(batch, req, reply, greedy)
                 self._no_logprobs("the server answered without log-probabilities")
         return await self._generated(batch, req, greedy, logprobs_refused)
+
+    async def _from_alternatives(self, batch: Batch, req: ScoreRequest, reply: WireReply,
+                                 greedy: dict[str, Any]) -> OptionScores:
+        """Scores read from the reply's top alternatives; where they hold no option at all (the
+        model began its answer with something else), the greedy answer parsed instead, said once."""
+        read = self._terminated if self._link.template is not None else self._top_k
+        scores = await read(batch, req, reply, greedy)
+        if any(math.isfinite(lp) for lp in scores.logprobs):
+            return self._counted("survey_top_k", scores)
+        self._link.once("no_option_in_top_k", f"the top {self.top_logprobs} log-probabilities at a survey answer "
+                                              "held none of its options (the model began with something else); "
+                                              "such surveys are parsed from the greedy answer (source=generated, "
+                                              "counted in survey_fallbacks)")
+        window = reply if self._window() >= FALLBACK_MAX_TOKENS else None  # already a greedy answer long enough
+        return await self._generated(batch, req, greedy, None, window)
 
     def _counted(self, method: str, scores: OptionScores) -> OptionScores:
         self._link.usage.extra[method] += 1
         return scores
 
-    def _first_token(self, greedy: dict[str, Any], k: int | None = None) -> dict[str, Any]:
-        """A 1-token request for the top ``k`` (default ``top_logprobs``) alternatives, as the API asks for them."""
+    def _window(self) -> int:
+        """Tokens a scoring request generates: one where the prefix is in place (completions, chat
+        prefill), so its alternatives are the answer's; on chat with the prefix asked for, enough
+        for the model to write the prefix itself first (:func:`answer_step`)."""
+        if self.api == "completions":
+            return 1
+        return 2 if self.prefill == "continue" else ANSWER_WINDOW
+
+    def _logprobs_request(self, greedy: dict[str, Any], k: int | None = None) -> dict[str, Any]:
+        """A short greedy request for the top ``k`` (default ``top_logprobs``) alternatives per
+        token, as the API asks for them."""
         k = self.top_logprobs if k is None else k
         asks = {"logprobs": True, "top_logprobs": k} if self.api == "chat" else {"logprobs": k}
-        return {**greedy, "max_tokens": 1, **asks}
+        return {**greedy, "max_tokens": self._window(), **asks}
 
     def _no_echo(self, why: str) -> None:
         self.echo_ok = False
@@ -304,22 +288,36 @@ class OptionScorer:
         return OptionScores(scores, "logprobs", req.options[best] if best is not None else None)
 
     async def _top_k(self, batch: Batch, req: ScoreRequest, reply: WireReply, greedy: dict[str, Any]) -> OptionScores:
-        token = reply.token if reply.token is not None else reply.text
-        scores = list(map_alternatives(reply.alternatives, req.options))
-        head = open_prefix(reply.alternatives, req.options, scores) if self.api == "completions" else None
-        if head is not None:
-            raw, head_lp = head
-            prompt = Prompt(text=self._link.raw_text(req.prompt) + raw)
-            nxt = (await self._link.call(batch, prompt, SCORE_HINT, self._first_token(greedy))).alternatives
-            stem = raw.strip()
-            for i, option in enumerate(req.options):
-                option = option.strip()
-                if option == stem:
-                    scores[i] += log_word_ends(nxt)
-                elif option.startswith(stem) and scores[i] == -math.inf:
-                    rest = [lp for t, lp in nxt if t == option[len(stem):]]
-                    scores[i] = head_lp + logsumexp(rest)
-        return OptionScores(tuple(scores), top_k_source(scores), token)
+        steps = reply.steps or (TokenStep(reply.token if reply.token is not None else reply.text, reply.alternatives),)
+        at = 0 if self.api == "completions" else answer_step(steps, req.prompt.assistant_prefix)
+        if at is None:  # the greedy text left the prefix for something else: no answer position
+            return OptionScores(tuple(-math.inf for _ in req.options), "top_k", reply.text)
+        alternatives = steps[at].alternatives
+        scores = map_alternatives(alternatives, req.options)
+        heads = open_heads(alternatives, req.options, scores)
+        if heads:  # "1" of a two-token "10": the alternatives after each head split it exactly
+            follow = await gather_in_order([self._after(batch, req, steps, at, raw, greedy) for raw in heads])
+            scores = split_heads(alternatives, req.options, scores, dict(zip(heads, follow)))
+        return OptionScores(scores, top_k_source(scores), steps[at].token)
+
+    async def _after(self, batch: Batch, req: ScoreRequest, steps: Sequence[TokenStep], at: int, raw: str,
+                     greedy: dict[str, Any]) -> Alternatives | None:
+        """The alternatives after head ``raw`` at step ``at``: the reply's own next step when its
+        greedy answer took that head, else one more request on the text continued by it (raw
+        completions, or chat with the prefix prefilled); None where the API cannot continue a text."""
+        if steps[at].token == raw and at + 1 < len(steps):
+            return steps[at + 1].alternatives
+        said = "".join(step.token for step in steps[:at]) + raw
+        if self.api == "completions":
+            prompt = Prompt(text=self._link.raw_text(req.prompt) + said)
+        elif self.prefill == "continue":
+            prompt = dataclasses.replace(req.prompt, assistant_prefix=req.prompt.assistant_prefix + said)
+        else:
+            self._link.once("heads_unsplit", f"on the chat API without prefill, the option {raw.strip()!r} and the "
+                                             "longer options it starts cannot be told apart unless the greedy "
+                                             "answer took it; they are left out (source=top_k)")
+            return None
+        return (await self._link.call(batch, prompt, SCORE_HINT, self._logprobs_request(greedy))).alternatives
 
     async def _terminated(self, batch: Batch, req: ScoreRequest, reply: WireReply,
                           greedy: dict[str, Any]) -> OptionScores:
@@ -327,7 +325,7 @@ class OptionScorer:
         base = self._link.raw_text(req.prompt)
 
         async def ask(text: str, k: int) -> tuple[tuple[str, float], ...]:
-            got = await self._link.call(batch, Prompt(text=text), SCORE_HINT, self._first_token(greedy, k))
+            got = await self._link.call(batch, Prompt(text=text), SCORE_HINT, self._logprobs_request(greedy, k))
             return got.alternatives
 
         walk = TerminatedWalk(ask, self._link.template, self.top_logprobs, {base: reply.alternatives})
@@ -336,10 +334,11 @@ class OptionScorer:
         return OptionScores(tuple(scores), top_k_source(scores), token)
 
     async def _generated(self, batch: Batch, req: ScoreRequest, greedy: dict[str, Any],
-                         logprobs_refused: BaseException | None) -> OptionScores:
-        """The last resort: the greedy answer, parsed (``source = "generated"``)."""
-        params = {**greedy, "max_tokens": FALLBACK_MAX_TOKENS}
-        reply = await self._link.call(batch, req.prompt, SCORE_HINT, params)  # a 400 here: the survey itself is bad
+                         logprobs_refused: BaseException | None, reply: WireReply | None = None) -> OptionScores:
+        """The last resort: the greedy answer (``reply``, or asked for now), parsed (``source = "generated"``)."""
+        if reply is None:
+            params = {**greedy, "max_tokens": FALLBACK_MAX_TOKENS}
+            reply = await self._link.call(batch, req.prompt, SCORE_HINT, params)  # a 400 here: the survey itself is bad
         if logprobs_refused is not None:
             self._no_logprobs(self._link.describe(logprobs_refused))
         choice = parse_option(reply.text, req.options)

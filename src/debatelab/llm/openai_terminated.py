@@ -25,8 +25,8 @@ import math
 from typing import Any, Awaitable, Callable
 
 from .openai_template import ClientTemplate
+from .openai_topk import Alternatives
 
-Alternatives = tuple[tuple[str, float], ...]
 Ask = Callable[[str, int], Awaitable[Alternatives]]
 
 

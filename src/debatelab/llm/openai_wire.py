@@ -9,15 +9,17 @@ import dataclasses
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Awaitable, Iterator, Sequence, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from .base import Prompt
 from .concurrency import Gate
+from .openai_topk import TokenStep
 from .retry import MalformedResponse
 
 # What reading a body of the wrong shape raises (a proxy's error page, a field missing or null).
 BODY_ERRORS = (AttributeError, IndexError, KeyError, TypeError, ValueError)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class WireReply:
     alternatives: tuple[tuple[str, float], ...] = ()
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    steps: tuple[TokenStep, ...] = ()
+    """Every generated token with its top alternatives (the first is ``token``/``alternatives``)."""
 
 
 class Unreachable(Exception):
@@ -65,6 +69,18 @@ def chat_messages(prompt: Prompt, hint: str) -> list[dict[str, str]]:
         else:
             messages.append({"role": "user", "content": note})
     return messages
+
+
+async def gather_in_order(coros: Sequence[Awaitable[T]]) -> list[T]:
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        # Stop the siblings before the client is closed under them.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 # --- in ------------------------------------------------------------------------------------------
@@ -99,9 +115,9 @@ def chat_reply(choice: Any, prompt: Prompt) -> WireReply:
     content = choice.logprobs.content if choice.logprobs else None
     if not content:
         return WireReply(text, choice.finish_reason)
-    first = content[0]
-    alternatives = tuple((alt.token, alt.logprob) for alt in first.top_logprobs or ())
-    return WireReply(text, choice.finish_reason, first.token, alternatives)
+    steps = tuple(TokenStep(pos.token, tuple((alt.token, alt.logprob) for alt in pos.top_logprobs or ()))
+                  for pos in content)
+    return WireReply(text, choice.finish_reason, steps[0].token, steps[0].alternatives, steps=steps)
 
 
 def completion_reply(choice: Any) -> WireReply:
@@ -109,8 +125,10 @@ def completion_reply(choice: Any) -> WireReply:
     tops = logprobs.top_logprobs if logprobs else None
     if not tops or not tops[0]:
         return WireReply(choice.text or "", choice.finish_reason)
-    token = logprobs.tokens[0] if logprobs.tokens else None
-    return WireReply(choice.text, choice.finish_reason, token, tuple(tops[0].items()))
+    tokens = list(logprobs.tokens or ())
+    steps = tuple(TokenStep(token, tuple((top or {}).items())) for token, top in zip(tokens, tops))
+    return WireReply(choice.text, choice.finish_reason, tokens[0] if tokens else None, tuple(tops[0].items()),
+                     steps=steps)
 
 
 def strip_prefix(text: str, prefix: str) -> str:

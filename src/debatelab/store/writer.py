@@ -110,6 +110,11 @@ class RunStore:
         with suppress(sqlite3.Error):
             self.set_state(state, detail)
 
+    def try_set_meta(self, key: str, value: Any) -> None:
+        """:meth:`set_meta`, best effort (bookkeeping, as :meth:`try_set_state`)."""
+        with suppress(sqlite3.Error):
+            self.set_meta(key, value)
+
     def set_meta(self, key: str, value: Any) -> None:
         """Store ``value`` (as JSON) under ``key``, replacing what was there: facts measured anew
         on every run and resume, such as how each model is conditioned. An unchanged value is
