@@ -29,6 +29,16 @@ def make_bank(path: Path, per_party: int = 6) -> Path:
     return path
 
 
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """``debatelab ARGV`` as the shell runs it: its exit code and its stdout + stderr."""
+    from debatelab.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        sys.exit(main(list(argv)))
+    out, err = capsys.readouterr()
+    return exit_.value.code, out + err
+
+
 def write_config(path: Path, **values: object) -> Path:
     base = {"model": "scripted", "topics": ["climate_change"], "agents": ["republican", "democrat", "default"],
             "rounds": 2, "repetitions": 3, "seed": 7}

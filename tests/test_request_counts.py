@@ -5,13 +5,11 @@ local server, then a resume; and the arithmetic on its own."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 from fakes.openai_server import FakeOpenAIServer
 
 import debatelab
-from debatelab.cli import main
 from debatelab.config import load_config
 from debatelab.errors import EXIT_FAILED
 from debatelab.llm.base import REQUEST_COUNTERS
@@ -20,17 +18,10 @@ from debatelab.personas import load_bank
 from debatelab.planning import plan_debates
 from debatelab.request_counts import add_session, request_lines, since
 
-from conftest import write_config
+from conftest import run_cli, write_config
 
 pytestmark = pytest.mark.slow
 BACKEND = {"timeout": 5.0, "retry_backoff": 0.01, "max_retries": 3, "retry_budget": 30, "concurrency": 4}
-
-
-def _cli(capsys, *argv: str) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exit_:
-        sys.exit(main(list(argv)))
-    out, err = capsys.readouterr()
-    return exit_.value.code, out + err
 
 
 def test_a_runs_retries_rate_limits_and_failures_are_said_and_kept(tmp_path, bank, capsys, monkeypatch):
@@ -41,10 +32,10 @@ def test_a_runs_retries_rate_limits_and_failures_are_said_and_kept(tmp_path, ban
         seated = plan_debates(load_config(cfg), load_bank(bank), ScriptedLLM().identity())[0].agents[0].name
         server.fail_when = lambda body: "503" if seated in str(body) else None  # one debate fails for good
         server.fail_next("429", 3)
-        code, output = _cli(capsys, "run", str(cfg), "--out", str(tmp_path / "run"))
+        code, output = run_cli(capsys, "run", str(cfg), "--out", str(tmp_path / "run"))
         faults = sum(server.faults.values())
         server.fail_when = None
-        resumed, again = _cli(capsys, "run", str(cfg), "--out", str(tmp_path / "run"), "--quiet")
+        resumed, again = run_cli(capsys, "run", str(cfg), "--out", str(tmp_path / "run"), "--quiet")
     assert code == EXIT_FAILED and resumed == 0, output + again
     first = debatelab.load(tmp_path / "run").meta["requests"][""]
     assert first["model"] == "openai:fake-model" and first["sessions"] == 2

@@ -7,30 +7,16 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
-
 import pytest
+from fakes.openai_client import fake_key, make_llm  # noqa: F401  (fake_key: autouse here)
 from fakes.openai_server import FakeOpenAIServer, peaked_distribution
 
 from debatelab.llm.base import Message, Prompt, ScoreRequest
-from debatelab.llm.openai_compat import OpenAICompatLLM, load_openai
 from debatelab.llm.openai_topk import TokenStep, answer_step, map_alternatives, open_heads, split_heads
-from debatelab.llm.options import BackendOptions
 from debatelab.survey import from_option_scores
 
 SCALE = tuple(str(i) for i in range(11))
 LOG = "debatelab.llm.openai_compat"
-
-
-@pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-
-
-def make_llm(server: FakeOpenAIServer, **options: Any) -> OpenAICompatLLM:
-    return load_openai("fake-model", BackendOptions(**{"base_url": server.url, "timeout": 5.0, "max_retries": 0,
-                                                      **options}))
 
 
 def survey() -> ScoreRequest:

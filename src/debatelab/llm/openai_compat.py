@@ -11,9 +11,10 @@ run at once, and a server that never answered any attempt of a request (silent, 
 
 Keys (:mod:`.openai_keys`): from ``$api_key_env`` or ``api_key_file``, refused before any request
 if malformed, and redacted from every message that could quote them. Surveys
-(:mod:`.openai_scoring`): exact by echo where the server allows it, else from the first answer
-token's top log-probabilities (``source="top_k"`` when they miss an option), else a parsed greedy
-answer (``source="generated"``), never silently. Request bodies and
+(:mod:`.openai_scoring`): exact by echo where the server allows it, else from the top
+log-probabilities where the answer starts, a split "10" from what follows its "1"
+(``source="top_k"`` when they miss an option), else a parsed greedy answer
+(``source="generated"``), never silently; each kind counted in ``usage.extra``. Request bodies and
 replies: :mod:`.openai_wire`.
 """
 

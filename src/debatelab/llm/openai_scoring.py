@@ -289,7 +289,8 @@ class OptionScorer:
 
     async def _top_k(self, batch: Batch, req: ScoreRequest, reply: WireReply, greedy: dict[str, Any]) -> OptionScores:
         steps = reply.steps or (TokenStep(reply.token if reply.token is not None else reply.text, reply.alternatives),)
-        at = 0 if self.api == "completions" else answer_step(steps, req.prompt.assistant_prefix)
+        prefilled = self.api == "completions" or self.prefill == "continue"  # the answer is the first token
+        at = 0 if prefilled else answer_step(steps, req.prompt.assistant_prefix)
         if at is None:  # the greedy text left the prefix for something else: no answer position
             return OptionScores(tuple(-math.inf for _ in req.options), "top_k", reply.text)
         alternatives = steps[at].alternatives

@@ -72,6 +72,7 @@ def chat_messages(prompt: Prompt, hint: str) -> list[dict[str, str]]:
 
 
 async def gather_in_order(coros: Sequence[Awaitable[T]]) -> list[T]:
+    """The results in order; if one raises, the others are cancelled and awaited first."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
         return list(await asyncio.gather(*tasks))
