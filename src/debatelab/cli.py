@@ -41,11 +41,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("society: {agents} agents, {edges} edges, {steps_done}/{steps} steps, {encounters} encounters".format(
             **summary.society))
     _print_survey_summary(summary, config.survey.scale)
-    _print_conditioning(summary)
+    _print_backends(summary)
     return _incomplete(summary)
 
 
-def _print_conditioning(summary: RunSummary) -> None:
+def _print_backends(summary: RunSummary) -> None:
     """What each model conditioned on (unseen text warns on stderr); what remote requests went through."""
     from .experiment import conditioning_lines, request_counts
 

@@ -288,7 +288,7 @@ class OptionScorer:
         return OptionScores(scores, "logprobs", req.options[best] if best is not None else None)
 
     async def _top_k(self, batch: Batch, req: ScoreRequest, reply: WireReply, greedy: dict[str, Any]) -> OptionScores:
-        steps = reply.steps or (TokenStep(reply.token if reply.token is not None else reply.text, reply.alternatives),)
+        steps = reply.steps
         prefilled = self.api == "completions" or self.prefill == "continue"  # the answer is the first token
         at = 0 if prefilled else answer_step(steps, req.prompt.assistant_prefix)
         if at is None:  # the greedy text left the prefix for something else: no answer position
@@ -308,11 +308,11 @@ class OptionScorer:
         completions, or chat with the prefix prefilled); None where the API cannot continue a text."""
         if steps[at].token == raw and at + 1 < len(steps):
             return steps[at + 1].alternatives
-        said = "".join(step.token for step in steps[:at]) + raw
+        # Both paths below are prefilled, so their answer is the first token: the text goes on with the head.
         if self.api == "completions":
-            prompt = Prompt(text=self._link.raw_text(req.prompt) + said)
+            prompt = Prompt(text=self._link.raw_text(req.prompt) + raw)
         elif self.prefill == "continue":
-            prompt = dataclasses.replace(req.prompt, assistant_prefix=req.prompt.assistant_prefix + said)
+            prompt = dataclasses.replace(req.prompt, assistant_prefix=req.prompt.assistant_prefix + raw)
         else:
             self._link.once("heads_unsplit", f"on the chat API without prefill, the option {raw.strip()!r} and the "
                                              "longer options it starts cannot be told apart unless the greedy "
@@ -331,8 +331,7 @@ class OptionScorer:
 
         walk = TerminatedWalk(ask, self._link.template, self.top_logprobs, {base: reply.alternatives})
         scores = [await walk.score(base, option) for option in req.options]
-        token = reply.token if reply.token is not None else reply.text
-        return OptionScores(tuple(scores), top_k_source(scores), token)
+        return OptionScores(tuple(scores), top_k_source(scores), reply.token)
 
     async def _generated(self, batch: Batch, req: ScoreRequest, greedy: dict[str, Any],
                          logprobs_refused: BaseException | None, reply: WireReply | None = None) -> OptionScores:

@@ -99,11 +99,11 @@ def open_heads(alternatives: Sequence[tuple[str, float]], options: Sequence[str]
 
 def split_heads(alternatives: Sequence[tuple[str, float]], options: Sequence[str], scores: Sequence[float],
                 after: Mapping[str, Alternatives | None]) -> tuple[float, ...]:
-    """``scores`` with every open head split (see the module docstring). ``after[raw]`` holds the
-    alternatives after head ``raw``; None where they could not be had, and then the options that
-    head starts (and the one it is) are left out (-inf)."""
+    """``scores`` with the heads of ``after`` (:func:`open_heads`) split, see the module docstring.
+    ``after[raw]`` holds the alternatives after head ``raw``; None where they could not be had,
+    and then the options that head starts (and the one it is) are left out (-inf)."""
     new = list(scores)
-    for stem in dict.fromkeys(raw.strip() for raw in open_heads(alternatives, options, scores)):
+    for stem in dict.fromkeys(raw.strip() for raw in after):
         raws = [(raw, lp) for raw, lp in alternatives if raw.strip() == stem]
         known = all(after.get(raw) is not None for raw, _ in raws)
         for i, option in enumerate(o.strip() for o in options):

@@ -36,12 +36,20 @@ class Batch:
 class WireReply:
     text: str
     finish_reason: str
-    token: str | None = None  # first generated token, when logprobs came back
-    alternatives: tuple[tuple[str, float], ...] = ()
+    steps: tuple[TokenStep, ...] = ()
+    """Every generated token with its top alternatives, when logprobs came back."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    steps: tuple[TokenStep, ...] = ()
-    """Every generated token with its top alternatives (the first is ``token``/``alternatives``)."""
+
+    @property
+    def token(self) -> str | None:
+        """The first generated token, when logprobs came back."""
+        return self.steps[0].token if self.steps else None
+
+    @property
+    def alternatives(self) -> tuple[tuple[str, float], ...]:
+        """The first token's top alternatives."""
+        return self.steps[0].alternatives if self.steps else ()
 
 
 class Unreachable(Exception):
@@ -118,7 +126,7 @@ def chat_reply(choice: Any, prompt: Prompt) -> WireReply:
         return WireReply(text, choice.finish_reason)
     steps = tuple(TokenStep(pos.token, tuple((alt.token, alt.logprob) for alt in pos.top_logprobs or ()))
                   for pos in content)
-    return WireReply(text, choice.finish_reason, steps[0].token, steps[0].alternatives, steps=steps)
+    return WireReply(text, choice.finish_reason, steps)
 
 
 def completion_reply(choice: Any) -> WireReply:
@@ -127,9 +135,9 @@ def completion_reply(choice: Any) -> WireReply:
     if not tops or not tops[0]:
         return WireReply(choice.text or "", choice.finish_reason)
     tokens = list(logprobs.tokens or ())
+    tokens += [""] * (len(tops) - len(tokens))  # alternatives without their token still count
     steps = tuple(TokenStep(token, tuple((top or {}).items())) for token, top in zip(tokens, tops))
-    return WireReply(choice.text, choice.finish_reason, tokens[0] if tokens else None, tuple(tops[0].items()),
-                     steps=steps)
+    return WireReply(choice.text, choice.finish_reason, steps)
 
 
 def strip_prefix(text: str, prefix: str) -> str:
